@@ -1,0 +1,61 @@
+# cogd: one Makefile for set-up, build, test, lint and bench. `make help` lists targets.
+.DEFAULT_GOAL := serve
+SHELL := /bin/bash
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PORT ?= 5000
+MODEL ?= examples/hello
+# Tests run in parallel; 2 workers fit this project's 2-core CI machines.
+PYTEST_WORKERS ?= 2
+
+.PHONY: help serve test install build-dev cargo-test pytest lint fmt check bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.deps: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "maturin>=1.5,<2" ruff -r tests/requirements.txt
+	touch $@
+
+install: $(VENV)/.deps ## create .venv, build the release wheel and install it
+	rm -rf dist
+	$(BIN)/maturin build --release --interpreter $(PY) -o dist
+	$(BIN)/pip install -q --force-reinstall --no-deps dist/cogd-*.whl
+
+build-dev: $(VENV)/.deps ## build a debug wheel and install it in editable mode (fast iteration)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop
+
+serve: install ## build, install and serve examples/hello (MODEL=dir PORT=n to change)
+	$(BIN)/cogd serve $(MODEL) --port $(PORT)
+
+test: install lint cargo-test pytest ## build everything, lint, and run every test
+
+cargo-test: ## Rust unit tests
+	cargo test -p cogd --release
+
+pytest: ## end-to-end tests against the installed wheel
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
+
+lint: $(VENV)/.deps ## rustfmt, clippy and ruff, as CI runs them
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
+	$(BIN)/ruff check python tests bench examples
+	$(BIN)/ruff format --check python tests bench examples
+
+fmt: $(VENV)/.deps ## format Rust and Python
+	cargo fmt --all
+	$(BIN)/ruff format python tests bench examples
+	$(BIN)/ruff check --fix python tests bench examples
+
+check: lint test ## lint, then every test
+
+bench: install ## benchmark cogd on examples/hello
+	$(PY) bench/bench.py
+
+clean: ## remove build outputs and the virtualenv
+	cargo clean
+	rm -rf $(VENV) dist

@@ -1,0 +1,120 @@
+//! `cogd._native`: the Rust half of the `cogd` Python package.
+//!
+//! Two entry points: [`main`] runs the `cogd` command line (the server never
+//! holds the GIL while it serves), and [`run_worker`] runs the worker's event
+//! loop inside the worker process with [`PyHandler`], which drives
+//! `cogd.runner.Runner`.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use serde_json::value::RawValue;
+
+use cogd::worker::{Handler, InitInfo, RunRequest, SetupInfo};
+
+/// Runs the `cogd` command line; `python` is the interpreter workers use.
+#[pyfunction]
+fn main(py: Python<'_>, argv: Vec<String>, python: PathBuf) -> i32 {
+    py.detach(|| cogd::cli::main(argv, Some(python)))
+}
+
+/// Runs the worker until the server stops it; returns the exit code.
+#[pyfunction]
+fn run_worker(py: Python<'_>) -> i32 {
+    py.detach(|| cogd::worker::run(PyHandler::new))
+}
+
+/// The worker's handler: a `cogd.runner.Runner` for the model.
+struct PyHandler {
+    runner: Py<PyAny>,
+}
+
+impl PyHandler {
+    fn new(info: &InitInfo) -> Result<Self, String> {
+        let mode = match info.mode {
+            cogd::ipc::Mode::Predict => "predict",
+            cogd::ipc::Mode::Train => "train",
+        };
+        Python::attach(|py| {
+            let module = py.import("cogd.runner")?;
+            let runner = module
+                .getattr("Runner")?
+                .call1((info.predictor_ref.as_str(), mode))?;
+            Ok(Self {
+                runner: runner.unbind(),
+            })
+        })
+        .map_err(|e: PyErr| Python::attach(|py| describe(py, &e)))
+    }
+}
+
+/// "ValueError: boom": the exception's type and message, as users read it.
+fn describe(py: Python<'_>, err: &PyErr) -> String {
+    let name = err
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    let message = err
+        .value(py)
+        .str()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    if message.is_empty() {
+        name
+    } else {
+        format!("{name}: {message}")
+    }
+}
+
+impl Handler for PyHandler {
+    fn setup(&self) -> Result<SetupInfo, String> {
+        Python::attach(|py| {
+            let result = self
+                .runner
+                .bind(py)
+                .call_method0("setup")
+                .and_then(|schema| schema.extract::<String>());
+            let schema = match result {
+                Ok(text) => serde_json::from_str(&text)
+                    .map_err(|e| format!("the model's schema is not valid JSON: {e}"))?,
+                Err(e) => return Err(describe(py, &e)),
+            };
+            let mut versions = serde_json::Map::new();
+            if let Ok(version) = py
+                .import("platform")
+                .and_then(|m| m.getattr("python_version")?.call0())
+                .and_then(|v| v.extract::<String>())
+            {
+                versions.insert("python".into(), version.into());
+            }
+            Ok(SetupInfo { schema, versions })
+        })
+    }
+
+    fn run(&self, _slot: usize, request: RunRequest) -> Result<Box<RawValue>, String> {
+        let output = Python::attach(|py| {
+            self.runner
+                .bind(py)
+                .call_method1(
+                    "run",
+                    (
+                        request.input_json,
+                        request.context_json,
+                        request.output_dir.to_string_lossy().into_owned(),
+                    ),
+                )
+                .and_then(|out| out.extract::<String>())
+                .map_err(|e| describe(py, &e))
+        })?;
+        RawValue::from_string(output).map_err(|e| format!("the output is not valid JSON: {e}"))
+    }
+}
+
+/// The extension module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(main, m)?)?;
+    m.add_function(wrap_pyfunction!(run_worker, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! Every error the HTTP API answers with, and the one place each becomes a
+//! status code and a JSON body `{"detail": …}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::service::{AdmissionError, Health};
+
+/// An error answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// The body is JSON of the wrong shape: pydantic-style entries.
+    #[error("invalid request")]
+    Invalid(Vec<serde_json::Value>),
+    /// A content type other than JSON.
+    #[error("unsupported content type {0:?}: send application/json")]
+    UnsupportedMediaType(String),
+    /// Admission refused the prediction.
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+}
+
+impl ApiError {
+    /// One validation entry in the shape FastAPI clients parse.
+    pub fn invalid(loc: &[&str], msg: impl Into<String>, kind: &str) -> Self {
+        Self::Invalid(vec![json!({"loc": loc, "msg": msg.into(), "type": kind})])
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, detail) = match self {
+            Self::MalformedJson(msg) => (StatusCode::BAD_REQUEST, json!(msg)),
+            Self::Invalid(entries) => (StatusCode::UNPROCESSABLE_ENTITY, json!(entries)),
+            e @ Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(e.to_string()))
+            }
+            Self::Admission(AdmissionError::Busy) => (
+                StatusCode::CONFLICT,
+                json!("every slot is busy: try again when a prediction finishes"),
+            ),
+            Self::Admission(AdmissionError::NotReady(health)) => {
+                let why = match health {
+                    Health::Starting => "the model is not ready yet: setup is still running",
+                    Health::SetupFailed => {
+                        "the model cannot run: setup failed (see setup.logs in /health-check)"
+                    }
+                    Health::Defunct => "the model cannot run: its worker process died",
+                    Health::Ready | Health::Busy => "the model is not ready",
+                };
+                (StatusCode::SERVICE_UNAVAILABLE, json!(why))
+            }
+        };
+        (status, Json(json!({ "detail": detail }))).into_response()
+    }
+}

@@ -1,0 +1,109 @@
+//! The HTTP API of SPEC §3: routes, and the mapping of service results to
+//! answers. Handlers parse, call one service method, and map the result; the
+//! rules live in the service.
+
+mod error;
+mod request;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+use crate::service::{Admission, Service};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The prediction service.
+    pub service: Service,
+    /// Set to true to stop the server gracefully.
+    pub shutdown: watch::Sender<bool>,
+}
+
+/// The router with every route of the API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/health-check", get(health_check))
+        .route("/openapi.json", get(openapi))
+        .route("/predictions", post(create_prediction))
+        .route("/predictions/{id}", put(create_prediction_idempotent))
+        .route("/shutdown", post(shutdown))
+        .with_state(state)
+}
+
+async fn root() -> Json<serde_json::Value> {
+    Json(json!({
+        "cog_version": crate::VERSION,
+        "openapi_url": "/openapi.json",
+        "shutdown_url": "/shutdown",
+        "healthcheck_url": "/health-check",
+        "predictions_url": "/predictions",
+        "predictions_idempotent_url": "/predictions/{prediction_id}",
+        "predictions_cancel_url": "/predictions/{prediction_id}/cancel",
+    }))
+}
+
+async fn health_check(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let service = &state.service;
+    let mut version = service.versions();
+    version.insert("cogd".into(), crate::VERSION.into());
+    version.insert("cog".into(), crate::VERSION.into());
+    Json(json!({
+        "status": service.health(),
+        "setup": service.setup_record(),
+        "version": version,
+    }))
+}
+
+async fn openapi(State(state): State<AppState>) -> Response {
+    match state.service.schema() {
+        serde_json::Value::Null => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"detail": "the model's schema is not available"})),
+        )
+            .into_response(),
+        schema => Json(schema).into_response(),
+    }
+}
+
+async fn create_prediction(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request = request::parse_prediction(&headers, &body, None)?;
+    respond(state.service.create(request)?).await
+}
+
+async fn create_prediction_idempotent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request = request::parse_prediction(&headers, &body, Some(&id))?;
+    respond(state.service.create(request)?).await
+}
+
+/// Waits for the prediction to finish and answers with it.
+async fn respond(admission: Admission) -> Result<Response, ApiError> {
+    let handle = match admission {
+        Admission::Created(handle) | Admission::Existing(handle) => handle,
+    };
+    let prediction = handle.finished().await;
+    Ok(Json(prediction).into_response())
+}
+
+async fn shutdown(State(state): State<AppState>) -> Json<serde_json::Value> {
+    tracing::info!("shutdown requested over HTTP");
+    state.shutdown.send_replace(true);
+    Json(json!({}))
+}

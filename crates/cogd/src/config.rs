@@ -1,0 +1,250 @@
+//! The server's configuration: command-line flags, environment variables and
+//! the model's `cog.yaml`, resolved once at start-up into a [`Config`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ipc::Mode;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The model directory (the worker's working directory).
+    pub model_dir: PathBuf,
+    /// `FILE.py:NAME` of the predictor (or training function).
+    pub predictor_ref: String,
+    /// Predict or train.
+    pub mode: Mode,
+    /// Concurrent runs.
+    pub slots: usize,
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on.
+    pub port: u16,
+    /// Base URL for file outputs.
+    pub upload_url: Option<String>,
+    /// Ignore SIGTERM until `POST /shutdown`.
+    pub await_explicit_shutdown: bool,
+    /// The Python interpreter that runs the worker.
+    pub python: PathBuf,
+    /// Give up on setup after this long (`COG_SETUP_TIMEOUT`).
+    pub setup_timeout: Option<Duration>,
+}
+
+/// What the command line gives.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// The model directory.
+    pub model_dir: PathBuf,
+    /// `--host`.
+    pub host: String,
+    /// `--port` / `PORT`.
+    pub port: u16,
+    /// `--upload-url`.
+    pub upload_url: Option<String>,
+    /// `--await-explicit-shutdown`.
+    pub await_explicit_shutdown: bool,
+    /// `--python` / `COGD_PYTHON`, or the interpreter the `cogd` command runs in.
+    pub python: PathBuf,
+}
+
+/// A configuration the server cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The model directory does not exist.
+    #[error("model directory {0} does not exist")]
+    NoModelDir(PathBuf),
+    /// `cog.yaml` could not be read or parsed.
+    #[error("cannot read {path}: {message}")]
+    CogYaml {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Nothing says what to run.
+    #[error("no predictor: set `predict: \"predict.py:Predictor\"` in {0}/cog.yaml or COG_PREDICT_TYPE_STUB")]
+    NoPredictor(PathBuf),
+    /// An environment variable has a value that makes no sense.
+    #[error("{name}={value:?}: {message}")]
+    BadEnv {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is expected.
+        message: &'static str,
+    },
+}
+
+/// The parts of `cog.yaml` the server reads; the rest is for builds.
+#[derive(Debug, Default, Deserialize)]
+struct CogYaml {
+    predict: Option<String>,
+    #[allow(dead_code)]
+    train: Option<String>,
+    concurrency: Option<Concurrency>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Concurrency {
+    max: Option<usize>,
+}
+
+impl Config {
+    /// Resolves `flags`, the environment (through `env`) and `cog.yaml`.
+    pub fn resolve(
+        flags: Flags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let model_dir = flags.model_dir;
+        if !model_dir.is_dir() {
+            return Err(ConfigError::NoModelDir(model_dir));
+        }
+        let cog_yaml = read_cog_yaml(&model_dir)?;
+        let predictor_ref = env("COG_PREDICT_TYPE_STUB")
+            .filter(|s| !s.trim().is_empty())
+            .or(cog_yaml.predict)
+            .ok_or_else(|| ConfigError::NoPredictor(model_dir.clone()))?;
+        let slots = match env("COG_MAX_CONCURRENCY").filter(|s| !s.trim().is_empty()) {
+            Some(value) => match value.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(ConfigError::BadEnv {
+                        name: "COG_MAX_CONCURRENCY",
+                        value,
+                        message: "expected a whole number of at least 1",
+                    })
+                }
+            },
+            None => cog_yaml.concurrency.and_then(|c| c.max).unwrap_or(1).max(1),
+        };
+        let setup_timeout = match env("COG_SETUP_TIMEOUT").filter(|s| !s.trim().is_empty()) {
+            Some(value) => match value.trim().parse::<f64>() {
+                Ok(0.0) => None,
+                Ok(secs) if secs > 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
+                _ => {
+                    return Err(ConfigError::BadEnv {
+                        name: "COG_SETUP_TIMEOUT",
+                        value,
+                        message: "expected a number of seconds (0 for none)",
+                    })
+                }
+            },
+            None => None,
+        };
+        Ok(Config {
+            model_dir,
+            predictor_ref,
+            mode: Mode::Predict,
+            slots,
+            host: flags.host,
+            port: flags.port,
+            upload_url: flags.upload_url,
+            await_explicit_shutdown: flags.await_explicit_shutdown,
+            python: flags.python,
+            setup_timeout,
+        })
+    }
+}
+
+fn read_cog_yaml(model_dir: &Path) -> Result<CogYaml, ConfigError> {
+    let path = model_dir.join("cog.yaml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().is_empty() => Ok(CogYaml::default()),
+        Ok(text) => serde_yaml::from_str(&text).map_err(|e| ConfigError::CogYaml {
+            path,
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CogYaml::default()),
+        Err(e) => Err(ConfigError::CogYaml {
+            path,
+            message: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn model(yaml: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cog.yaml"), yaml).unwrap();
+        dir
+    }
+
+    fn resolve(dir: &Path, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(
+            Flags {
+                model_dir: dir.to_path_buf(),
+                ..Flags::default()
+            },
+            |k| env.get(k).cloned(),
+        )
+    }
+
+    #[test]
+    fn cog_yaml_names_the_predictor_and_concurrency() {
+        let dir = model("build:\n  python_version: '3.11'\npredict: predict.py:Predictor\nconcurrency:\n  max: 4\n");
+        let config = resolve(dir.path(), &[]).unwrap();
+        assert_eq!(config.predictor_ref, "predict.py:Predictor");
+        assert_eq!(config.slots, 4);
+    }
+
+    #[test]
+    fn the_environment_wins_over_cog_yaml() {
+        let dir = model("predict: predict.py:Predictor\nconcurrency:\n  max: 4\n");
+        let config = resolve(
+            dir.path(),
+            &[
+                ("COG_PREDICT_TYPE_STUB", "run.py:Runner"),
+                ("COG_MAX_CONCURRENCY", "2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.predictor_ref, "run.py:Runner");
+        assert_eq!(config.slots, 2);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let dir = model("predict: predict.py:Predictor\n");
+        let err = resolve(dir.path(), &[("COG_MAX_CONCURRENCY", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("COG_MAX_CONCURRENCY"), "{err}");
+        let err = resolve(dir.path(), &[("COG_SETUP_TIMEOUT", "-1")]).unwrap_err();
+        assert!(err.to_string().contains("COG_SETUP_TIMEOUT"), "{err}");
+        let empty = model("build: {}\n");
+        assert!(matches!(
+            resolve(empty.path(), &[]),
+            Err(ConfigError::NoPredictor(_))
+        ));
+        let broken = model("predict: [unclosed\n");
+        assert!(matches!(
+            resolve(broken.path(), &[]),
+            Err(ConfigError::CogYaml { .. })
+        ));
+    }
+
+    #[test]
+    fn a_zero_setup_timeout_means_none() {
+        let dir = model("predict: predict.py:Predictor\n");
+        assert!(resolve(dir.path(), &[("COG_SETUP_TIMEOUT", "0")])
+            .unwrap()
+            .setup_timeout
+            .is_none());
+        assert_eq!(
+            resolve(dir.path(), &[("COG_SETUP_TIMEOUT", "2.5")])
+                .unwrap()
+                .setup_timeout,
+            Some(Duration::from_millis(2500))
+        );
+    }
+}

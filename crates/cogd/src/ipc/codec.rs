@@ -1,0 +1,238 @@
+//! Newline-delimited JSON framing with a frame-size limit.
+//!
+//! One [`LineDecoder`] serves both sides: the server feeds it through tokio's
+//! `FramedRead`, the worker through the blocking [`FrameReader`]. JSON encoders
+//! escape newlines inside strings, so a bare `\n` always ends a frame.
+
+use std::io::Read;
+
+use bytes::{Buf, BytesMut};
+use serde::Serialize;
+use tokio_util::codec::Decoder;
+
+/// The largest frame either side accepts, newline excluded. Larger payloads go
+/// through a file and are sent by reference.
+pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer sent (or we tried to send) more than the limit without a newline.
+    #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
+    TooLong {
+        /// The size seen so far.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The frame is not valid JSON for the expected message type.
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The underlying channel failed.
+    #[error("channel error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Splits a byte stream into lines of at most `limit` bytes.
+#[derive(Debug)]
+pub struct LineDecoder {
+    limit: usize,
+    /// How far the current buffer has been searched for `\n`, so a long frame
+    /// arriving in many small reads is scanned once, not once per read.
+    scanned: usize,
+}
+
+impl LineDecoder {
+    /// A decoder that rejects frames longer than `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self { limit, scanned: 0 }
+    }
+}
+
+impl Default for LineDecoder {
+    fn default() -> Self {
+        Self::new(MAX_FRAME_BYTES)
+    }
+}
+
+impl Decoder for LineDecoder {
+    type Item = BytesMut;
+    type Error = FrameError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        match buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            Some(offset) => {
+                let end = self.scanned + offset;
+                self.scanned = 0;
+                if end > self.limit {
+                    return Err(FrameError::TooLong {
+                        size: end,
+                        limit: self.limit,
+                    });
+                }
+                let line = buf.split_to(end);
+                buf.advance(1);
+                Ok(Some(line))
+            }
+            None => {
+                self.scanned = buf.len();
+                if buf.len() > self.limit {
+                    return Err(FrameError::TooLong {
+                        size: buf.len(),
+                        limit: self.limit,
+                    });
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Encodes `message` as one frame: compact JSON and a newline.
+pub fn encode_line<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = serde_json::to_vec(message)?;
+    if out.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLong {
+            size: out.len(),
+            limit: MAX_FRAME_BYTES,
+        });
+    }
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Blocking frame reader for the worker side.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    decoder: LineDecoder,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Reads frames from `inner` with the default limit.
+    pub fn new(inner: R) -> Self {
+        Self::with_limit(inner, MAX_FRAME_BYTES)
+    }
+
+    /// Reads frames from `inner`, rejecting any longer than `limit`.
+    pub fn with_limit(inner: R, limit: usize) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+            decoder: LineDecoder::new(limit),
+        }
+    }
+
+    /// The next frame, or `None` at a clean end of stream.
+    pub fn next_frame(&mut self) -> Result<Option<BytesMut>, FrameError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = match self.inner.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(FrameError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "stream ended inside a frame",
+                )));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next frame decoded as `T`.
+    pub fn next_message<T: serde::de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<T>, FrameError> {
+        match self.next_frame()? {
+            Some(frame) => Ok(Some(serde_json::from_slice(&frame)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::ControlRequest;
+
+    /// A reader that hands out its data a few bytes at a time, as a pipe may.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(self.data.len()).min(out.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn partial_lines_are_joined_across_reads() {
+        let data = b"{\"type\":\"cancel\",\"slot\":1}\n{\"type\":\"shutdown\"}\n";
+        for step in [1, 2, 3, 7, 100] {
+            let mut reader = FrameReader::new(Trickle { data, step });
+            let first: ControlRequest = reader.next_message().unwrap().unwrap();
+            assert_eq!(first, ControlRequest::Cancel { slot: 1 });
+            let second: ControlRequest = reader.next_message().unwrap().unwrap();
+            assert_eq!(second, ControlRequest::Shutdown);
+            assert!(reader.next_frame().unwrap().is_none(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_frame_at_the_limit_is_accepted_and_one_past_it_rejected() {
+        let limit = 16;
+        let ok = format!("{}\n", "a".repeat(limit));
+        let mut reader = FrameReader::with_limit(ok.as_bytes(), limit);
+        assert_eq!(reader.next_frame().unwrap().unwrap().len(), limit);
+
+        let too_long = format!("{}\n", "a".repeat(limit + 1));
+        let mut reader = FrameReader::with_limit(too_long.as_bytes(), limit);
+        assert!(matches!(
+            reader.next_frame(),
+            Err(FrameError::TooLong { limit: 16, .. })
+        ));
+    }
+
+    #[test]
+    fn an_endless_line_is_rejected_without_waiting_for_its_end() {
+        let mut decoder = LineDecoder::new(8);
+        let mut buf = BytesMut::from(&b"0123456789"[..]);
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Err(FrameError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_frame_is_an_error() {
+        let mut reader = FrameReader::new(&b"{\"type\":\"shut"[..]);
+        assert!(matches!(reader.next_frame(), Err(FrameError::Io(_))));
+    }
+
+    #[test]
+    fn encoded_frames_are_one_line() {
+        let line = encode_line(&serde_json::json!({"text": "a\nb"})).unwrap();
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(line.last(), Some(&b'\n'));
+    }
+
+    #[test]
+    fn encoding_past_the_limit_fails() {
+        let big = "x".repeat(MAX_FRAME_BYTES);
+        assert!(matches!(encode_line(&big), Err(FrameError::TooLong { .. })));
+    }
+}

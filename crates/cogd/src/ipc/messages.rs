@@ -1,0 +1,392 @@
+//! Message types of both channels, as serde enums tagged by `"type"`.
+//!
+//! Unknown `type`s and unknown fields are rejected on decode: a peer speaking a
+//! different protocol must fail loudly, not half-work.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The protocol version both sides must agree on; the worker reports its own in
+/// the first message of every slot socket.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Whether the worker serves `predict:` or `train:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Serve the model's predictor.
+    Predict,
+    /// Serve the model's training function.
+    Train,
+}
+
+/// Which of the run's output streams a log line was written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSource {
+    /// File descriptor 1 (Python `sys.stdout`, C `stdout`, child processes).
+    Stdout,
+    /// File descriptor 2.
+    Stderr,
+}
+
+/// Server -> worker, on the control channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlRequest {
+    /// The first message: what to load and where the slot sockets are.
+    Init {
+        /// The protocol version the server speaks.
+        protocol_version: u32,
+        /// `FILE.py:NAME`, relative to the model directory (the worker's cwd).
+        predictor_ref: String,
+        /// Predict or train.
+        mode: Mode,
+        /// One Unix socket path per slot; the worker connects to each in order.
+        slot_sockets: Vec<PathBuf>,
+    },
+    /// Cancel whatever runs in `slot`.
+    Cancel {
+        /// The slot index.
+        slot: usize,
+    },
+    /// Run the model's user healthcheck and answer with `healthcheck_result`.
+    Healthcheck {
+        /// Echoed back in the result.
+        id: u64,
+    },
+    /// Finish and exit.
+    Shutdown,
+}
+
+/// Worker -> server, on the control channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlResponse {
+    /// Setup succeeded; the slots take work from now on.
+    Ready {
+        /// The number of slot sockets connected.
+        slots: usize,
+        /// The model's OpenAPI document, or `null` when the worker has none.
+        schema: serde_json::Value,
+        /// Versions of the worker's runtime, for `/health-check`.
+        #[serde(default)]
+        versions: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Output written while no run was active (during setup: the setup logs).
+    Log {
+        /// stdout or stderr.
+        source: LogSource,
+        /// The text, usually one line with its newline.
+        data: String,
+    },
+    /// A diagnostic from the worker itself, for the server's own log.
+    WorkerLog {
+        /// The worker module that logged.
+        target: String,
+        /// `error`, `warn`, `info`, `debug`, `trace`.
+        level: String,
+        /// The message.
+        message: String,
+    },
+    /// A slot finished its run and is free.
+    Idle {
+        /// The slot index.
+        slot: usize,
+    },
+    /// A cancel request reached the slot's run.
+    Cancelled {
+        /// The slot index.
+        slot: usize,
+    },
+    /// A slot broke (its socket or its thread) and takes no more work.
+    Failed {
+        /// The slot index.
+        slot: usize,
+        /// Why.
+        error: String,
+    },
+    /// The worker cannot go on (before `ready`: setup failed) and is exiting.
+    Fatal {
+        /// Why, for the operator and for `setup.logs`.
+        reason: String,
+    },
+    /// Log lines were dropped because they came faster than they could be sent.
+    DroppedLogs {
+        /// How many lines.
+        count: u64,
+        /// Over how long.
+        interval_millis: u64,
+    },
+    /// The answer to a `healthcheck`.
+    HealthcheckResult {
+        /// The request's id.
+        id: u64,
+        /// `healthy` or `unhealthy`.
+        status: String,
+        /// Why it is unhealthy.
+        error: Option<String>,
+    },
+    /// The worker received `shutdown` and is exiting.
+    ShuttingDown,
+}
+
+/// Server -> worker, on a slot socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SlotRequest {
+    /// Run one prediction in this slot.
+    Predict {
+        /// The prediction id.
+        id: String,
+        /// The input object, inline.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<serde_json::Value>,
+        /// The input object in a file, for inputs too large for one frame.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input_file: Option<PathBuf>,
+        /// A directory owned by this prediction for files it writes.
+        output_dir: PathBuf,
+        /// The request's `context`, visible to the run.
+        #[serde(default)]
+        context: serde_json::Map<String, serde_json::Value>,
+    },
+}
+
+/// Worker -> server, on a slot socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SlotResponse {
+    /// The first message on every slot socket.
+    ProtocolVersion {
+        /// The version the worker speaks.
+        version: u32,
+    },
+    /// A line the run wrote to stdout or stderr.
+    Log {
+        /// stdout or stderr.
+        source: LogSource,
+        /// The text, usually one line with its newline.
+        data: String,
+    },
+    /// An output value: the whole output of a plain run, or one yielded chunk.
+    Output {
+        /// The JSON value, passed through without re-parsing.
+        output: Box<RawValue>,
+        /// The chunk's position (0 for a plain run's single output).
+        index: u64,
+    },
+    /// A file the run produced, in the prediction's output directory.
+    FileOutput {
+        /// The file's name inside the output directory.
+        filename: String,
+        /// What the file stands for in the output.
+        kind: String,
+        /// Its media type, when the worker knows it.
+        mime_type: Option<String>,
+    },
+    /// A custom metric the run recorded.
+    Metric {
+        /// The metric name (dots nest).
+        name: String,
+        /// Its value.
+        value: serde_json::Value,
+        /// `replace`, `incr` or `append`.
+        mode: String,
+    },
+    /// The run finished successfully.
+    Done {
+        /// The prediction id.
+        id: String,
+        /// Seconds spent in the model's code.
+        predict_time: f64,
+        /// Whether the outputs were a stream of chunks (a generator) or one value.
+        is_stream: bool,
+    },
+    /// The run raised.
+    Failed {
+        /// The prediction id.
+        id: String,
+        /// The exception's type and message.
+        error: String,
+    },
+    /// The run was cancelled.
+    Cancelled {
+        /// The prediction id.
+        id: String,
+    },
+}
+
+impl SlotResponse {
+    /// Decodes one frame. Use this, not `serde_json::from_slice`: an `output`'s
+    /// value is kept as raw JSON text, which serde cannot do through the
+    /// buffering that `"type"`-tagged enums need, so that variant is read on
+    /// its own path.
+    pub fn from_frame(frame: &[u8]) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Tag<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct OutputFrame {
+            #[serde(rename = "type")]
+            _kind: serde::de::IgnoredAny,
+            output: Box<RawValue>,
+            index: u64,
+        }
+        if serde_json::from_slice::<Tag<'_>>(frame)?.kind == "output" {
+            let OutputFrame { output, index, .. } = serde_json::from_slice(frame)?;
+            return Ok(Self::Output { output, index });
+        }
+        serde_json::from_slice(frame)
+    }
+}
+
+impl PartialEq for SlotResponse {
+    fn eq(&self, other: &Self) -> bool {
+        // RawValue has no PartialEq; the encoded form is the identity that matters.
+        serde_json::to_string(self).ok() == serde_json::to_string(other).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip<T>(value: &T)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        let text = serde_json::to_string(value).unwrap();
+        let back: T = serde_json::from_str(&text).unwrap();
+        assert_eq!(&back, value, "{text}");
+    }
+
+    #[test]
+    fn every_control_request_round_trips() {
+        round_trip(&ControlRequest::Init {
+            protocol_version: PROTOCOL_VERSION,
+            predictor_ref: "predict.py:Predictor".into(),
+            mode: Mode::Predict,
+            slot_sockets: vec!["/tmp/a.sock".into(), "/tmp/b.sock".into()],
+        });
+        round_trip(&ControlRequest::Cancel { slot: 3 });
+        round_trip(&ControlRequest::Healthcheck { id: 7 });
+        round_trip(&ControlRequest::Shutdown);
+    }
+
+    #[test]
+    fn every_control_response_round_trips() {
+        let mut versions = serde_json::Map::new();
+        versions.insert("python".into(), json!("3.11.7"));
+        round_trip(&ControlResponse::Ready {
+            slots: 1,
+            schema: json!({"openapi": "3.0.2"}),
+            versions,
+        });
+        round_trip(&ControlResponse::Log {
+            source: LogSource::Stderr,
+            data: "line\n".into(),
+        });
+        round_trip(&ControlResponse::WorkerLog {
+            target: "cogd::worker".into(),
+            level: "info".into(),
+            message: "hi".into(),
+        });
+        round_trip(&ControlResponse::Idle { slot: 0 });
+        round_trip(&ControlResponse::Cancelled { slot: 0 });
+        round_trip(&ControlResponse::Failed {
+            slot: 0,
+            error: "broken".into(),
+        });
+        round_trip(&ControlResponse::Fatal {
+            reason: "setup".into(),
+        });
+        round_trip(&ControlResponse::DroppedLogs {
+            count: 2,
+            interval_millis: 1000,
+        });
+        round_trip(&ControlResponse::HealthcheckResult {
+            id: 1,
+            status: "healthy".into(),
+            error: None,
+        });
+        round_trip(&ControlResponse::ShuttingDown);
+    }
+
+    fn slot_round_trip(value: &SlotResponse) {
+        let text = serde_json::to_string(value).unwrap();
+        let back = SlotResponse::from_frame(text.as_bytes()).unwrap();
+        assert_eq!(&back, value, "{text}");
+    }
+
+    #[test]
+    fn every_slot_message_round_trips() {
+        round_trip(&SlotRequest::Predict {
+            id: "p1".into(),
+            input: Some(json!({"name": "world"})),
+            input_file: None,
+            output_dir: "/tmp/out".into(),
+            context: serde_json::Map::new(),
+        });
+        slot_round_trip(&SlotResponse::ProtocolVersion { version: 1 });
+        slot_round_trip(&SlotResponse::Log {
+            source: LogSource::Stdout,
+            data: "x\n".into(),
+        });
+        slot_round_trip(&SlotResponse::Output {
+            output: RawValue::from_string("{\"a\":[1,2]}".into()).unwrap(),
+            index: 4,
+        });
+        slot_round_trip(&SlotResponse::FileOutput {
+            filename: "out.png".into(),
+            kind: "path".into(),
+            mime_type: Some("image/png".into()),
+        });
+        slot_round_trip(&SlotResponse::Metric {
+            name: "timing.inference".into(),
+            value: json!(1.5),
+            mode: "replace".into(),
+        });
+        slot_round_trip(&SlotResponse::Done {
+            id: "p1".into(),
+            predict_time: 0.25,
+            is_stream: false,
+        });
+        slot_round_trip(&SlotResponse::Failed {
+            id: "p1".into(),
+            error: "ValueError: boom".into(),
+        });
+        slot_round_trip(&SlotResponse::Cancelled { id: "p1".into() });
+    }
+
+    #[test]
+    fn wire_format_is_a_type_tagged_object() {
+        let text = serde_json::to_string(&ControlRequest::Cancel { slot: 2 }).unwrap();
+        assert_eq!(text, r#"{"type":"cancel","slot":2}"#);
+        let text = serde_json::to_string(&ControlResponse::ShuttingDown).unwrap();
+        assert_eq!(text, r#"{"type":"shutting_down"}"#);
+    }
+
+    #[test]
+    fn unknown_type_is_rejected() {
+        let err = serde_json::from_str::<ControlResponse>(r#"{"type":"explode"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        assert!(SlotResponse::from_frame(br#"{"type":"nope","id":"x"}"#).is_err());
+        assert!(
+            SlotResponse::from_frame(br#"{"type":"output","output":1,"index":0,"x":1}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = serde_json::from_str::<ControlRequest>(r#"{"type":"cancel","slot":1,"x":2}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,14 @@
+//! The worker protocol (SPEC §5): the messages the server and its Python worker
+//! exchange, and the newline-delimited JSON framing they travel in.
+//!
+//! Two channels carry them: the **control** channel (the worker's original
+//! stdin/stdout) and one Unix **slot** socket per concurrent run. Both sides use
+//! these types, so a change here is a protocol change: bump [`PROTOCOL_VERSION`].
+
+mod codec;
+mod messages;
+
+pub use codec::{encode_line, FrameError, FrameReader, LineDecoder, MAX_FRAME_BYTES};
+pub use messages::{
+    ControlRequest, ControlResponse, LogSource, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
+};

@@ -1,0 +1,20 @@
+//! cogd: a Cog-compatible prediction server.
+//!
+//! The server half ([`cli`], [`server`], and the modules they use) runs the
+//! HTTP API and supervises a Python worker process; the [`worker`] module is the
+//! worker's half, run inside that process by the `cogd._native` extension. See
+//! `docs/architecture.md` for the map.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod ipc;
+pub mod prediction;
+pub mod server;
+pub mod service;
+pub mod supervisor;
+pub mod telemetry;
+pub mod worker;
+
+/// The cogd version, reported by `/` and `/health-check`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,349 @@
+//! One prediction's state and the rules for how it may change.
+//!
+//! The service owns each prediction as a [`PredictionHandle`]: a `watch` channel
+//! whose value is the [`Prediction`]. Every change goes through a method here
+//! and is visible at once to every subscriber (the synchronous reply today;
+//! webhooks and streams subscribe the same way), so no one keeps a second copy.
+//! A prediction moves `starting -> processing -> succeeded | failed | canceled`
+//! and never leaves a terminal state.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+/// Where a prediction is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Accepted, not yet running.
+    Starting,
+    /// Running in a slot.
+    Processing,
+    /// Finished with an output.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Stopped by a cancel.
+    Canceled,
+}
+
+impl Status {
+    /// True for the three states a prediction never leaves.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled)
+    }
+}
+
+/// How a run ended, as the worker (or its death) reported it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The run returned; `is_stream` says whether outputs were chunks.
+    Succeeded {
+        /// Seconds spent in the model's code.
+        predict_time: f64,
+        /// Whether the outputs are chunks of a stream.
+        is_stream: bool,
+    },
+    /// The run raised or could not be run.
+    Failed(String),
+    /// The run was cancelled.
+    Canceled,
+}
+
+/// The state of one prediction, serialised as Cog's response envelope.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// The prediction id.
+    pub id: String,
+    /// The input as given (after defaults, once validation applies them).
+    pub input: serde_json::Value,
+    /// Where it is.
+    pub status: Status,
+    /// Outputs received so far: one for a plain run, one per chunk for a stream.
+    pub outputs: Vec<Box<RawValue>>,
+    /// The final output, set when the prediction succeeds.
+    pub output: Option<Box<RawValue>>,
+    /// Everything the run wrote, in order.
+    pub logs: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// `predict_time` and custom metrics.
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When it started running.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl Prediction {
+    /// A new prediction in `starting`.
+    pub fn new(id: String, input: serde_json::Value, created_at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            id,
+            input,
+            status: Status::Starting,
+            outputs: Vec::new(),
+            output: None,
+            logs: String::new(),
+            error: None,
+            metrics: serde_json::Map::new(),
+            created_at: created_at.unwrap_or_else(Utc::now),
+            started_at: None,
+            completed_at: None,
+        }
+    }
+
+    /// `starting -> processing`; ignored in any other state.
+    pub fn start(&mut self) {
+        if self.status == Status::Starting {
+            self.status = Status::Processing;
+            self.started_at = Some(Utc::now());
+        }
+    }
+
+    /// Appends run output; ignored once terminal.
+    pub fn append_log(&mut self, data: &str) {
+        if !self.status.is_terminal() {
+            self.logs.push_str(data);
+        }
+    }
+
+    /// Records one output (or chunk); ignored once terminal.
+    pub fn push_output(&mut self, output: Box<RawValue>) {
+        if !self.status.is_terminal() {
+            self.outputs.push(output);
+        }
+    }
+
+    /// Moves to the terminal state `outcome` names; false (and no change) if the
+    /// prediction had already finished.
+    pub fn finish(&mut self, outcome: Outcome) -> bool {
+        if self.status.is_terminal() {
+            return false;
+        }
+        let now = Utc::now();
+        let started = *self.started_at.get_or_insert(now);
+        let elapsed = (now - started).to_std().unwrap_or_default().as_secs_f64();
+        match outcome {
+            Outcome::Succeeded {
+                predict_time,
+                is_stream,
+            } => {
+                self.status = Status::Succeeded;
+                self.output = Some(final_output(&mut self.outputs, is_stream));
+                self.metrics
+                    .insert("predict_time".into(), predict_time.into());
+            }
+            Outcome::Failed(error) => {
+                self.status = Status::Failed;
+                self.error = Some(error);
+                self.metrics.insert("predict_time".into(), elapsed.into());
+            }
+            Outcome::Canceled => {
+                self.status = Status::Canceled;
+                self.metrics.insert("predict_time".into(), elapsed.into());
+            }
+        }
+        self.completed_at = Some(now);
+        true
+    }
+}
+
+/// A plain run's output is its one value; a stream's is the list of its chunks.
+fn final_output(outputs: &mut Vec<Box<RawValue>>, is_stream: bool) -> Box<RawValue> {
+    if !is_stream && outputs.len() <= 1 {
+        return outputs
+            .pop()
+            .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"));
+    }
+    let mut text = String::from("[");
+    for (i, chunk) in outputs.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(chunk.get());
+    }
+    text.push(']');
+    RawValue::from_string(text).expect("a list of JSON values is JSON")
+}
+
+fn timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, false)
+}
+
+impl Serialize for Prediction {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(10))?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("status", &self.status)?;
+        map.serialize_entry("input", &self.input)?;
+        map.serialize_entry("output", &self.output)?;
+        map.serialize_entry("logs", &self.logs)?;
+        map.serialize_entry("error", &self.error)?;
+        map.serialize_entry("metrics", &self.metrics)?;
+        map.serialize_entry("created_at", &timestamp(&self.created_at))?;
+        map.serialize_entry("started_at", &self.started_at.as_ref().map(timestamp))?;
+        map.serialize_entry("completed_at", &self.completed_at.as_ref().map(timestamp))?;
+        map.end()
+    }
+}
+
+/// The shared, observable home of one prediction.
+#[derive(Debug, Clone)]
+pub struct PredictionHandle {
+    state: watch::Sender<Prediction>,
+}
+
+impl PredictionHandle {
+    /// Wraps a new prediction.
+    pub fn new(prediction: Prediction) -> Self {
+        Self {
+            state: watch::Sender::new(prediction),
+        }
+    }
+
+    /// Applies `change` and wakes subscribers if it reports a change.
+    pub fn update(&self, change: impl FnOnce(&mut Prediction) -> bool) {
+        self.state.send_if_modified(change);
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> Prediction {
+        self.state.borrow().clone()
+    }
+
+    /// Follows every change from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Prediction> {
+        self.state.subscribe()
+    }
+
+    /// Waits until the prediction is terminal and returns that state.
+    pub async fn finished(&self) -> Prediction {
+        let mut rx = self.subscribe();
+        let result = rx.wait_for(|p| p.status.is_terminal()).await;
+        match result {
+            Ok(state) => state.clone(),
+            // The sender lives in `self`, so the channel cannot close under us.
+            Err(_) => self.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.into()).unwrap()
+    }
+
+    #[test]
+    fn a_prediction_runs_then_succeeds_with_its_output() {
+        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        assert_eq!(p.status, Status::Starting);
+        p.start();
+        assert_eq!(p.status, Status::Processing);
+        p.append_log("hi\n");
+        p.push_output(raw("\"hello\""));
+        assert!(p.finish(Outcome::Succeeded {
+            predict_time: 0.5,
+            is_stream: false
+        }));
+        assert_eq!(p.status, Status::Succeeded);
+        assert_eq!(p.output.as_ref().unwrap().get(), "\"hello\"");
+        assert_eq!(p.metrics["predict_time"], 0.5);
+        assert!(p.completed_at.unwrap() >= p.started_at.unwrap());
+    }
+
+    #[test]
+    fn a_terminal_state_never_changes() {
+        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        p.start();
+        assert!(p.finish(Outcome::Failed("ValueError: boom".into())));
+        assert!(!p.finish(Outcome::Succeeded {
+            predict_time: 1.0,
+            is_stream: false
+        }));
+        assert!(!p.finish(Outcome::Canceled));
+        p.append_log("late\n");
+        p.push_output(raw("1"));
+        p.start();
+        assert_eq!(p.status, Status::Failed);
+        assert_eq!(p.error.as_deref(), Some("ValueError: boom"));
+        assert_eq!(p.logs, "");
+        assert!(p.outputs.is_empty());
+    }
+
+    #[test]
+    fn a_stream_output_is_the_list_of_its_chunks() {
+        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        p.start();
+        for chunk in ["\"a\"", "\"b\"", "{\"c\":1}"] {
+            p.push_output(raw(chunk));
+        }
+        p.finish(Outcome::Succeeded {
+            predict_time: 0.1,
+            is_stream: true,
+        });
+        assert_eq!(p.output.unwrap().get(), r#"["a","b",{"c":1}]"#);
+    }
+
+    #[test]
+    fn a_plain_run_without_output_succeeds_with_null() {
+        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        p.finish(Outcome::Succeeded {
+            predict_time: 0.0,
+            is_stream: false,
+        });
+        assert_eq!(p.output.unwrap().get(), "null");
+    }
+
+    #[test]
+    fn the_envelope_has_every_documented_field() {
+        let mut p = Prediction::new("p1".into(), serde_json::json!({"name": "x"}), None);
+        p.start();
+        p.push_output(raw("\"hello\""));
+        p.finish(Outcome::Succeeded {
+            predict_time: 0.25,
+            is_stream: false,
+        });
+        let v = serde_json::to_value(&p).unwrap();
+        for key in [
+            "id",
+            "status",
+            "input",
+            "output",
+            "logs",
+            "error",
+            "metrics",
+            "created_at",
+            "started_at",
+            "completed_at",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["status"], "succeeded");
+        assert_eq!(v["output"], "hello");
+        assert!(v["created_at"].as_str().unwrap().ends_with("+00:00"));
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_the_terminal_state() {
+        let handle =
+            PredictionHandle::new(Prediction::new("p".into(), serde_json::json!({}), None));
+        let waiter = {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.finished().await })
+        };
+        handle.update(|p| {
+            p.start();
+            true
+        });
+        handle.update(|p| p.finish(Outcome::Canceled));
+        assert_eq!(waiter.await.unwrap().status, Status::Canceled);
+    }
+}

@@ -1,0 +1,116 @@
+//! Wires the parts together: temp space, supervisor, service, HTTP listener,
+//! signals, and the orderly stop.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::service::Service;
+use crate::supervisor::{Supervisor, WorkerConfig};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The temp directory could not be made.
+    #[error("cannot create temp space: {0}")]
+    TempDir(std::io::Error),
+    /// The port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// host:port.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server error: {0}")]
+    Http(std::io::Error),
+}
+
+/// How long the worker gets to exit after `shutdown` before it is killed.
+const WORKER_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the model until a shutdown request or signal.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    // Everything on disk lives under one directory removed on exit:
+    // the slot sockets, and a directory per prediction while it runs.
+    let temp = tempfile::Builder::new()
+        .prefix("cogd-")
+        .tempdir()
+        .map_err(ServeError::TempDir)?;
+    let predictions_dir = temp.path().join("predictions");
+    std::fs::create_dir_all(&predictions_dir).map_err(ServeError::TempDir)?;
+
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+
+    let supervisor = Supervisor::start(WorkerConfig {
+        python: config.python.clone(),
+        model_dir: config.model_dir.clone(),
+        predictor_ref: config.predictor_ref.clone(),
+        mode: config.mode,
+        slots: config.slots,
+        setup_timeout: config.setup_timeout,
+        socket_dir: temp.path().to_path_buf(),
+    });
+    let service = Service::new(supervisor.clone(), predictions_dir);
+    let (shutdown, mut stop) = watch::channel(false);
+    tokio::spawn(watch_signals(
+        shutdown.clone(),
+        config.await_explicit_shutdown,
+    ));
+
+    tracing::info!(
+        %addr,
+        model_dir = %config.model_dir.display(),
+        predictor = %config.predictor_ref,
+        slots = config.slots,
+        "serving"
+    );
+    let app = api::router(AppState { service, shutdown });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await
+        .map_err(ServeError::Http)?;
+
+    tracing::info!("stopping the worker");
+    supervisor.shutdown(WORKER_EXIT_GRACE).await;
+    drop(temp);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM stops the server (unless shutdown must be explicit); SIGINT always.
+async fn watch_signals(shutdown: watch::Sender<bool>, await_explicit: bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                if await_explicit {
+                    tracing::info!("ignoring SIGTERM: waiting for POST /shutdown");
+                    continue;
+                }
+                tracing::info!("SIGTERM: shutting down");
+            }
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.send_replace(true);
+        return;
+    }
+}

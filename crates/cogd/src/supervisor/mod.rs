@@ -1,0 +1,595 @@
+//! The supervisor: starts the Python worker, speaks the control channel and the
+//! slot sockets to it, and turns what it says into worker state and slot events.
+//!
+//! It owns the child process. [`Supervisor::run`] hands a prediction to a slot
+//! and returns the stream of that run's [`SlotEvent`]s; the service decides what
+//! they mean for the prediction. When the child dies, every run in flight gets a
+//! final [`SlotEvent::Died`] at once, so no request waits on a dead worker.
+
+mod process;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixListener;
+use tokio::process::ChildStdin;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::FramedRead;
+
+use crate::ipc::{
+    encode_line, ControlRequest, ControlResponse, LineDecoder, LogSource, Mode, SlotRequest,
+    SlotResponse, PROTOCOL_VERSION,
+};
+
+/// How the worker is started.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The Python interpreter that has `cogd` installed.
+    pub python: PathBuf,
+    /// The model directory: the worker's working directory.
+    pub model_dir: PathBuf,
+    /// `FILE.py:NAME`.
+    pub predictor_ref: String,
+    /// Predict or train.
+    pub mode: Mode,
+    /// The number of slots.
+    pub slots: usize,
+    /// Give up on setup after this long.
+    pub setup_timeout: Option<Duration>,
+    /// Where the slot sockets are created.
+    pub socket_dir: PathBuf,
+}
+
+/// The worker's lifecycle as the health check reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Started, setup not finished.
+    Starting,
+    /// Setup finished; the slots take work.
+    Ready,
+    /// Setup raised, timed out, or the worker could not start.
+    SetupFailed,
+    /// The worker died after setup.
+    Defunct,
+}
+
+/// Setup's part of `/health-check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupRecord {
+    /// When the worker was started.
+    #[serde(serialize_with = "serialize_time")]
+    pub started_at: DateTime<Utc>,
+    /// When setup finished, either way.
+    #[serde(serialize_with = "serialize_opt_time")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// `starting`, `succeeded` or `failed`.
+    pub status: &'static str,
+    /// Everything setup wrote, and why it failed.
+    pub logs: String,
+}
+
+fn serialize_time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false))
+}
+
+fn serialize_opt_time<S: serde::Serializer>(
+    t: &Option<DateTime<Utc>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize_time(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// What a slot reports about the run it holds.
+#[derive(Debug)]
+pub enum SlotEvent {
+    /// A line the run wrote.
+    Log {
+        /// stdout or stderr.
+        source: LogSource,
+        /// The text.
+        data: String,
+    },
+    /// An output value or stream chunk.
+    Output {
+        /// The value.
+        output: Box<RawValue>,
+        /// Its index.
+        index: u64,
+    },
+    /// The run returned.
+    Done {
+        /// Seconds in model code.
+        predict_time: f64,
+        /// Whether the outputs are stream chunks.
+        is_stream: bool,
+    },
+    /// The run raised.
+    Failed(String),
+    /// The run was cancelled.
+    Cancelled,
+    /// The worker (or this slot) died under the run.
+    Died(String),
+}
+
+impl SlotEvent {
+    /// True for the events that end a run.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::Done { .. } | Self::Failed(_) | Self::Cancelled | Self::Died(_)
+        )
+    }
+}
+
+/// Why a run could not be handed to the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The slot is not connected (the worker is not ready or has died).
+    #[error("slot {0} is not connected to a worker")]
+    NotConnected(usize),
+    /// Writing the request failed.
+    #[error("cannot send the prediction to the worker: {0}")]
+    Io(#[from] std::io::Error),
+    /// The request does not fit in a frame.
+    #[error("cannot encode the prediction: {0}")]
+    Encode(#[from] crate::ipc::FrameError),
+}
+
+/// Handle to the worker; cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: WorkerConfig,
+    state: watch::Sender<WorkerState>,
+    setup: Mutex<SetupRecord>,
+    /// The schema and runtime versions the worker sent in `ready`.
+    ready_info: Mutex<(
+        serde_json::Value,
+        serde_json::Map<String, serde_json::Value>,
+    )>,
+    /// The worker's stdin: the control channel towards it.
+    control: tokio::sync::Mutex<Option<ChildStdin>>,
+    slots: Vec<Slot>,
+    /// Why the worker exited, once it has.
+    exit: watch::Sender<Option<String>>,
+    /// The worker's pid while it runs (0 before and after), to kill it.
+    pid: AtomicI32,
+    /// Set when the server asked the worker to stop, so its exit is no failure.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+struct Slot {
+    writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    /// Where the current run's events go; `None` while the slot is idle.
+    run: Mutex<Option<mpsc::Sender<SlotEvent>>>,
+}
+
+impl Supervisor {
+    /// Starts the worker in the background; watch [`Supervisor::state`].
+    pub fn start(config: WorkerConfig) -> Self {
+        let slots = (0..config.slots)
+            .map(|_| Slot {
+                writer: tokio::sync::Mutex::new(None),
+                run: Mutex::new(None),
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            config,
+            state: watch::Sender::new(WorkerState::Starting),
+            setup: Mutex::new(SetupRecord {
+                started_at: Utc::now(),
+                completed_at: None,
+                status: "starting",
+                logs: String::new(),
+            }),
+            ready_info: Mutex::new((serde_json::Value::Null, serde_json::Map::new())),
+            control: tokio::sync::Mutex::new(None),
+            slots,
+            exit: watch::Sender::new(None),
+            pid: AtomicI32::new(0),
+            stopping: false.into(),
+        });
+        let task = Arc::clone(&inner);
+        tokio::spawn(async move {
+            if let Err(reason) = task.clone().launch().await {
+                task.setup_failed(&reason);
+                task.kill();
+            }
+        });
+        Self { inner }
+    }
+
+    /// The number of slots.
+    pub fn slots(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    /// The worker's current state.
+    pub fn state(&self) -> WorkerState {
+        *self.inner.state.borrow()
+    }
+
+    /// Follows the worker's state.
+    pub fn subscribe_state(&self) -> watch::Receiver<WorkerState> {
+        self.inner.state.subscribe()
+    }
+
+    /// Setup's record for the health check.
+    pub fn setup_record(&self) -> SetupRecord {
+        self.inner.lock_setup().clone()
+    }
+
+    /// The model's schema (`null` until ready or when the worker has none).
+    pub fn schema(&self) -> serde_json::Value {
+        self.inner.lock_ready().0.clone()
+    }
+
+    /// The worker's runtime versions.
+    pub fn versions(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.inner.lock_ready().1.clone()
+    }
+
+    /// Hands `request` to `slot`; the returned channel yields the run's events
+    /// and ends with a final one ([`SlotEvent::is_final`]).
+    pub async fn run(
+        &self,
+        slot: usize,
+        request: &SlotRequest,
+    ) -> Result<mpsc::Receiver<SlotEvent>, DispatchError> {
+        let frame = encode_line(request)?;
+        let (tx, rx) = mpsc::channel(256);
+        let slot_ref = &self.inner.slots[slot];
+        let mut writer = slot_ref.writer.lock().await;
+        let Some(socket) = writer.as_mut() else {
+            return Err(DispatchError::NotConnected(slot));
+        };
+        *slot_ref.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        if let Err(e) = socket.write_all(&frame).await {
+            slot_ref
+                .run
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            return Err(e.into());
+        }
+        Ok(rx)
+    }
+
+    /// Asks the worker to exit and waits up to `grace` before killing it.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        if let Some(stdin) = self.inner.control.lock().await.as_mut() {
+            if let Ok(frame) = encode_line(&ControlRequest::Shutdown) {
+                let _ = stdin.write_all(&frame).await;
+            }
+        }
+        let mut exit = self.inner.exit.subscribe();
+        if tokio::time::timeout(grace, exit.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
+            self.inner.kill();
+            let _ = exit.wait_for(Option::is_some).await;
+        }
+    }
+}
+
+impl Inner {
+    fn lock_setup(&self) -> std::sync::MutexGuard<'_, SetupRecord> {
+        self.setup.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_ready(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        (
+            serde_json::Value,
+            serde_json::Map<String, serde_json::Value>,
+        ),
+    > {
+        self.ready_info.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the process, sends `init`, connects the slots. An error is a
+    /// setup failure.
+    async fn launch(self: Arc<Self>) -> Result<(), String> {
+        let config = &self.config;
+        let mut listeners = Vec::with_capacity(config.slots);
+        let mut socket_paths = Vec::with_capacity(config.slots);
+        for index in 0..config.slots {
+            let path = config.socket_dir.join(format!("slot-{index}.sock"));
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path)
+                .map_err(|e| format!("cannot create slot socket {}: {e}", path.display()))?;
+            listeners.push(listener);
+            socket_paths.push(path);
+        }
+
+        let mut child = process::spawn(config)?;
+        self.pid
+            .store(child.id().map_or(0, |p| p as i32), Ordering::SeqCst);
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let init = encode_line(&ControlRequest::Init {
+            protocol_version: PROTOCOL_VERSION,
+            predictor_ref: config.predictor_ref.clone(),
+            mode: config.mode,
+            slot_sockets: socket_paths,
+        })
+        .map_err(|e| e.to_string())?;
+        stdin
+            .write_all(&init)
+            .await
+            .map_err(|e| format!("cannot send init to the worker: {e}"))?;
+        *self.control.lock().await = Some(stdin);
+
+        let waiter = Arc::clone(&self);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            waiter.pid.store(0, Ordering::SeqCst);
+            waiter.on_exit(process::describe_exit(status));
+        });
+        tokio::spawn(Arc::clone(&self).read_control(stdout));
+        if let Some(timeout) = config.setup_timeout {
+            let timer = Arc::clone(&self);
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                if *timer.state.borrow() == WorkerState::Starting {
+                    timer.setup_failed(&format!(
+                        "setup did not finish within {} s (COG_SETUP_TIMEOUT)",
+                        timeout.as_secs_f64()
+                    ));
+                    timer.kill();
+                }
+            });
+        }
+
+        let mut exit = self.exit.subscribe();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let stream = tokio::select! {
+                accepted = listener.accept() => accepted
+                    .map_err(|e| format!("cannot accept slot socket {index}: {e}"))?
+                    .0,
+                // The worker died before connecting: its exit says why.
+                _ = exit.wait_for(Option::is_some) => return Ok(()),
+            };
+            let (read, write) = stream.into_split();
+            let mut frames = FramedRead::new(read, LineDecoder::default());
+            let first = frames
+                .next()
+                .await
+                .ok_or_else(|| format!("slot {index} closed before saying its protocol version"))?
+                .map_err(|e| format!("slot {index}: {e}"))?;
+            match SlotResponse::from_frame(&first) {
+                Ok(SlotResponse::ProtocolVersion { version }) if version == PROTOCOL_VERSION => {}
+                Ok(SlotResponse::ProtocolVersion { version }) => {
+                    return Err(format!(
+                        "protocol version mismatch: the server speaks {PROTOCOL_VERSION}, the \
+                         worker speaks {version}; reinstall cogd so both come from one build"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "slot {index}: the worker did not start with its protocol version \
+                         (server protocol {PROTOCOL_VERSION}); reinstall cogd"
+                    ))
+                }
+            }
+            *self.slots[index].writer.lock().await = Some(write);
+            tokio::spawn(Arc::clone(&self).read_slot(index, frames));
+        }
+        Ok(())
+    }
+
+    async fn read_control(self: Arc<Self>, stdout: tokio::process::ChildStdout) {
+        let mut frames = FramedRead::new(stdout, LineDecoder::default());
+        while let Some(frame) = frames.next().await {
+            let message = match frame
+                .map_err(|e| e.to_string())
+                .and_then(|f| serde_json::from_slice(&f).map_err(|e| e.to_string()))
+            {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::error!(error = %e, "malformed message on the worker control channel; stopping the worker");
+                    self.kill();
+                    return;
+                }
+            };
+            match message {
+                ControlResponse::Ready {
+                    schema, versions, ..
+                } => {
+                    *self.lock_ready() = (schema, versions);
+                    {
+                        let mut setup = self.lock_setup();
+                        setup.completed_at = Some(Utc::now());
+                        setup.status = "succeeded";
+                    }
+                    self.state.send_if_modified(|s| {
+                        let starting = *s == WorkerState::Starting;
+                        if starting {
+                            *s = WorkerState::Ready;
+                        }
+                        starting
+                    });
+                    tracing::info!("setup succeeded; the model is ready");
+                }
+                ControlResponse::Log { data, .. } => self.lock_setup().logs.push_str(&data),
+                ControlResponse::WorkerLog {
+                    target,
+                    level,
+                    message,
+                } => match level.as_str() {
+                    "error" => tracing::error!(worker_target = %target, "{message}"),
+                    "warn" => tracing::warn!(worker_target = %target, "{message}"),
+                    "debug" | "trace" => tracing::debug!(worker_target = %target, "{message}"),
+                    _ => tracing::info!(worker_target = %target, "{message}"),
+                },
+                ControlResponse::Fatal { reason } => {
+                    if *self.state.borrow() == WorkerState::Starting {
+                        self.setup_failed(&reason);
+                    } else {
+                        tracing::error!(%reason, "the worker reported a fatal error");
+                    }
+                }
+                ControlResponse::Failed { slot, error } => {
+                    tracing::error!(slot, %error, "a worker slot broke");
+                    self.end_run(
+                        slot,
+                        SlotEvent::Died(format!("worker slot {slot} broke: {error}")),
+                    )
+                    .await;
+                }
+                ControlResponse::DroppedLogs {
+                    count,
+                    interval_millis,
+                } => tracing::warn!(count, interval_millis, "the worker dropped log lines"),
+                ControlResponse::Idle { .. }
+                | ControlResponse::Cancelled { .. }
+                | ControlResponse::HealthcheckResult { .. }
+                | ControlResponse::ShuttingDown => {}
+            }
+        }
+    }
+
+    async fn read_slot(
+        self: Arc<Self>,
+        index: usize,
+        mut frames: FramedRead<tokio::net::unix::OwnedReadHalf, LineDecoder>,
+    ) {
+        while let Some(frame) = frames.next().await {
+            let message = match frame
+                .map_err(|e| e.to_string())
+                .and_then(|f| SlotResponse::from_frame(&f).map_err(|e| e.to_string()))
+            {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::error!(slot = index, error = %e, "malformed message on a slot socket");
+                    self.end_run(
+                        index,
+                        SlotEvent::Died(format!(
+                            "worker slot {index} sent a malformed message: {e}"
+                        )),
+                    )
+                    .await;
+                    break;
+                }
+            };
+            let event = match message {
+                SlotResponse::ProtocolVersion { .. }
+                | SlotResponse::FileOutput { .. }
+                | SlotResponse::Metric { .. } => continue,
+                SlotResponse::Log { source, data } => SlotEvent::Log { source, data },
+                SlotResponse::Output { output, index } => SlotEvent::Output { output, index },
+                SlotResponse::Done {
+                    predict_time,
+                    is_stream,
+                    ..
+                } => SlotEvent::Done {
+                    predict_time,
+                    is_stream,
+                },
+                SlotResponse::Failed { error, .. } => SlotEvent::Failed(error),
+                SlotResponse::Cancelled { .. } => SlotEvent::Cancelled,
+            };
+            if event.is_final() {
+                self.end_run(index, event).await;
+            } else {
+                let run = self.slots[index]
+                    .run
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(run) = run {
+                    let _ = run.send(event).await;
+                }
+            }
+        }
+        // The socket closed: the worker is dying. Wait briefly for its exit so
+        // the run's error can say how it died.
+        self.slots[index].writer.lock().await.take();
+        let mut exit = self.exit.subscribe();
+        let reason = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|r| r.clone()))
+            .unwrap_or_else(|| format!("the connection to worker slot {index} closed"));
+        self.end_run(index, SlotEvent::Died(reason)).await;
+    }
+
+    /// Delivers the final event of the run in `slot`, if one is running.
+    async fn end_run(&self, slot: usize, event: SlotEvent) {
+        let run = self.slots[slot]
+            .run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(run) = run {
+            let _ = run.send(event).await;
+        }
+    }
+
+    fn setup_failed(&self, reason: &str) {
+        {
+            let mut setup = self.lock_setup();
+            if setup.status == "starting" {
+                setup.status = "failed";
+                setup.completed_at = Some(Utc::now());
+            }
+            if !setup.logs.contains(reason) {
+                if !setup.logs.is_empty() && !setup.logs.ends_with('\n') {
+                    setup.logs.push('\n');
+                }
+                setup.logs.push_str(reason);
+                setup.logs.push('\n');
+            }
+        }
+        tracing::error!(%reason, "setup failed");
+        self.state.send_replace(WorkerState::SetupFailed);
+    }
+
+    fn on_exit(self: Arc<Self>, reason: String) {
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        match *self.state.borrow() {
+            WorkerState::Starting => {
+                self.setup_failed(&format!("the worker exited during setup: {reason}"))
+            }
+            WorkerState::Ready if !stopping => {
+                tracing::error!(%reason, "the worker died; the model is defunct");
+                self.state.send_replace(WorkerState::Defunct);
+            }
+            _ => tracing::info!(%reason, "the worker exited"),
+        }
+        self.exit.send_replace(Some(reason.clone()));
+        let message = format!("the worker process died: {reason}");
+        for slot in 0..self.slots.len() {
+            let inner = Arc::clone(&self);
+            let message = message.clone();
+            tokio::spawn(async move { inner.end_run(slot, SlotEvent::Died(message)).await });
+        }
+    }
+
+    fn kill(&self) {
+        let pid = self.pid.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: sending a signal to our own child, which has not been reaped
+            // (the waiter resets `pid` to 0 once it has).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}

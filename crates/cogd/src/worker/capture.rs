@@ -1,0 +1,365 @@
+//! Output capture in the worker: fd 1 and 2 become pipes that one thread reads,
+//! and every line is routed to whoever is writing right now — setup, the run in
+//! a slot, or the server's log.
+//!
+//! Capturing at the file-descriptor level (not `sys.stdout`) is what makes C
+//! extensions and child processes land in the logs too, and what keeps anything
+//! the model prints off the control channel. To know that a run's last line has
+//! been read before its result is sent, [`LogRouter::sync`] writes a numbered
+//! marker into both pipes and waits until the reader has passed it.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::Sender;
+use crate::ipc::{ControlResponse, LogSource, SlotResponse};
+
+/// The process's standard streams after [`take_stdio`].
+pub(crate) struct Stdio {
+    /// Control requests from the server (the original stdin).
+    pub control_in: File,
+    /// Control responses to the server (the original stdout).
+    pub control_out: File,
+    /// The read end of the pipe that is now fd 1.
+    pub stdout: File,
+    /// The read end of the pipe that is now fd 2.
+    pub stderr: File,
+}
+
+/// Moves the control channel off fd 0/1 and points fd 1 and 2 at fresh pipes.
+/// Must run before any model code, so nothing can write to the real stdout.
+pub(crate) fn take_stdio() -> std::io::Result<Stdio> {
+    let control_in = dup_cloexec(0)?;
+    let control_out = dup_cloexec(1)?;
+    let devnull = File::open("/dev/null")?;
+    dup2(devnull.as_raw_fd(), 0)?;
+    let stdout = redirect_to_pipe(1)?;
+    let stderr = redirect_to_pipe(2)?;
+    Ok(Stdio {
+        control_in: File::from(control_in),
+        control_out: File::from(control_out),
+        stdout,
+        stderr,
+    })
+}
+
+fn cvt(ret: libc::c_int) -> std::io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn dup_cloexec(fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we then own.
+    let new = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+fn dup2(from: RawFd, to: RawFd) -> std::io::Result<()> {
+    // SAFETY: dup2 on descriptors this process owns; `to` is a standard stream.
+    cvt(unsafe { libc::dup2(from, to) }).map(|_| ())
+}
+
+/// Makes `target` the write end of a new pipe; returns the read end.
+fn redirect_to_pipe(target: RawFd) -> std::io::Result<File> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds` with two new descriptors that we own.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The duplicate at `target` is not close-on-exec: child processes inherit it.
+    dup2(write.as_raw_fd(), target)?;
+    Ok(File::from(read))
+}
+
+/// Starts every sync marker; NUL and ESC make it unlikely in real output.
+const MARKER: &[u8] = b"\x00\x1bcogd-sync:";
+/// Output without a newline is sent in pieces of at most this many bytes.
+const MAX_LINE: usize = 64 * 1024;
+/// How long [`LogRouter::sync`] waits for the reader before giving up, so a
+/// stuck pipe can delay a result but never hang it.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where captured output goes; shared by the reader thread and the slots.
+#[derive(Clone)]
+pub(crate) struct LogRouter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    control: Sender,
+    state: Mutex<RouteState>,
+    /// Signalled whenever the reader passes a sync marker.
+    synced: Condvar,
+}
+
+struct RouteState {
+    /// True until setup has finished: unattributed output is setup's.
+    in_setup: bool,
+    /// The slots running a prediction, with their sockets.
+    active: Vec<(usize, Sender)>,
+    /// The number of the last marker written.
+    requested: u64,
+    /// Per source, the highest marker the reader has passed (MAX once closed).
+    seen: [u64; 2],
+}
+
+impl LogRouter {
+    /// Starts the reader thread over the two pipes.
+    pub(crate) fn start(control: Sender, stdout: File, stderr: File) -> Self {
+        let router = Self {
+            inner: Arc::new(Inner {
+                control,
+                state: Mutex::new(RouteState {
+                    in_setup: true,
+                    active: Vec::new(),
+                    requested: 0,
+                    seen: [0, 0],
+                }),
+                synced: Condvar::new(),
+            }),
+        };
+        let reader = router.clone();
+        std::thread::Builder::new()
+            .name("cogd-capture".into())
+            .spawn(move || reader.read_loop(stdout, stderr))
+            .expect("spawn capture thread");
+        router
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouteState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on unattributed output goes to the server's log.
+    pub(crate) fn setup_done(&self) {
+        self.lock().in_setup = false;
+    }
+
+    /// Output from now on belongs to the run in `slot` (while it is the only one).
+    pub(crate) fn begin_run(&self, slot: usize, socket: Sender) {
+        self.lock().active.push((slot, socket));
+    }
+
+    /// The run in `slot` has finished.
+    pub(crate) fn end_run(&self, slot: usize) {
+        self.lock().active.retain(|(s, _)| *s != slot);
+    }
+
+    /// Waits until everything written to fd 1 and 2 before this call has been
+    /// routed.
+    pub(crate) fn sync(&self) {
+        let number = {
+            let mut state = self.lock();
+            state.requested += 1;
+            state.requested
+        };
+        // Not under the lock: a full pipe blocks this write until the reader,
+        // which needs the lock to route, has drained it.
+        let marker = [MARKER, number.to_string().as_bytes(), b"\n"].concat();
+        for (index, fd) in [1, 2].into_iter().enumerate() {
+            if !write_all(fd, &marker) {
+                let mut state = self.lock();
+                state.seen[index] = u64::MAX;
+            }
+        }
+        let state = self.lock();
+        let _ = self
+            .inner
+            .synced
+            .wait_timeout_while(state, SYNC_TIMEOUT, |s| {
+                s.seen.iter().any(|&seen| seen < number)
+            });
+    }
+
+    fn marker_seen(&self, index: usize, number: u64) {
+        let mut state = self.lock();
+        state.seen[index] = state.seen[index].max(number);
+        drop(state);
+        self.inner.synced.notify_all();
+    }
+
+    fn emit(&self, source: LogSource, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let data = String::from_utf8_lossy(data).into_owned();
+        let target = {
+            let state = self.lock();
+            match state.active.as_slice() {
+                [(_, socket)] => Some(socket.clone()),
+                _ if state.in_setup => None,
+                _ => {
+                    drop(state);
+                    // Output outside any single run: the server logs it.
+                    super::worker_log(&self.inner.control, "info", data);
+                    return;
+                }
+            }
+        };
+        let _ = match target {
+            Some(socket) => socket.send(&SlotResponse::Log { source, data }),
+            None => self
+                .inner
+                .control
+                .send(&ControlResponse::Log { source, data }),
+        };
+    }
+
+    fn read_loop(self, stdout: File, stderr: File) {
+        let mut streams = [
+            Stream::new(LogSource::Stdout, stdout),
+            Stream::new(LogSource::Stderr, stderr),
+        ];
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let mut fds: Vec<libc::pollfd> = streams
+                .iter()
+                .filter(|s| s.open)
+                .map(|s| libc::pollfd {
+                    fd: s.file.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            if fds.is_empty() {
+                return;
+            }
+            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if ready < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            for pollfd in fds.iter().filter(|p| p.revents != 0) {
+                let index = streams
+                    .iter()
+                    .position(|s| s.file.as_raw_fd() == pollfd.fd)
+                    .expect("polled fd is one of ours");
+                let stream = &mut streams[index];
+                match stream.file.read(&mut chunk) {
+                    Ok(0) | Err(_) => {
+                        stream.open = false;
+                        let rest = std::mem::take(&mut stream.pending);
+                        self.emit(stream.source, &rest);
+                        self.marker_seen(index, u64::MAX);
+                    }
+                    Ok(n) => {
+                        stream.pending.extend_from_slice(&chunk[..n]);
+                        self.route_pending(index, stream);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes every complete line in the stream's buffer, and long partial ones.
+    fn route_pending(&self, index: usize, stream: &mut Stream) {
+        let mut start = 0;
+        while let Some(offset) = stream.pending[start..].iter().position(|&b| b == b'\n') {
+            let end = start + offset + 1;
+            let line = &stream.pending[start..end];
+            match find(line, MARKER) {
+                Some(at) => {
+                    // What precedes a marker is the end of a line left unfinished.
+                    self.emit(stream.source, &line[..at]);
+                    let number = std::str::from_utf8(&line[at + MARKER.len()..line.len() - 1])
+                        .ok()
+                        .and_then(|n| n.parse().ok());
+                    if let Some(number) = number {
+                        self.marker_seen(index, number);
+                    }
+                }
+                None => self.emit(stream.source, line),
+            }
+            start = end;
+        }
+        stream.pending.drain(..start);
+        while stream.pending.len() > MAX_LINE {
+            let cut = piece_end(&stream.pending[..MAX_LINE]);
+            let piece: Vec<u8> = stream.pending.drain(..cut).collect();
+            self.emit(stream.source, &piece);
+        }
+    }
+}
+
+/// Where to cut a long partial line: not inside a UTF-8 character and not
+/// inside a marker that may be arriving.
+fn piece_end(piece: &[u8]) -> usize {
+    let end = match std::str::from_utf8(piece) {
+        Ok(_) => piece.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => piece.len(),
+    };
+    let tail_start = end.saturating_sub(MARKER.len());
+    match piece[tail_start..end].iter().position(|&b| b == 0) {
+        Some(nul) if tail_start + nul > 0 => tail_start + nul,
+        _ => end,
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Writes all of `data` to `fd`; false if the descriptor is closed or broken.
+fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        // SAFETY: writing a valid buffer to a descriptor number; errors are returned.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        data = &data[n as usize..];
+    }
+    true
+}
+
+struct Stream {
+    source: LogSource,
+    file: File,
+    open: bool,
+    /// Bytes read but not yet routed: the start of an unfinished line.
+    pending: Vec<u8>,
+}
+
+impl Stream {
+    fn new(source: LogSource, file: File) -> Self {
+        Self {
+            source,
+            file,
+            open: true,
+            pending: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_partial_lines_are_cut_on_character_boundaries() {
+        let text = "é".repeat(10);
+        let bytes = text.as_bytes();
+        // Cutting at an odd byte count would split a two-byte character.
+        assert_eq!(piece_end(&bytes[..7]), 6);
+        assert_eq!(piece_end(&bytes[..8]), 8);
+    }
+
+    #[test]
+    fn a_marker_arriving_at_the_cut_is_kept_whole() {
+        let mut data = b"abcdef".to_vec();
+        data.extend_from_slice(&MARKER[..4]);
+        assert_eq!(piece_end(&data), 6);
+    }
+}

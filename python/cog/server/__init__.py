@@ -1,0 +1,1 @@
+"""Cog's server package; ``python -m cog.server.http`` starts cogd."""

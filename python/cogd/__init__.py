@@ -1,0 +1,28 @@
+"""cogd: a Cog-compatible prediction server.
+
+The HTTP server and the worker's event loop are Rust (``cogd._native``); this
+package holds the Python side: the SDK types that model code imports (re-exported
+by ``cog``), the runner that loads and calls a model inside the worker process,
+and the command-line entry points.
+"""
+
+from cogd.types import (
+    BasePredictor,
+    BaseRunner,
+    CancelationException,
+    Input,
+    Path,
+    Secret,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BasePredictor",
+    "BaseRunner",
+    "CancelationException",
+    "Input",
+    "Path",
+    "Secret",
+    "__version__",
+]

@@ -1,0 +1,188 @@
+"""Loads a model and calls it inside the worker process.
+
+``cogd._native`` (the Rust worker loop) creates one ``Runner`` per worker and
+calls ``setup()`` once, then ``run()`` per prediction from the slot's thread.
+Values cross the boundary as JSON text so that the Rust side never has to walk
+Python objects. Model exceptions propagate; the Rust side turns them into the
+prediction's error after the traceback has been written to the run's logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from cogd.types import BasePredictor, BaseRunner, FieldInfo
+
+
+class LoadError(Exception):
+    """The predictor reference does not name something cogd can run."""
+
+
+def load_predictor(ref: str) -> Any:
+    """Import ``FILE.py:NAME`` relative to the working directory and return ``NAME``."""
+    path, sep, name = ref.rpartition(":")
+    if not sep or not path or not name:
+        raise LoadError(f"invalid predictor reference {ref!r}: expected FILE.py:NAME")
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise LoadError(f"predictor file {path!r} not found in {os.getcwd()}")
+    module_name = os.path.splitext(os.path.basename(full))[0]
+    # Model code imports its sibling modules by bare name, as it does under Cog.
+    model_dir = os.path.dirname(full)
+    if model_dir not in sys.path:
+        sys.path.insert(0, model_dir)
+    spec = importlib.util.spec_from_file_location(module_name, full)
+    if spec is None or spec.loader is None:
+        raise LoadError(f"cannot import {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise LoadError(f"{path!r} has no attribute {name!r}") from None
+
+
+def _overrides(cls: type, name: str, base: type) -> bool:
+    """True when ``cls`` defines ``name`` itself rather than inheriting ``base``'s."""
+    attr = getattr(cls, name, None)
+    return attr is not None and attr is not getattr(base, name, None)
+
+
+def find_run_method(predictor: Any) -> tuple[Any, Callable[..., Any]]:
+    """Return ``(instance or None, run callable)`` for a predictor class or function."""
+    if inspect.isclass(predictor):
+        instance = predictor()
+        cls = type(instance)
+        if _overrides(cls, "run", BaseRunner):
+            return instance, instance.run
+        if _overrides(cls, "predict", BasePredictor):
+            return instance, instance.predict
+        raise LoadError(f"{cls.__name__} defines neither run() nor predict()")
+    if callable(predictor):
+        return None, predictor
+    raise LoadError(f"{predictor!r} is neither a class nor a function")
+
+
+def _weights_argument() -> Any:
+    """What a ``setup(weights)`` parameter receives, as Cog defines it."""
+    url = os.environ.get("COG_WEIGHTS")
+    if url:
+        return url
+    if os.path.exists("weights"):
+        from cogd.types import Path
+
+        return Path("weights")
+    return None
+
+
+class _EventLoop:
+    """The worker's one asyncio event loop, run in its own thread.
+
+    Async setup and runs are submitted to it from the slot threads, so the loop is
+    shared by every async run and never blocked by a sync one.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="cogd-asyncio", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the loop and wait for its result from this thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def _encode(value: Any) -> Any:
+    """``json.dumps`` fallback for the output types JSON does not know."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    for method in ("model_dump", "dict"):
+        dump = getattr(value, method, None)
+        if callable(dump):
+            return dump()
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict)):
+        return list(value)
+    raise TypeError(f"output of type {type(value).__name__} is not JSON serializable")
+
+
+class Runner:
+    """One loaded model: ``setup`` once, then ``run`` per prediction."""
+
+    def __init__(self, predictor_ref: str, mode: str = "predict") -> None:
+        self.predictor_ref = predictor_ref
+        self.mode = mode
+        self._instance: Any = None
+        self._run: Callable[..., Any] | None = None
+        self._defaults: dict[str, Any] = {}
+        self._loop: _EventLoop | None = None
+
+    def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            if self._loop is None:
+                self._loop = _EventLoop()
+            return self._loop.run(fn(**kwargs))
+        return fn(**kwargs)
+
+    def setup(self) -> str:
+        """Import the model, run its ``setup``; returns the schema as JSON text."""
+        try:
+            predictor = load_predictor(self.predictor_ref)
+            self._instance, self._run = find_run_method(predictor)
+            self._defaults = {
+                name: param.default.default
+                for name, param in inspect.signature(self._run).parameters.items()
+                if isinstance(param.default, FieldInfo) and not param.default.required
+            }
+            setup = getattr(self._instance, "setup", None)
+            if setup is not None:
+                kwargs = {}
+                if "weights" in inspect.signature(setup).parameters:
+                    kwargs["weights"] = _weights_argument()
+                self._call(setup, **kwargs)
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            _flush_std_streams()
+        return "null"
+
+    def run(self, input_json: str, context_json: str, output_dir: str) -> str:
+        """Run one prediction on ``input_json``; returns the output as JSON text."""
+        assert self._run is not None, "run() before setup()"
+        del context_json, output_dir  # used by later features (scope, file outputs)
+        try:
+            inputs = json.loads(input_json)
+            kwargs = {**self._defaults, **inputs}
+            output = self._call(self._run, **kwargs)
+            if inspect.isgenerator(output):
+                output = list(output)
+            return json.dumps(output, default=_encode)
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            _flush_std_streams()
+
+
+def _flush_std_streams() -> None:
+    """Push buffered Python output into fd 1 and 2 so it lands in the right logs."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
