@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from cogd import capture
 from cogd.types import BasePredictor, BaseRunner, FieldInfo
 
 
@@ -124,6 +125,7 @@ class Runner:
     """One loaded model: ``setup`` once, then ``run`` per prediction."""
 
     def __init__(self, predictor_ref: str, mode: str = "predict") -> None:
+        capture.install()
         self.predictor_ref = predictor_ref
         self.mode = mode
         self._instance: Any = None

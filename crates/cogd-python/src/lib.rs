@@ -1,15 +1,17 @@
 //! `cogd._native`: the Rust half of the `cogd` Python package.
 //!
-//! Two entry points: [`main`] runs the `cogd` command line (the server never
+//! Entry points: [`main`] runs the `cogd` command line (the server never
 //! holds the GIL while it serves), and [`run_worker`] runs the worker's event
 //! loop inside the worker process with [`PyHandler`], which drives
-//! `cogd.runner.Runner`.
+//! `cogd.runner.Runner`; [`write_log`] is how the worker's `sys.stdout` and
+//! `sys.stderr` reach the logs.
 
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use serde_json::value::RawValue;
 
+use cogd::ipc::LogSource;
 use cogd::worker::{Handler, InitInfo, RunRequest, SetupInfo};
 
 /// Runs the `cogd` command line; `python` is the interpreter workers use.
@@ -22,6 +24,23 @@ fn main(py: Python<'_>, argv: Vec<String>, python: PathBuf) -> i32 {
 #[pyfunction]
 fn run_worker(py: Python<'_>) -> i32 {
     py.detach(|| cogd::worker::run(PyHandler::new))
+}
+
+/// Routes text written to `sys.stdout` (`source="stdout"`) or `sys.stderr`
+/// to the current run's logs; false outside a worker process.
+#[pyfunction]
+fn write_log(py: Python<'_>, source: &str, data: &str) -> PyResult<bool> {
+    let source = match source {
+        "stdout" => LogSource::Stdout,
+        "stderr" => LogSource::Stderr,
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown log source {other:?}"
+            )))
+        }
+    };
+    // Sending may wait on the server; other Python threads keep running.
+    Ok(py.detach(|| cogd::worker::write_log(source, data)))
 }
 
 /// The worker's handler: a `cogd.runner.Runner` for the model.
@@ -116,5 +135,6 @@ impl Handler for PyHandler {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(run_worker, m)?)?;
+    m.add_function(wrap_pyfunction!(write_log, m)?)?;
     Ok(())
 }

@@ -349,7 +349,8 @@ impl Inner {
             let timer = Arc::clone(&self);
             tokio::spawn(async move {
                 tokio::time::sleep(timeout).await;
-                if *timer.state.borrow() == WorkerState::Starting {
+                let starting = *timer.state.borrow() == WorkerState::Starting;
+                if starting {
                     timer.setup_failed(&format!(
                         "setup did not finish within {} s (COG_SETUP_TIMEOUT)",
                         timeout.as_secs_f64()
@@ -441,7 +442,8 @@ impl Inner {
                     _ => tracing::info!(worker_target = %target, "{message}"),
                 },
                 ControlResponse::Fatal { reason } => {
-                    if *self.state.borrow() == WorkerState::Starting {
+                    let starting = *self.state.borrow() == WorkerState::Starting;
+                    if starting {
                         self.setup_failed(&reason);
                     } else {
                         tracing::error!(%reason, "the worker reported a fatal error");
@@ -565,7 +567,9 @@ impl Inner {
 
     fn on_exit(self: Arc<Self>, reason: String) {
         let stopping = self.stopping.load(Ordering::SeqCst);
-        match *self.state.borrow() {
+        // Copied out: a watch borrow held across `send_replace` would deadlock.
+        let state = *self.state.borrow();
+        match state {
             WorkerState::Starting => {
                 self.setup_failed(&format!("the worker exited during setup: {reason}"))
             }

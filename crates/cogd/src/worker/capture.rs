@@ -84,7 +84,8 @@ const MAX_LINE: usize = 64 * 1024;
 /// stuck pipe can delay a result but never hang it.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where captured output goes; shared by the reader thread and the slots.
+/// Where captured output goes; shared by the reader thread, the slots, and
+/// Python-level writes ([`LogRouter::write_direct`]).
 #[derive(Clone)]
 pub(crate) struct LogRouter {
     inner: Arc<Inner>,
@@ -95,6 +96,10 @@ struct Inner {
     state: Mutex<RouteState>,
     /// Signalled whenever the reader passes a sync marker.
     synced: Condvar,
+    /// The pipes and their unfinished lines. Held while reading and routing,
+    /// so a direct write can first drain what the pipes already hold and
+    /// output keeps the order in which it was written.
+    io: Mutex<[Stream; 2]>,
 }
 
 struct RouteState {
@@ -111,6 +116,10 @@ struct RouteState {
 impl LogRouter {
     /// Starts the reader thread over the two pipes.
     pub(crate) fn start(control: Sender, stdout: File, stderr: File) -> Self {
+        for file in [&stdout, &stderr] {
+            set_nonblocking(file.as_raw_fd());
+        }
+        let fds = [stdout.as_raw_fd(), stderr.as_raw_fd()];
         let router = Self {
             inner: Arc::new(Inner {
                 control,
@@ -121,18 +130,26 @@ impl LogRouter {
                     seen: [0, 0],
                 }),
                 synced: Condvar::new(),
+                io: Mutex::new([
+                    Stream::new(LogSource::Stdout, stdout),
+                    Stream::new(LogSource::Stderr, stderr),
+                ]),
             }),
         };
         let reader = router.clone();
         std::thread::Builder::new()
             .name("cogd-capture".into())
-            .spawn(move || reader.read_loop(stdout, stderr))
+            .spawn(move || reader.read_loop(fds))
             .expect("spawn capture thread");
         router
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RouteState> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_io(&self) -> std::sync::MutexGuard<'_, [Stream; 2]> {
+        self.inner.io.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// From now on unattributed output goes to the server's log.
@@ -148,6 +165,22 @@ impl LogRouter {
     /// The run in `slot` has finished.
     pub(crate) fn end_run(&self, slot: usize) {
         self.lock().active.retain(|(s, _)| *s != slot);
+    }
+
+    /// Routes text written at the Python level (`sys.stdout`/`sys.stderr`),
+    /// after everything the pipes already hold, so the two kinds of output
+    /// stay in the order they were written.
+    pub(crate) fn write_direct(&self, source: LogSource, data: &str) {
+        let mut streams = self.lock_io();
+        for (index, stream) in streams.iter_mut().enumerate() {
+            self.drain(index, stream);
+            // The start of a line written to the fd comes before this text.
+            if !stream.pending.contains(&0) {
+                let partial = std::mem::take(&mut stream.pending);
+                self.emit(stream.source, &partial);
+            }
+        }
+        self.emit(source, data.as_bytes());
     }
 
     /// Waits until everything written to fd 1 and 2 before this call has been
@@ -210,50 +243,59 @@ impl LogRouter {
         };
     }
 
-    fn read_loop(self, stdout: File, stderr: File) {
-        let mut streams = [
-            Stream::new(LogSource::Stdout, stdout),
-            Stream::new(LogSource::Stderr, stderr),
-        ];
-        let mut chunk = vec![0u8; 64 * 1024];
+    fn read_loop(self, fds: [RawFd; 2]) {
+        let mut open = [true, true];
         loop {
-            let mut fds: Vec<libc::pollfd> = streams
+            let mut pollfds: Vec<libc::pollfd> = fds
                 .iter()
-                .filter(|s| s.open)
-                .map(|s| libc::pollfd {
-                    fd: s.file.as_raw_fd(),
+                .zip(open)
+                .filter(|(_, open)| *open)
+                .map(|(&fd, _)| libc::pollfd {
+                    fd,
                     events: libc::POLLIN,
                     revents: 0,
                 })
                 .collect();
-            if fds.is_empty() {
+            if pollfds.is_empty() {
                 return;
             }
-            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            // SAFETY: `pollfds` is a valid array of pollfd for the call's duration.
+            let ready =
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, -1) };
             if ready < 0 {
                 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
                 return;
             }
-            for pollfd in fds.iter().filter(|p| p.revents != 0) {
-                let index = streams
-                    .iter()
-                    .position(|s| s.file.as_raw_fd() == pollfd.fd)
-                    .expect("polled fd is one of ours");
-                let stream = &mut streams[index];
-                match stream.file.read(&mut chunk) {
-                    Ok(0) | Err(_) => {
-                        stream.open = false;
-                        let rest = std::mem::take(&mut stream.pending);
-                        self.emit(stream.source, &rest);
-                        self.marker_seen(index, u64::MAX);
-                    }
-                    Ok(n) => {
-                        stream.pending.extend_from_slice(&chunk[..n]);
-                        self.route_pending(index, stream);
-                    }
+            let mut streams = self.lock_io();
+            for (index, stream) in streams.iter_mut().enumerate() {
+                self.drain(index, stream);
+                open[index] = stream.open;
+            }
+        }
+    }
+
+    /// Reads everything the pipe holds right now and routes it.
+    fn drain(&self, index: usize, stream: &mut Stream) {
+        let mut chunk = [0u8; 16 * 1024];
+        while stream.open {
+            match stream.file.read(&mut chunk) {
+                Ok(0) => {
+                    stream.open = false;
+                    let rest = std::mem::take(&mut stream.pending);
+                    self.emit(stream.source, &rest);
+                    self.marker_seen(index, u64::MAX);
+                }
+                Ok(n) => {
+                    stream.pending.extend_from_slice(&chunk[..n]);
+                    self.route_pending(index, stream);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    stream.open = false;
+                    self.marker_seen(index, u64::MAX);
                 }
             }
         }
@@ -285,6 +327,16 @@ impl LogRouter {
             let cut = piece_end(&stream.pending[..MAX_LINE]);
             let piece: Vec<u8> = stream.pending.drain(..cut).collect();
             self.emit(stream.source, &piece);
+        }
+    }
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor we own, changing only its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
         }
     }
 }

@@ -17,8 +17,8 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 
 use crate::ipc::{
-    encode_line, ControlRequest, ControlResponse, FrameReader, Mode, SlotRequest, SlotResponse,
-    PROTOCOL_VERSION,
+    encode_line, ControlRequest, ControlResponse, FrameReader, LogSource, Mode, SlotRequest,
+    SlotResponse, PROTOCOL_VERSION,
 };
 use capture::LogRouter;
 
@@ -64,6 +64,22 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Runs one prediction in `slot`, returning its output as JSON.
     fn run(&self, slot: usize, request: RunRequest) -> Result<Box<RawValue>, String>;
+}
+
+/// The worker's output router, for [`write_log`].
+static ROUTER: std::sync::OnceLock<LogRouter> = std::sync::OnceLock::new();
+
+/// Routes text the model wrote at the language level (Python's `sys.stdout`
+/// and `sys.stderr`) to the current run's logs, in order with what was
+/// written to the file descriptors. False when called outside a worker.
+pub fn write_log(source: LogSource, data: &str) -> bool {
+    match ROUTER.get() {
+        Some(router) => {
+            router.write_direct(source, data);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Serialises frames onto one channel from several threads.
@@ -115,6 +131,7 @@ where
     let control = Sender::new(stdio.control_out);
     install_panic_hook(control.clone());
     let router = LogRouter::start(control.clone(), stdio.stdout, stdio.stderr);
+    let _ = ROUTER.set(router.clone());
     let mut requests = FrameReader::new(stdio.control_in);
 
     let (predictor_ref, mode, slot_sockets) = match requests.next_message::<ControlRequest>() {

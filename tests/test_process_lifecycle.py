@@ -1,0 +1,91 @@
+"""Starting and stopping the server process: the port from $PORT, POST
+/shutdown and SIGTERM both ending it with exit code 0 (also with a run in
+flight), and the `python -m cog.server.http` launcher that Cog-built images
+start, including COG_PREDICT_TYPE_STUB and --await-explicit-shutdown.
+"""
+
+import shutil
+import signal
+import subprocess
+
+import pytest
+from harness import EXAMPLES, MODELS, in_background
+
+
+def copy_model(src, dst):
+    return shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def test_cogd_serve_takes_the_port_from_the_port_env_var(start_server):
+    server = start_server("basic", port_via="env")
+    assert server.predict_ok({"token": "env-port"})["output"] == "ok:env-port"
+
+
+def test_post_shutdown_exits_zero(start_server):
+    server = start_server("basic")
+    resp = server.post("/shutdown")
+    assert resp.status_code == 200, resp.text
+    assert server.wait_exit(timeout=15) == 0
+
+
+def test_sigterm_exits_zero(start_server):
+    server = start_server("basic")
+    server.terminate()
+    assert server.wait_exit(timeout=15) == 0
+
+
+def test_sigterm_with_a_run_in_flight_answers_it_and_exits_zero(start_server):
+    server = start_server("basic")
+    inflight = in_background(server.predict, {"mode": "ok", "token": "late", "seconds": 1.0})
+    server.wait_for_status("BUSY", timeout=10)
+    server.terminate()
+
+    # The run is either let finish or cancelled; either way its client gets
+    # the outcome rather than a dropped connection.
+    resp = inflight.result(timeout=20)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] in {"succeeded", "canceled"}, resp.json()
+    assert server.wait_exit(timeout=15) == 0
+
+
+def test_cog_server_http_launcher_serves_predictions_from_the_model_dir(start_server, tmp_path):
+    model = copy_model(EXAMPLES / "hello", tmp_path / "hello")
+    server = start_server(
+        model, launcher="cog", env={"COG_PREDICT_TYPE_STUB": "predict.py:Predictor"}
+    )
+    prediction = server.predict_ok({"name": "launcher"})
+    assert prediction["status"] == "succeeded", prediction
+    assert prediction["output"] == "hello, launcher"
+
+
+def test_cog_server_http_launcher_uses_predict_type_stub_over_cog_yaml(start_server, tmp_path):
+    model = copy_model(MODELS / "basic", tmp_path / "basic")
+    # cog.yaml names a predictor that does not exist; the stub must win.
+    (model / "cog.yaml").write_text(
+        'build:\n  python_version: "3.11"\npredict: "predict.py:NoSuchPredictor"\n'
+    )
+    server = start_server(
+        model, launcher="cog", env={"COG_PREDICT_TYPE_STUB": "predict.py:Predictor"}
+    )
+    assert server.predict_ok({"token": "stub"})["output"] == "ok:stub"
+
+
+def test_await_explicit_shutdown_ignores_sigterm_until_post_shutdown(start_server, tmp_path):
+    model = copy_model(EXAMPLES / "hello", tmp_path / "hello")
+    server = start_server(
+        model,
+        launcher="cog",
+        env={"COG_PREDICT_TYPE_STUB": "predict.py:Predictor"},
+        args=("--await-explicit-shutdown", "true"),
+    )
+    server.proc.send_signal(signal.SIGTERM)
+    # Nothing to poll for when the expected event is "nothing happens": give
+    # the server a second to (wrongly) exit.
+    with pytest.raises(subprocess.TimeoutExpired):
+        server.proc.wait(timeout=1.0)
+    assert server.health()["status"] == "READY"
+    assert server.predict_ok({"name": "still"})["output"] == "hello, still"
+
+    resp = server.post("/shutdown")
+    assert resp.status_code == 200, resp.text
+    assert server.wait_exit(timeout=15) == 0
