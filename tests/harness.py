@@ -310,7 +310,7 @@ def launch(
     if launcher == "cogd":
         exe = cogd_executable()
         if not exe.exists():
-            raise AssertionError(f"no cogd executable at {exe}: run `make dev`, or set COGD_BIN")
+            raise AssertionError(f"no cogd executable at {exe}: run `make install`, or set COGD_BIN")
         base_cmd = [str(exe), "serve", str(model_dir), "--host", "127.0.0.1"]
         run_dir = cwd or log_dir
     elif launcher == "cog":
