@@ -27,7 +27,8 @@ MODELS = REPO / "tests" / "models"
 EXAMPLES = REPO / "examples"
 
 # The server under test is whatever the venv running pytest installed, so the
-# tests always exercise the build `make install` (or `make build-dev`) just made. COGD_BIN overrides it
+# tests always exercise the build `make install` (or `make build-dev`) just made.
+# COGD_BIN overrides it
 # (e.g. to try a release build without reinstalling).
 BIN_DIR = Path(sys.executable).parent
 
@@ -310,7 +311,9 @@ def launch(
     if launcher == "cogd":
         exe = cogd_executable()
         if not exe.exists():
-            raise AssertionError(f"no cogd executable at {exe}: run `make install`, or set COGD_BIN")
+            raise AssertionError(
+                f"no cogd executable at {exe}: run `make install`, or set COGD_BIN"
+            )
         base_cmd = [str(exe), "serve", str(model_dir), "--host", "127.0.0.1"]
         run_dir = cwd or log_dir
     elif launcher == "cog":
