@@ -42,7 +42,7 @@ def parse_args(argv: list[str]) -> list[str]:
     if args.await_explicit_shutdown:
         out.append("--await-explicit-shutdown")
     if args.x_mode == "train":
-        out.append("--train")
+        parser.error("--x-mode train: training models are not supported by this cogd yet")
     return out
 
 
