@@ -3,6 +3,7 @@
 Every name here is re-exported from ``cogd`` so that unchanged Cog models run.
 """
 
+from cogd.decorators import concurrent
 from cogd.types import (
     BasePredictor,
     BaseRunner,
@@ -15,6 +16,7 @@ from cogd.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "concurrent",
     "BasePredictor",
     "BaseRunner",
     "CancelationException",

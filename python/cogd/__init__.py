@@ -6,6 +6,7 @@ by ``cog``), the runner that loads and calls a model inside the worker process,
 and the command-line entry points.
 """
 
+from cogd.decorators import concurrent
 from cogd.types import (
     BasePredictor,
     BaseRunner,
@@ -18,6 +19,7 @@ from cogd.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "concurrent",
     "BasePredictor",
     "BaseRunner",
     "CancelationException",

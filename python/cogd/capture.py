@@ -9,12 +9,19 @@ when a run ends.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import sys
 import threading
 
 # An unfinished line longer than this is passed on without waiting for its end.
 _MAX_PENDING = 64 * 1024
+
+#: The slot of the run the current code belongs to; set by the runner for the
+#: run's thread or task, and inherited by tasks the run starts.
+current_slot: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "cogd_current_slot", default=None
+)
 
 
 class RunOutput(io.TextIOBase):
@@ -24,7 +31,8 @@ class RunOutput(io.TextIOBase):
         super().__init__()
         self._source = source
         self._fd = fd
-        self._pending = ""
+        # Unfinished lines, per run, so concurrent runs never share a line.
+        self._pending: dict[int | None, str] = {}
         self._lock = threading.Lock()
         # Bytes written to ``.buffer`` go through the file descriptor.
         self.buffer = open(fd, "wb", buffering=0, closefd=False)  # noqa: SIM115
@@ -51,23 +59,26 @@ class RunOutput(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         from cogd import _native
 
+        slot = current_slot.get()
         with self._lock:
-            text_all = self._pending + text
+            text_all = self._pending.pop(slot, "") + text
             cut = text_all.rfind("\n") + 1
             if cut == 0 and len(text_all) > _MAX_PENDING:
                 cut = len(text_all)
-            self._pending = text_all[cut:]
+            if cut < len(text_all):
+                self._pending[slot] = text_all[cut:]
             if cut:
-                _native.write_log(self._source, text_all[:cut])
+                _native.write_log(self._source, text_all[:cut], slot)
         return len(text)
 
     def flush(self) -> None:
         from cogd import _native
 
+        slot = current_slot.get()
         with self._lock:
-            if self._pending:
-                _native.write_log(self._source, self._pending)
-                self._pending = ""
+            pending = self._pending.pop(slot, "")
+            if pending:
+                _native.write_log(self._source, pending, slot)
 
 
 def install() -> None:

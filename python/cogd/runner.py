@@ -1,7 +1,10 @@
 """Loads a model and calls it inside the worker process.
 
-``cogd._native`` (the Rust worker loop) creates one ``Runner`` per worker and
-calls ``setup()`` once, then ``run()`` per prediction from the slot's thread.
+``cogd._native`` (the Rust worker loop) creates one ``Runner`` per worker, calls
+``load()`` and ``setup()`` once on the main thread, then ``run()`` per prediction
+from the slot's thread (slot 0 is the main thread), and ``cancel()`` from the
+control thread. Async runs share one event loop on its own thread; a sync run is
+cancelled by a signal (main thread) or an asynchronous exception (other threads).
 Values cross the boundary as JSON text so that the Rust side never has to walk
 Python objects. Model exceptions propagate; the Rust side turns them into the
 prediction's error after the traceback has been written to the run's logs.
@@ -10,10 +13,13 @@ prediction's error after the traceback has been written to the run's logs.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import ctypes
 import importlib.util
 import inspect
 import json
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -21,7 +27,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cogd import capture
-from cogd.types import BasePredictor, BaseRunner, FieldInfo
+from cogd.decorators import declared_concurrency
+from cogd.types import BasePredictor, BaseRunner, CancelationException, FieldInfo
 
 
 class LoadError(Exception):
@@ -121,8 +128,19 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"output of type {type(value).__name__} is not JSON serializable")
 
 
+class _ActiveRun:
+    """What ``cancel`` needs to know about the run in one slot."""
+
+    def __init__(self) -> None:
+        self.thread_id = threading.get_ident()
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelled = False
+        self.raised = False
+        self.done = False
+
+
 class Runner:
-    """One loaded model: ``setup`` once, then ``run`` per prediction."""
+    """One loaded model: ``load`` and ``setup`` once, then ``run`` per prediction."""
 
     def __init__(self, predictor_ref: str, mode: str = "predict") -> None:
         capture.install()
@@ -132,16 +150,29 @@ class Runner:
         self._run: Callable[..., Any] | None = None
         self._defaults: dict[str, Any] = {}
         self._loop: _EventLoop | None = None
+        self._active: dict[int, _ActiveRun] = {}
+        self._lock = threading.Lock()
+        if threading.current_thread() is threading.main_thread():
+            # Slot 0 runs on the main thread; a signal is what interrupts a
+            # blocking call there (time.sleep, a socket read) to cancel it.
+            signal.signal(signal.SIGUSR1, self._on_cancel_signal)
+            # Ctrl-C in a terminal reaches the whole process group; the server
+            # decides what happens to runs, not the model's code.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
         if inspect.iscoroutinefunction(fn):
-            if self._loop is None:
-                self._loop = _EventLoop()
-            return self._loop.run(fn(**kwargs))
+            return self._event_loop().run(fn(**kwargs))
         return fn(**kwargs)
 
-    def setup(self) -> str:
-        """Import the model, run its ``setup``; returns the schema as JSON text."""
+    def _event_loop(self) -> _EventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = _EventLoop()
+            return self._loop
+
+    def load(self) -> tuple[int | None, bool]:
+        """Import the model; returns its declared concurrency and whether its run is async."""
         try:
             predictor = load_predictor(self.predictor_ref)
             self._instance, self._run = find_run_method(predictor)
@@ -150,6 +181,19 @@ class Runner:
                 for name, param in inspect.signature(self._run).parameters.items()
                 if isinstance(param.default, FieldInfo) and not param.default.required
             }
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            _flush_std_streams()
+        run = self._run
+        is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
+        concurrency = declared_concurrency(run, getattr(run, "__func__", None), predictor)
+        return concurrency, is_async
+
+    def setup(self) -> str:
+        """Run the model's ``setup``; returns the schema as JSON text."""
+        try:
             setup = getattr(self._instance, "setup", None)
             if setup is not None:
                 kwargs = {}
@@ -163,22 +207,92 @@ class Runner:
             _flush_std_streams()
         return "null"
 
-    def run(self, input_json: str, context_json: str, output_dir: str) -> str:
-        """Run one prediction on ``input_json``; returns the output as JSON text."""
-        assert self._run is not None, "run() before setup()"
+    def run(self, input_json: str, context_json: str, output_dir: str, slot: int = 0) -> str:
+        """Run one prediction on ``input_json``; returns the output as JSON text.
+
+        Raises ``CancelationException`` when the run was cancelled.
+        """
+        assert self._run is not None, "run() before load()"
         del context_json, output_dir  # used by later features (scope, file outputs)
+        active = _ActiveRun()
+        with self._lock:
+            self._active[slot] = active
+        token = capture.current_slot.set(slot)
         try:
             inputs = json.loads(input_json)
             kwargs = {**self._defaults, **inputs}
-            output = self._call(self._run, **kwargs)
-            if inspect.isgenerator(output):
-                output = list(output)
+            output = self._invoke(slot, active, kwargs)
+            if active.cancelled:
+                # The run swallowed the cancel and returned: it is still cancelled.
+                raise CancelationException()
             return json.dumps(output, default=_encode)
+        except CancelationException:
+            raise
         except BaseException:
             traceback.print_exc()
             raise
         finally:
+            with self._lock:
+                active.done = True
+                self._active.pop(slot, None)
             _flush_std_streams()
+            capture.current_slot.reset(token)
+
+    def _invoke(self, slot: int, active: _ActiveRun, kwargs: dict[str, Any]) -> Any:
+        run = self._run
+        assert run is not None
+        if inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run):
+
+            async def call() -> Any:
+                # Set inside the task, so tasks it spawns inherit the slot too.
+                capture.current_slot.set(slot)
+                active.task = asyncio.current_task()
+                if active.cancelled:
+                    raise asyncio.CancelledError()
+                result = run(**kwargs)
+                if inspect.isasyncgen(result):
+                    return [item async for item in result]
+                return await result
+
+            future = asyncio.run_coroutine_threadsafe(call(), self._event_loop().loop)
+            try:
+                return future.result()
+            except (asyncio.CancelledError, concurrent.futures.CancelledError):
+                raise CancelationException() from None
+        output = run(**kwargs)
+        if inspect.isgenerator(output):
+            output = list(output)
+        return output
+
+    def cancel(self, slot: int) -> None:
+        """Stop the run in ``slot``: cancel its task, or raise inside its thread."""
+        with self._lock:
+            active = self._active.get(slot)
+            if active is None or active.done or active.cancelled:
+                return
+            active.cancelled = True
+            task = active.task
+        if task is not None:
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        elif self._run is not None and (
+            inspect.iscoroutinefunction(self._run) or inspect.isasyncgenfunction(self._run)
+        ):
+            pass  # the task has not started; it checks `cancelled` first thing
+        elif active.thread_id == threading.main_thread().ident:
+            signal.pthread_kill(active.thread_id, signal.SIGUSR1)
+        else:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(active.thread_id), ctypes.py_object(CancelationException)
+            )
+
+    def _on_cancel_signal(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        with self._lock:
+            active = self._active.get(0)
+            if active is None or not active.cancelled or active.done or active.raised:
+                return
+            active.raised = True
+        raise CancelationException()
 
 
 def _flush_std_streams() -> None:

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use serde_json::value::RawValue;
 
 use cogd::ipc::LogSource;
-use cogd::worker::{Handler, InitInfo, RunRequest, SetupInfo};
+use cogd::worker::{Handler, InitInfo, LoadInfo, RunError, RunRequest, SetupInfo};
 
 /// Runs the `cogd` command line; `python` is the interpreter workers use.
 #[pyfunction]
@@ -27,9 +27,11 @@ fn run_worker(py: Python<'_>) -> i32 {
 }
 
 /// Routes text written to `sys.stdout` (`source="stdout"`) or `sys.stderr`
-/// to the current run's logs; false outside a worker process.
+/// to the logs of the run in `slot` (or the current run); false outside a
+/// worker process.
 #[pyfunction]
-fn write_log(py: Python<'_>, source: &str, data: &str) -> PyResult<bool> {
+#[pyo3(signature = (source, data, slot=None))]
+fn write_log(py: Python<'_>, source: &str, data: &str, slot: Option<usize>) -> PyResult<bool> {
     let source = match source {
         "stdout" => LogSource::Stdout,
         "stderr" => LogSource::Stderr,
@@ -40,12 +42,14 @@ fn write_log(py: Python<'_>, source: &str, data: &str) -> PyResult<bool> {
         }
     };
     // Sending may wait on the server; other Python threads keep running.
-    Ok(py.detach(|| cogd::worker::write_log(source, data)))
+    Ok(py.detach(|| cogd::worker::write_log(source, data, slot)))
 }
 
 /// The worker's handler: a `cogd.runner.Runner` for the model.
 struct PyHandler {
     runner: Py<PyAny>,
+    /// `cog.CancelationException`: a run that raises it was cancelled.
+    cancelation: Py<PyAny>,
 }
 
 impl PyHandler {
@@ -59,8 +63,10 @@ impl PyHandler {
             let runner = module
                 .getattr("Runner")?
                 .call1((info.predictor_ref.as_str(), mode))?;
+            let cancelation = py.import("cogd.types")?.getattr("CancelationException")?;
             Ok(Self {
                 runner: runner.unbind(),
+                cancelation: cancelation.unbind(),
             })
         })
         .map_err(|e: PyErr| Python::attach(|py| describe(py, &e)))
@@ -87,6 +93,21 @@ fn describe(py: Python<'_>, err: &PyErr) -> String {
 }
 
 impl Handler for PyHandler {
+    fn load(&self) -> Result<LoadInfo, String> {
+        Python::attach(|py| {
+            let (concurrency, is_async) = self
+                .runner
+                .bind(py)
+                .call_method0("load")
+                .and_then(|info| info.extract::<(Option<usize>, bool)>())
+                .map_err(|e| describe(py, &e))?;
+            Ok(LoadInfo {
+                concurrency,
+                is_async,
+            })
+        })
+    }
+
     fn setup(&self) -> Result<SetupInfo, String> {
         Python::attach(|py| {
             let result = self
@@ -111,7 +132,7 @@ impl Handler for PyHandler {
         })
     }
 
-    fn run(&self, _slot: usize, request: RunRequest) -> Result<Box<RawValue>, String> {
+    fn run(&self, slot: usize, request: RunRequest) -> Result<Box<RawValue>, RunError> {
         let output = Python::attach(|py| {
             self.runner
                 .bind(py)
@@ -121,12 +142,30 @@ impl Handler for PyHandler {
                         request.input_json,
                         request.context_json,
                         request.output_dir.to_string_lossy().into_owned(),
+                        slot,
                     ),
                 )
                 .and_then(|out| out.extract::<String>())
-                .map_err(|e| describe(py, &e))
+                .map_err(|e| {
+                    if e.is_instance(py, self.cancelation.bind(py)) {
+                        RunError::Canceled
+                    } else {
+                        RunError::Failed(describe(py, &e))
+                    }
+                })
         })?;
-        RawValue::from_string(output).map_err(|e| format!("the output is not valid JSON: {e}"))
+        RawValue::from_string(output)
+            .map_err(|e| RunError::Failed(format!("the output is not valid JSON: {e}")))
+    }
+
+    fn cancel(&self, slot: usize) {
+        Python::attach(|py| {
+            if let Err(e) = self.runner.bind(py).call_method1("cancel", (slot,)) {
+                let message = describe(py, &e);
+                drop(e);
+                eprintln!("cogd worker: cancel failed: {message}");
+            }
+        });
     }
 }
 

@@ -17,8 +17,18 @@ pub struct Config {
     pub predictor_ref: String,
     /// Predict or train.
     pub mode: Mode,
-    /// Concurrent runs.
-    pub slots: usize,
+    /// Concurrent runs from `COG_MAX_CONCURRENCY`, which wins over the model.
+    pub slots_override: Option<usize>,
+    /// Concurrent runs from `cog.yaml`, for models that declare none.
+    pub slots_default: Option<usize>,
+    /// Predictions that may wait for a slot (`COG_QUEUE_SIZE`, default 0).
+    pub queue_size: usize,
+    /// How long a cancelled run may take to stop before its slot is given up
+    /// (`COG_CANCEL_GRACE`, seconds).
+    pub cancel_grace: Duration,
+    /// The least time between two `output`/`logs` webhooks of one prediction
+    /// (`COG_THROTTLE_RESPONSE_INTERVAL`, seconds).
+    pub webhook_throttle: Duration,
     /// Address to listen on.
     pub host: String,
     /// Port to listen on.
@@ -108,9 +118,9 @@ impl Config {
             .filter(|s| !s.trim().is_empty())
             .or(cog_yaml.predict)
             .ok_or_else(|| ConfigError::NoPredictor(model_dir.clone()))?;
-        let slots = match env("COG_MAX_CONCURRENCY").filter(|s| !s.trim().is_empty()) {
+        let slots_override = match env("COG_MAX_CONCURRENCY").filter(|s| !s.trim().is_empty()) {
             Some(value) => match value.trim().parse::<usize>() {
-                Ok(n) if n >= 1 => n,
+                Ok(n) if n >= 1 => Some(n),
                 _ => {
                     return Err(ConfigError::BadEnv {
                         name: "COG_MAX_CONCURRENCY",
@@ -119,8 +129,23 @@ impl Config {
                     })
                 }
             },
-            None => cog_yaml.concurrency.and_then(|c| c.max).unwrap_or(1).max(1),
+            None => None,
         };
+        let slots_default = cog_yaml.concurrency.and_then(|c| c.max).map(|n| n.max(1));
+        let queue_size = match env("COG_QUEUE_SIZE").filter(|s| !s.trim().is_empty()) {
+            Some(value) => value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| ConfigError::BadEnv {
+                    name: "COG_QUEUE_SIZE",
+                    value,
+                    message: "expected a whole number (0 for no queue)",
+                })?,
+            None => 0,
+        };
+        let cancel_grace = seconds(&env, "COG_CANCEL_GRACE")?.unwrap_or(Duration::from_secs(5));
+        let webhook_throttle =
+            seconds(&env, "COG_THROTTLE_RESPONSE_INTERVAL")?.unwrap_or(Duration::from_millis(500));
         let setup_timeout = match env("COG_SETUP_TIMEOUT").filter(|s| !s.trim().is_empty()) {
             Some(value) => match value.trim().parse::<f64>() {
                 Ok(0.0) => None,
@@ -139,7 +164,11 @@ impl Config {
             model_dir,
             predictor_ref,
             mode: Mode::Predict,
-            slots,
+            slots_override,
+            slots_default,
+            queue_size,
+            cancel_grace,
+            webhook_throttle,
             host: flags.host,
             port: flags.port,
             upload_url: flags.upload_url,
@@ -147,6 +176,24 @@ impl Config {
             python: flags.python,
             setup_timeout,
         })
+    }
+}
+
+/// A duration in (fractional) seconds from the environment, if set.
+fn seconds(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<Duration>, ConfigError> {
+    match env(name).filter(|s| !s.trim().is_empty()) {
+        Some(value) => match value.trim().parse::<f64>() {
+            Ok(secs) if secs >= 0.0 && secs.is_finite() => Ok(Some(Duration::from_secs_f64(secs))),
+            _ => Err(ConfigError::BadEnv {
+                name,
+                value,
+                message: "expected a number of seconds",
+            }),
+        },
+        None => Ok(None),
     }
 }
 
@@ -196,7 +243,8 @@ mod tests {
         let dir = model("build:\n  python_version: '3.11'\npredict: predict.py:Predictor\nconcurrency:\n  max: 4\n");
         let config = resolve(dir.path(), &[]).unwrap();
         assert_eq!(config.predictor_ref, "predict.py:Predictor");
-        assert_eq!(config.slots, 4);
+        assert_eq!(config.slots_default, Some(4));
+        assert_eq!(config.slots_override, None);
     }
 
     #[test]
@@ -211,7 +259,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.predictor_ref, "run.py:Runner");
-        assert_eq!(config.slots, 2);
+        assert_eq!(config.slots_override, Some(2));
     }
 
     #[test]

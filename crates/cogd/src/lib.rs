@@ -14,6 +14,7 @@ pub mod server;
 pub mod service;
 pub mod supervisor;
 pub mod telemetry;
+pub mod webhook;
 pub mod worker;
 
 /// The cogd version, reported by `/` and `/health-check`.

@@ -12,6 +12,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Where a prediction is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -196,6 +197,8 @@ impl Serialize for Prediction {
 #[derive(Debug, Clone)]
 pub struct PredictionHandle {
     state: watch::Sender<Prediction>,
+    /// Fired by a cancel request; the run task acts on it.
+    cancel: CancellationToken,
 }
 
 impl PredictionHandle {
@@ -203,7 +206,23 @@ impl PredictionHandle {
     pub fn new(prediction: Prediction) -> Self {
         Self {
             state: watch::Sender::new(prediction),
+            cancel: CancellationToken::new(),
         }
+    }
+
+    /// Asks for the prediction to be cancelled; harmless once it has finished.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Completes once a cancel has been asked for.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Whether a cancel has been asked for.
+    pub fn is_cancel_requested(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     /// Applies `change` and wakes subscribers if it reports a change.

@@ -7,8 +7,9 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::service::Service;
+use crate::service::{Service, ServiceConfig};
 use crate::supervisor::{Supervisor, WorkerConfig};
+use crate::webhook::WebhookSender;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +57,27 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         model_dir: config.model_dir.clone(),
         predictor_ref: config.predictor_ref.clone(),
         mode: config.mode,
-        slots: config.slots,
+        slots_override: config.slots_override,
+        slots_default: config.slots_default,
         setup_timeout: config.setup_timeout,
         socket_dir: temp.path().to_path_buf(),
     });
-    let service = Service::new(supervisor.clone(), predictions_dir);
+    let user_agent =
+        std::env::var("COG_USER_AGENT").unwrap_or_else(|_| format!("cogd/{}", crate::VERSION));
+    let webhooks = WebhookSender::new(
+        std::env::var("WEBHOOK_AUTH_TOKEN").ok(),
+        config.webhook_throttle,
+        &user_agent,
+    );
+    let service = Service::new(
+        supervisor.clone(),
+        webhooks,
+        ServiceConfig {
+            predictions_dir,
+            queue_size: config.queue_size,
+            cancel_grace: config.cancel_grace,
+        },
+    );
     let (shutdown, mut stop) = watch::channel(false);
     tokio::spawn(watch_signals(
         shutdown.clone(),
@@ -71,7 +88,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         %addr,
         model_dir = %config.model_dir.display(),
         predictor = %config.predictor_ref,
-        slots = config.slots,
         "serving"
     );
     let app = api::router(AppState { service, shutdown });

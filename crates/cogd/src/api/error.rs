@@ -23,6 +23,9 @@ pub enum ApiError {
     /// Admission refused the prediction.
     #[error(transparent)]
     Admission(#[from] AdmissionError),
+    /// No prediction has this id.
+    #[error("no prediction with id {0:?}")]
+    NotFound(String),
 }
 
 impl ApiError {
@@ -34,6 +37,17 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::Admission(AdmissionError::QueueFull) = self {
+            // Retry-After tells well-behaved clients when to come back.
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::RETRY_AFTER, "1")],
+                Json(
+                    json!({"detail": "every slot is busy and the queue is full: try again later"}),
+                ),
+            )
+                .into_response();
+        }
         let (status, detail) = match self {
             Self::MalformedJson(msg) => (StatusCode::BAD_REQUEST, json!(msg)),
             Self::Invalid(entries) => (StatusCode::UNPROCESSABLE_ENTITY, json!(entries)),
@@ -44,6 +58,10 @@ impl IntoResponse for ApiError {
                 StatusCode::CONFLICT,
                 json!("every slot is busy: try again when a prediction finishes"),
             ),
+            Self::Admission(AdmissionError::QueueFull) => {
+                unreachable!("answered above with its Retry-After header")
+            }
+            e @ Self::NotFound(_) => (StatusCode::NOT_FOUND, json!(e.to_string())),
             Self::Admission(AdmissionError::NotReady(health)) => {
                 let why = match health {
                     Health::Starting => "the model is not ready yet: setup is still running",

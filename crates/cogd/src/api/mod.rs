@@ -34,7 +34,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health-check", get(health_check))
         .route("/openapi.json", get(openapi))
         .route("/predictions", post(create_prediction))
-        .route("/predictions/{id}", put(create_prediction_idempotent))
+        .route(
+            "/predictions/{id}",
+            put(create_prediction_idempotent).get(get_prediction),
+        )
+        .route("/predictions/{id}/cancel", post(cancel_prediction))
         .route("/shutdown", post(shutdown))
         .with_state(state)
 }
@@ -80,7 +84,7 @@ async fn create_prediction(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = request::parse_prediction(&headers, &body, None)?;
-    respond(state.service.create(request)?).await
+    respond(state.service.create(request)?, &headers).await
 }
 
 async fn create_prediction_idempotent(
@@ -90,16 +94,65 @@ async fn create_prediction_idempotent(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = request::parse_prediction(&headers, &body, Some(&id))?;
-    respond(state.service.create(request)?).await
+    respond(state.service.create(request)?, &headers).await
 }
 
-/// Waits for the prediction to finish and answers with it.
-async fn respond(admission: Admission) -> Result<Response, ApiError> {
-    let handle = match admission {
-        Admission::Created(handle) | Admission::Existing(handle) => handle,
+/// True when the client asked not to wait (`Prefer: respond-async`).
+fn respond_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// Answers at once (202) for `respond-async`, else waits for the prediction
+/// to finish; a client that leaves before then cancels what it created.
+async fn respond(admission: Admission, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let (handle, created) = match admission {
+        Admission::Created(handle) => (handle, true),
+        Admission::Existing(handle) => (handle, false),
     };
+    if respond_async(headers) {
+        return Ok((StatusCode::ACCEPTED, Json(handle.snapshot())).into_response());
+    }
+    let guard = CancelOnDrop(created.then(|| handle.clone()));
     let prediction = handle.finished().await;
+    std::mem::forget(guard);
     Ok(Json(prediction).into_response())
+}
+
+/// Cancels a synchronous prediction whose client went away: axum drops the
+/// handler's future when the connection closes, and with it this guard.
+struct CancelOnDrop(Option<crate::prediction::PredictionHandle>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            tracing::info!(prediction_id = %handle.snapshot().id, "client disconnected; cancelling");
+            handle.cancel();
+        }
+    }
+}
+
+async fn get_prediction(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let handle = state.service.get(&id).ok_or(ApiError::NotFound(id))?;
+    Ok(Json(handle.snapshot()).into_response())
+}
+
+async fn cancel_prediction(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.service.cancel(&id) {
+        Ok(Json(json!({})))
+    } else {
+        Err(ApiError::NotFound(id))
+    }
 }
 
 async fn shutdown(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -7,6 +7,10 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::service::NewPrediction;
+use crate::webhook::{Subscription, WebhookEvent};
+
+/// Trace-context headers forwarded from the creating request to webhooks.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 /// Accepts a JSON content type, or none at all (as many scripts send).
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -113,6 +117,45 @@ pub fn parse_prediction(
             None
         }
     };
+    let webhook = match body.remove("webhook") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(url)
+        }
+        Some(_) => {
+            entry(
+                &["body", "webhook"],
+                "webhook must be an http:// or https:// URL",
+                "url_parsing",
+            );
+            None
+        }
+    };
+    let events = match body.remove("webhook_events_filter") {
+        None | Some(Value::Null) => WebhookEvent::all(),
+        Some(Value::Array(names)) => {
+            let parsed: Option<std::collections::HashSet<_>> = names
+                .iter()
+                .map(|n| n.as_str().and_then(WebhookEvent::parse))
+                .collect();
+            parsed.unwrap_or_else(|| {
+                entry(
+                    &["body", "webhook_events_filter"],
+                    "webhook_events_filter entries must be start, output, logs or completed",
+                    "enum",
+                );
+                WebhookEvent::all()
+            })
+        }
+        Some(_) => {
+            entry(
+                &["body", "webhook_events_filter"],
+                "webhook_events_filter must be a list",
+                "list_type",
+            );
+            WebhookEvent::all()
+        }
+    };
     let id = match (path_id, id) {
         (Some(path), Some(body_id)) if path != body_id => {
             entry(
@@ -128,11 +171,23 @@ pub fn parse_prediction(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
+    let webhook = webhook.map(|url| Subscription {
+        url,
+        events,
+        trace_headers: TRACE_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(*name)?.to_str().ok()?;
+                Some((name.to_string(), value.to_string()))
+            })
+            .collect(),
+    });
     Ok(NewPrediction {
         id,
         input,
         context,
         created_at,
+        webhook,
     })
 }
 
@@ -158,6 +213,35 @@ mod tests {
         assert_eq!(p.input["name"], "x");
         assert_eq!(p.context["k"], "v");
         assert!(p.created_at.is_some());
+    }
+
+    #[test]
+    fn a_webhook_takes_its_filter_and_the_trace_context() {
+        let mut headers = json_headers();
+        headers.insert("traceparent", HeaderValue::from_static("00-abc-def-01"));
+        let body =
+            br#"{"webhook":"http://127.0.0.1:9/hook","webhook_events_filter":["completed"]}"#;
+        let p = parse_prediction(&headers, body, None).unwrap();
+        let hook = p.webhook.unwrap();
+        assert_eq!(hook.url, "http://127.0.0.1:9/hook");
+        assert_eq!(hook.events.len(), 1);
+        assert!(hook.events.contains(&WebhookEvent::Completed));
+        assert_eq!(
+            hook.trace_headers,
+            vec![("traceparent".into(), "00-abc-def-01".into())]
+        );
+    }
+
+    #[test]
+    fn bad_webhook_settings_are_reported() {
+        let Err(ApiError::Invalid(errors)) = parse_prediction(
+            &json_headers(),
+            br#"{"webhook":"ftp://x","webhook_events_filter":["sometimes"]}"#,
+            None,
+        ) else {
+            panic!("expected 422");
+        };
+        assert_eq!(errors.len(), 2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 /// The protocol version both sides must agree on; the worker reports its own in
 /// the first message of every slot socket.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Whether the worker serves `predict:` or `train:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +36,7 @@ pub enum LogSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlRequest {
-    /// The first message: what to load and where the slot sockets are.
+    /// The first message: what to load and where the slot sockets go.
     Init {
         /// The protocol version the server speaks.
         protocol_version: u32,
@@ -44,8 +44,13 @@ pub enum ControlRequest {
         predictor_ref: String,
         /// Predict or train.
         mode: Mode,
-        /// One Unix socket path per slot; the worker connects to each in order.
-        slot_sockets: Vec<PathBuf>,
+        /// A slot count that wins over the model's own (`COG_MAX_CONCURRENCY`).
+        slots_override: Option<usize>,
+        /// A slot count for models that declare none (`cog.yaml`).
+        slots_default: Option<usize>,
+        /// Where the worker creates `slot-N.sock`, one listening socket per
+        /// slot, before it says `ready`; the server then connects to each.
+        socket_dir: PathBuf,
     },
     /// Cancel whatever runs in `slot`.
     Cancel {
@@ -65,9 +70,9 @@ pub enum ControlRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlResponse {
-    /// Setup succeeded; the slots take work from now on.
+    /// Setup succeeded; the slot sockets are listening.
     Ready {
-        /// The number of slot sockets connected.
+        /// The number of slots, and so of `slot-N.sock` sockets.
         slots: usize,
         /// The model's OpenAPI document, or `null` when the worker has none.
         schema: serde_json::Value,
@@ -273,7 +278,9 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             predictor_ref: "predict.py:Predictor".into(),
             mode: Mode::Predict,
-            slot_sockets: vec!["/tmp/a.sock".into(), "/tmp/b.sock".into()],
+            slots_override: Some(4),
+            slots_default: None,
+            socket_dir: "/tmp/cogd-x".into(),
         });
         round_trip(&ControlRequest::Cancel { slot: 3 });
         round_trip(&ControlRequest::Healthcheck { id: 7 });

@@ -2,24 +2,33 @@
 //! the API asks about the model's health.
 //!
 //! Admission is where the rules live: not ready -> refused; an id already known
-//! -> that prediction, never a second run; no free slot -> busy. A slot is a
-//! [`SlotPermit`] value; the run task drops it *before* it publishes the
-//! prediction's terminal state, so a client that sends its next request the
-//! moment it has a reply always finds the slot free.
+//! -> that prediction, never a second run; no free slot -> a place in the
+//! admission queue if there is one, else busy. A slot is a [`SlotPermit`]
+//! value; the run task drops it *before* it publishes the prediction's
+//! terminal state, so a client that sends its next request the moment it has a
+//! reply always finds the slot free.
+//!
+//! Cancellation: a cancel request fires the prediction's token. A queued
+//! prediction then ends without running; a running one is cancelled in the
+//! worker, and if it has not stopped after the grace period its slot is given
+//! up (and the worker killed when no slot is left), so a run that swallows the
+//! cancel cannot hold a slot forever.
 
 mod registry;
 mod slots;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::ipc::SlotRequest;
 use crate::prediction::{Outcome, Prediction, PredictionHandle};
 use crate::supervisor::{SetupRecord, SlotEvent, Supervisor, WorkerState};
+use crate::webhook::{Subscription, WebhookSender};
 use registry::Registry;
-use slots::{SlotPermit, SlotPool};
+use slots::{Admit, Refusal, SlotPool};
 
 /// The model's health, as `/health-check` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -48,6 +57,8 @@ pub struct NewPrediction {
     pub context: serde_json::Map<String, serde_json::Value>,
     /// The client's `created_at`, kept when given.
     pub created_at: Option<DateTime<Utc>>,
+    /// Where to send webhooks, if anywhere.
+    pub webhook: Option<Subscription>,
 }
 
 /// The result of admission.
@@ -65,9 +76,23 @@ pub enum AdmissionError {
     /// The model cannot take work in this state.
     #[error("the model is not ready ({0:?})")]
     NotReady(Health),
-    /// Every slot is busy.
+    /// Every slot is busy (and there is no queue).
     #[error("every slot is busy")]
     Busy,
+    /// Every slot is busy and the admission queue is full.
+    #[error("every slot is busy and the queue is full")]
+    QueueFull,
+}
+
+/// How the service runs predictions.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Each prediction gets a directory here, removed when it ends.
+    pub predictions_dir: PathBuf,
+    /// Predictions that may wait for a slot.
+    pub queue_size: usize,
+    /// How long a cancelled run may take to stop.
+    pub cancel_grace: Duration,
 }
 
 /// The service; cheap to clone.
@@ -80,20 +105,30 @@ struct Inner {
     supervisor: Supervisor,
     slots: SlotPool,
     registry: Mutex<Registry>,
-    /// Each prediction gets a directory here, removed when it ends.
-    predictions_dir: PathBuf,
+    webhooks: WebhookSender,
+    config: ServiceConfig,
 }
 
 impl Service {
-    /// A service running predictions on `supervisor`'s worker.
-    pub fn new(supervisor: Supervisor, predictions_dir: PathBuf) -> Self {
-        let slots = SlotPool::new(supervisor.slots());
+    /// A service running predictions on `supervisor`'s worker. Slots open when
+    /// the worker is ready.
+    pub fn new(supervisor: Supervisor, webhooks: WebhookSender, config: ServiceConfig) -> Self {
+        let slots = SlotPool::new(config.queue_size);
+        let mut state = supervisor.subscribe_state();
+        let pool = slots.clone();
+        let ready = supervisor.clone();
+        tokio::spawn(async move {
+            if state.wait_for(|s| *s == WorkerState::Ready).await.is_ok() {
+                pool.open(ready.slots());
+            }
+        });
         Self {
             inner: Arc::new(Inner {
                 supervisor,
                 slots,
                 registry: Mutex::new(Registry::default()),
-                predictions_dir,
+                webhooks,
+                config,
             }),
         }
     }
@@ -102,6 +137,8 @@ impl Service {
     pub fn health(&self) -> Health {
         match self.inner.supervisor.state() {
             WorkerState::Starting => Health::Starting,
+            // Until the pool has opened its slots the model is not ready yet.
+            WorkerState::Ready if self.inner.slots.healthy() == 0 => Health::Starting,
             WorkerState::Ready if self.inner.slots.all_busy() => Health::Busy,
             WorkerState::Ready => Health::Ready,
             WorkerState::SetupFailed => Health::SetupFailed,
@@ -135,7 +172,10 @@ impl Service {
             Health::Ready | Health::Busy => {}
             other => return Err(AdmissionError::NotReady(other)),
         }
-        let permit = self.inner.slots.try_acquire().ok_or(AdmissionError::Busy)?;
+        let admit = self.inner.slots.admit().map_err(|refusal| match refusal {
+            Refusal::Busy => AdmissionError::Busy,
+            Refusal::QueueFull => AdmissionError::QueueFull,
+        })?;
         let id = request.id.unwrap_or_else(generate_id);
         let handle = PredictionHandle::new(Prediction::new(
             id.clone(),
@@ -144,6 +184,11 @@ impl Service {
         ));
         registry.insert(id.clone(), handle.clone());
         drop(registry);
+        if let Some(subscription) = request.webhook {
+            self.inner
+                .webhooks
+                .spawn(&handle, handle.snapshot(), subscription);
+        }
         let run = Run {
             inner: Arc::clone(&self.inner),
             handle: handle.clone(),
@@ -151,8 +196,24 @@ impl Service {
             input: request.input,
             context: request.context,
         };
-        tokio::spawn(run.execute(permit));
+        tokio::spawn(run.execute(admit));
         Ok(Admission::Created(handle))
+    }
+
+    /// The prediction with this id, running or recently finished.
+    pub fn get(&self, id: &str) -> Option<PredictionHandle> {
+        self.inner.lock_registry().get(id)
+    }
+
+    /// Asks the prediction with this id to stop; false if it is unknown.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self.get(id) {
+            Some(handle) => {
+                handle.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -202,10 +263,33 @@ struct Run {
     context: serde_json::Map<String, serde_json::Value>,
 }
 
+/// How a run in a slot ended.
+struct Ended {
+    outcome: Outcome,
+    /// A cancelled run that did not stop: its slot cannot be used again.
+    stuck: bool,
+}
+
 impl Run {
-    async fn execute(self, permit: SlotPermit) {
-        let dir = self.inner.predictions_dir.join(directory_name(&self.id));
-        let outcome = match tokio::fs::create_dir_all(&dir).await {
+    async fn execute(self, admit: Admit) {
+        let permit = match admit {
+            Admit::Now(permit) => Some(permit),
+            Admit::Queued(ticket) => tokio::select! {
+                permit = ticket.acquire() => permit,
+                () = self.handle.cancelled() => None,
+            },
+        };
+        let Some(permit) = permit else {
+            // Cancelled while it waited for a slot: it never runs.
+            self.finish(Outcome::Canceled);
+            return;
+        };
+        let dir = self
+            .inner
+            .config
+            .predictions_dir
+            .join(directory_name(&self.id));
+        let ended = match tokio::fs::create_dir_all(&dir).await {
             Ok(()) => {
                 self.handle.update(|p| {
                     p.start();
@@ -213,7 +297,10 @@ impl Run {
                 });
                 self.run_in_slot(permit.slot(), dir.clone()).await
             }
-            Err(e) => Outcome::Failed(format!("cannot create the prediction's directory: {e}")),
+            Err(e) => Ended {
+                outcome: Outcome::Failed(format!("cannot create the prediction's directory: {e}")),
+                stuck: false,
+            },
         };
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -221,13 +308,33 @@ impl Run {
             }
         }
         // Free the slot before anyone can see the result.
-        drop(permit);
+        if ended.stuck {
+            permit.poison();
+            if self.inner.slots.healthy() == 0 {
+                self.inner
+                    .supervisor
+                    .kill("a cancelled run did not stop and no slot is left");
+            }
+        } else {
+            drop(permit);
+        }
+        self.finish(ended.outcome);
+    }
+
+    fn finish(&self, outcome: Outcome) {
         self.handle.update(|p| p.finish(outcome));
         self.inner.lock_registry().finished(&self.id);
         tracing::debug!(prediction_id = %self.id, "prediction finished");
     }
 
-    async fn run_in_slot(&self, slot: usize, output_dir: PathBuf) -> Outcome {
+    async fn run_in_slot(&self, slot: usize, output_dir: PathBuf) -> Ended {
+        let ended = |outcome| Ended {
+            outcome,
+            stuck: false,
+        };
+        if self.handle.is_cancel_requested() {
+            return ended(Outcome::Canceled);
+        }
         let request = SlotRequest::Predict {
             id: self.id.clone(),
             input: Some(serde_json::Value::Object(self.input.clone())),
@@ -237,9 +344,27 @@ impl Run {
         };
         let mut events = match self.inner.supervisor.run(slot, &request).await {
             Ok(events) => events,
-            Err(e) => return Outcome::Failed(e.to_string()),
+            Err(e) => return ended(Outcome::Failed(e.to_string())),
         };
-        while let Some(event) = events.recv().await {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = self.handle.cancelled(), if deadline.is_none() => {
+                    self.inner.supervisor.cancel(slot).await;
+                    deadline = Some(tokio::time::Instant::now() + self.inner.config.cancel_grace);
+                    continue;
+                }
+                () = sleep_until(deadline) => {
+                    tracing::warn!(prediction_id = %self.id, slot, "the cancelled run did not stop; giving up its slot");
+                    return Ended { outcome: Outcome::Canceled, stuck: true };
+                }
+            };
+            let Some(event) = event else {
+                return ended(Outcome::Failed(
+                    "the worker stopped reporting on this prediction".into(),
+                ));
+            };
             match event {
                 SlotEvent::Log { data, .. } => self.handle.update(|p| {
                     p.append_log(&data);
@@ -253,17 +378,28 @@ impl Run {
                     predict_time,
                     is_stream,
                 } => {
-                    return Outcome::Succeeded {
+                    return ended(Outcome::Succeeded {
                         predict_time,
                         is_stream,
-                    }
+                    })
                 }
-                SlotEvent::Failed(error) => return Outcome::Failed(error),
-                SlotEvent::Cancelled => return Outcome::Canceled,
-                SlotEvent::Died(reason) => return Outcome::Failed(reason),
+                SlotEvent::Failed(error) => return ended(Outcome::Failed(error)),
+                SlotEvent::Cancelled => return ended(Outcome::Canceled),
+                SlotEvent::Died(reason) if deadline.is_some() => {
+                    tracing::debug!(prediction_id = %self.id, %reason, "the worker died after a cancel");
+                    return ended(Outcome::Canceled);
+                }
+                SlotEvent::Died(reason) => return ended(Outcome::Failed(reason)),
             }
         }
-        Outcome::Failed("the worker stopped reporting on this prediction".into())
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
@@ -40,11 +40,13 @@ pub struct WorkerConfig {
     pub predictor_ref: String,
     /// Predict or train.
     pub mode: Mode,
-    /// The number of slots.
-    pub slots: usize,
+    /// A slot count that wins over the model's own (`COG_MAX_CONCURRENCY`).
+    pub slots_override: Option<usize>,
+    /// A slot count for models that declare none (`cog.yaml`).
+    pub slots_default: Option<usize>,
     /// Give up on setup after this long.
     pub setup_timeout: Option<Duration>,
-    /// Where the slot sockets are created.
+    /// Where the worker creates the slot sockets.
     pub socket_dir: PathBuf,
 }
 
@@ -163,7 +165,8 @@ struct Inner {
     )>,
     /// The worker's stdin: the control channel towards it.
     control: tokio::sync::Mutex<Option<ChildStdin>>,
-    slots: Vec<Slot>,
+    /// One per slot, connected once the worker is ready.
+    slots: std::sync::OnceLock<Vec<Slot>>,
     /// Why the worker exited, once it has.
     exit: watch::Sender<Option<String>>,
     /// The worker's pid while it runs (0 before and after), to kill it.
@@ -181,12 +184,6 @@ struct Slot {
 impl Supervisor {
     /// Starts the worker in the background; watch [`Supervisor::state`].
     pub fn start(config: WorkerConfig) -> Self {
-        let slots = (0..config.slots)
-            .map(|_| Slot {
-                writer: tokio::sync::Mutex::new(None),
-                run: Mutex::new(None),
-            })
-            .collect();
         let inner = Arc::new(Inner {
             config,
             state: watch::Sender::new(WorkerState::Starting),
@@ -198,7 +195,7 @@ impl Supervisor {
             }),
             ready_info: Mutex::new((serde_json::Value::Null, serde_json::Map::new())),
             control: tokio::sync::Mutex::new(None),
-            slots,
+            slots: std::sync::OnceLock::new(),
             exit: watch::Sender::new(None),
             pid: AtomicI32::new(0),
             stopping: false.into(),
@@ -213,9 +210,9 @@ impl Supervisor {
         Self { inner }
     }
 
-    /// The number of slots.
+    /// The number of slots (0 until the worker is ready).
     pub fn slots(&self) -> usize {
-        self.inner.slots.len()
+        self.inner.slots().len()
     }
 
     /// The worker's current state.
@@ -252,7 +249,9 @@ impl Supervisor {
     ) -> Result<mpsc::Receiver<SlotEvent>, DispatchError> {
         let frame = encode_line(request)?;
         let (tx, rx) = mpsc::channel(256);
-        let slot_ref = &self.inner.slots[slot];
+        let Some(slot_ref) = self.inner.slots().get(slot) else {
+            return Err(DispatchError::NotConnected(slot));
+        };
         let mut writer = slot_ref.writer.lock().await;
         let Some(socket) = writer.as_mut() else {
             return Err(DispatchError::NotConnected(slot));
@@ -269,14 +268,23 @@ impl Supervisor {
         Ok(rx)
     }
 
+    /// Asks the worker to cancel the run in `slot`.
+    pub async fn cancel(&self, slot: usize) {
+        self.inner
+            .send_control(&ControlRequest::Cancel { slot })
+            .await;
+    }
+
+    /// Kills the worker at once, e.g. when a cancelled run will not stop.
+    pub fn kill(&self, why: &str) {
+        tracing::warn!(reason = why, "killing the worker");
+        self.inner.kill();
+    }
+
     /// Asks the worker to exit and waits up to `grace` before killing it.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.store(true, Ordering::SeqCst);
-        if let Some(stdin) = self.inner.control.lock().await.as_mut() {
-            if let Ok(frame) = encode_line(&ControlRequest::Shutdown) {
-                let _ = stdin.write_all(&frame).await;
-            }
-        }
+        self.inner.send_control(&ControlRequest::Shutdown).await;
         let mut exit = self.inner.exit.subscribe();
         if tokio::time::timeout(grace, exit.wait_for(Option::is_some))
             .await
@@ -288,7 +296,24 @@ impl Supervisor {
     }
 }
 
+/// The error of a run whose worker died.
+fn died(reason: &str) -> String {
+    format!("the worker process died: {reason}")
+}
+
 impl Inner {
+    fn slots(&self) -> &[Slot] {
+        self.slots.get().map_or(&[], Vec::as_slice)
+    }
+
+    async fn send_control(&self, request: &ControlRequest) {
+        if let Some(stdin) = self.control.lock().await.as_mut() {
+            if let Ok(frame) = encode_line(request) {
+                let _ = stdin.write_all(&frame).await;
+            }
+        }
+    }
+
     fn lock_setup(&self) -> std::sync::MutexGuard<'_, SetupRecord> {
         self.setup.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -305,21 +330,9 @@ impl Inner {
         self.ready_info.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the process, sends `init`, connects the slots. An error is a
-    /// setup failure.
+    /// Starts the process and sends `init`. An error is a setup failure.
     async fn launch(self: Arc<Self>) -> Result<(), String> {
         let config = &self.config;
-        let mut listeners = Vec::with_capacity(config.slots);
-        let mut socket_paths = Vec::with_capacity(config.slots);
-        for index in 0..config.slots {
-            let path = config.socket_dir.join(format!("slot-{index}.sock"));
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)
-                .map_err(|e| format!("cannot create slot socket {}: {e}", path.display()))?;
-            listeners.push(listener);
-            socket_paths.push(path);
-        }
-
         let mut child = process::spawn(config)?;
         self.pid
             .store(child.id().map_or(0, |p| p as i32), Ordering::SeqCst);
@@ -329,7 +342,9 @@ impl Inner {
             protocol_version: PROTOCOL_VERSION,
             predictor_ref: config.predictor_ref.clone(),
             mode: config.mode,
-            slot_sockets: socket_paths,
+            slots_override: config.slots_override,
+            slots_default: config.slots_default,
+            socket_dir: config.socket_dir.clone(),
         })
         .map_err(|e| e.to_string())?;
         stdin
@@ -359,16 +374,19 @@ impl Inner {
                 }
             });
         }
+        Ok(())
+    }
 
-        let mut exit = self.exit.subscribe();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let stream = tokio::select! {
-                accepted = listener.accept() => accepted
-                    .map_err(|e| format!("cannot accept slot socket {index}: {e}"))?
-                    .0,
-                // The worker died before connecting: its exit says why.
-                _ = exit.wait_for(Option::is_some) => return Ok(()),
-            };
+    /// Connects to the `count` slot sockets the worker created before `ready`
+    /// and checks that each speaks our protocol version.
+    async fn connect_slots(self: &Arc<Self>, count: usize) -> Result<(), String> {
+        let mut slots = Vec::with_capacity(count);
+        let mut readers = Vec::with_capacity(count);
+        for index in 0..count {
+            let path = self.config.socket_dir.join(format!("slot-{index}.sock"));
+            let stream = UnixStream::connect(&path)
+                .await
+                .map_err(|e| format!("cannot connect to slot socket {}: {e}", path.display()))?;
             let (read, write) = stream.into_split();
             let mut frames = FramedRead::new(read, LineDecoder::default());
             let first = frames
@@ -391,8 +409,17 @@ impl Inner {
                     ))
                 }
             }
-            *self.slots[index].writer.lock().await = Some(write);
-            tokio::spawn(Arc::clone(&self).read_slot(index, frames));
+            slots.push(Slot {
+                writer: tokio::sync::Mutex::new(Some(write)),
+                run: Mutex::new(None),
+            });
+            readers.push(frames);
+        }
+        if self.slots.set(slots).is_err() {
+            return Err("the worker said ready twice".into());
+        }
+        for (index, frames) in readers.into_iter().enumerate() {
+            tokio::spawn(Arc::clone(self).read_slot(index, frames));
         }
         Ok(())
     }
@@ -413,8 +440,15 @@ impl Inner {
             };
             match message {
                 ControlResponse::Ready {
-                    schema, versions, ..
+                    slots,
+                    schema,
+                    versions,
                 } => {
+                    if let Err(reason) = self.connect_slots(slots).await {
+                        self.setup_failed(&reason);
+                        self.kill();
+                        continue;
+                    }
                     *self.lock_ready() = (schema, versions);
                     {
                         let mut setup = self.lock_setup();
@@ -428,7 +462,7 @@ impl Inner {
                         }
                         starting
                     });
-                    tracing::info!("setup succeeded; the model is ready");
+                    tracing::info!(slots, "setup succeeded; the model is ready");
                 }
                 ControlResponse::Log { data, .. } => self.lock_setup().logs.push_str(&data),
                 ControlResponse::WorkerLog {
@@ -512,7 +546,7 @@ impl Inner {
             if event.is_final() {
                 self.end_run(index, event).await;
             } else {
-                let run = self.slots[index]
+                let run = self.slots()[index]
                     .run
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -524,23 +558,23 @@ impl Inner {
         }
         // The socket closed: the worker is dying. Wait briefly for its exit so
         // the run's error can say how it died.
-        self.slots[index].writer.lock().await.take();
+        self.slots()[index].writer.lock().await.take();
         let mut exit = self.exit.subscribe();
         let reason = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some))
             .await
             .ok()
             .and_then(|r| r.ok().and_then(|r| r.clone()))
+            .map(|reason| died(&reason))
             .unwrap_or_else(|| format!("the connection to worker slot {index} closed"));
         self.end_run(index, SlotEvent::Died(reason)).await;
     }
 
     /// Delivers the final event of the run in `slot`, if one is running.
     async fn end_run(&self, slot: usize, event: SlotEvent) {
-        let run = self.slots[slot]
-            .run
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let Some(slot) = self.slots().get(slot) else {
+            return;
+        };
+        let run = slot.run.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(run) = run {
             let _ = run.send(event).await;
         }
@@ -580,8 +614,8 @@ impl Inner {
             _ => tracing::info!(%reason, "the worker exited"),
         }
         self.exit.send_replace(Some(reason.clone()));
-        let message = format!("the worker process died: {reason}");
-        for slot in 0..self.slots.len() {
+        let message = died(&reason);
+        for slot in 0..self.slots().len() {
             let inner = Arc::clone(&self);
             let message = message.clone();
             tokio::spawn(async move { inner.end_run(slot, SlotEvent::Died(message)).await });

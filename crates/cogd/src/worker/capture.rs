@@ -170,17 +170,19 @@ impl LogRouter {
     /// Routes text written at the Python level (`sys.stdout`/`sys.stderr`),
     /// after everything the pipes already hold, so the two kinds of output
     /// stay in the order they were written.
-    pub(crate) fn write_direct(&self, source: LogSource, data: &str) {
+    /// `slot` names the run that wrote, when the writer knows it (concurrent
+    /// runs), else output goes where fd-level output would.
+    pub(crate) fn write_direct(&self, source: LogSource, data: &str, slot: Option<usize>) {
         let mut streams = self.lock_io();
         for (index, stream) in streams.iter_mut().enumerate() {
             self.drain(index, stream);
             // The start of a line written to the fd comes before this text.
             if !stream.pending.contains(&0) {
                 let partial = std::mem::take(&mut stream.pending);
-                self.emit(stream.source, &partial);
+                self.emit(stream.source, &partial, None);
             }
         }
-        self.emit(source, data.as_bytes());
+        self.emit(source, data.as_bytes(), slot);
     }
 
     /// Waits until everything written to fd 1 and 2 before this call has been
@@ -216,16 +218,18 @@ impl LogRouter {
         self.inner.synced.notify_all();
     }
 
-    fn emit(&self, source: LogSource, data: &[u8]) {
+    fn emit(&self, source: LogSource, data: &[u8], slot: Option<usize>) {
         if data.is_empty() {
             return;
         }
         let data = String::from_utf8_lossy(data).into_owned();
         let target = {
             let state = self.lock();
-            match state.active.as_slice() {
-                [(_, socket)] => Some(socket.clone()),
+            let named = slot.and_then(|slot| state.active.iter().find(|(s, _)| *s == slot));
+            match (named, state.active.as_slice()) {
+                (Some((_, socket)), _) | (None, [(_, socket)]) => Some(socket.clone()),
                 _ if state.in_setup => None,
+                // Several runs at once: fd-level output cannot be attributed.
                 _ => {
                     drop(state);
                     // Output outside any single run: the server logs it.
@@ -284,7 +288,7 @@ impl LogRouter {
                 Ok(0) => {
                     stream.open = false;
                     let rest = std::mem::take(&mut stream.pending);
-                    self.emit(stream.source, &rest);
+                    self.emit(stream.source, &rest, None);
                     self.marker_seen(index, u64::MAX);
                 }
                 Ok(n) => {
@@ -310,7 +314,7 @@ impl LogRouter {
             match find(line, MARKER) {
                 Some(at) => {
                     // What precedes a marker is the end of a line left unfinished.
-                    self.emit(stream.source, &line[..at]);
+                    self.emit(stream.source, &line[..at], None);
                     let number = std::str::from_utf8(&line[at + MARKER.len()..line.len() - 1])
                         .ok()
                         .and_then(|n| n.parse().ok());
@@ -318,7 +322,7 @@ impl LogRouter {
                         self.marker_seen(index, number);
                     }
                 }
-                None => self.emit(stream.source, line),
+                None => self.emit(stream.source, line, None),
             }
             start = end;
         }
@@ -326,7 +330,7 @@ impl LogRouter {
         while stream.pending.len() > MAX_LINE {
             let cut = piece_end(&stream.pending[..MAX_LINE]);
             let piece: Vec<u8> = stream.pending.drain(..cut).collect();
-            self.emit(stream.source, &piece);
+            self.emit(stream.source, &piece, None);
         }
     }
 }

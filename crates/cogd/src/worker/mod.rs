@@ -3,13 +3,14 @@
 //!
 //! `cogd._native.run_worker` calls [`run`] with the Python handler; nothing here
 //! knows Python. The loop owns the control channel (the process's original
-//! stdin/stdout, moved aside by [`capture`]), one thread per slot socket, and
-//! the capture thread that turns everything written to fd 1 and 2 into logs.
+//! stdin/stdout, moved aside by [`capture`]), one listening socket and thread per
+//! slot (slot 0 on the main thread), and the capture thread that turns
+//! everything written to fd 1 and 2 into logs.
 
 mod capture;
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -29,8 +30,15 @@ pub struct InitInfo {
     pub predictor_ref: String,
     /// Predict or train.
     pub mode: Mode,
-    /// The number of slots.
-    pub slots: usize,
+}
+
+/// What loading the model says about how it may be run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadInfo {
+    /// The concurrency the model declares (`@cog.concurrent(max=N)`).
+    pub concurrency: Option<usize>,
+    /// Whether its run is `async def` (required for more than one slot).
+    pub is_async: bool,
 }
 
 /// What a successful setup reports.
@@ -55,15 +63,32 @@ pub struct RunRequest {
     pub output_dir: PathBuf,
 }
 
-/// Sets up and runs a model. Called from several threads: `run` from each
-/// slot's thread, `cancel` from the control thread.
+/// How a run can end without an output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// The run raised; the exception's type and message.
+    Failed(String),
+    /// The run stopped because it was cancelled.
+    Canceled,
+}
+
+/// Sets up and runs a model. `load` and `setup` are called once, on the
+/// process's main thread; `run` on each slot's thread (slot 0's is the main
+/// thread, where a signal can interrupt a blocking call); `cancel` from the
+/// control thread while a run is in progress.
 pub trait Handler: Send + Sync + 'static {
-    /// Loads the model and runs its setup. The error is the failure's summary;
-    /// details (a traceback) are expected to have been written to stderr.
+    /// Imports the model and inspects it, without running its setup.
+    fn load(&self) -> Result<LoadInfo, String>;
+
+    /// Runs the model's setup. The error is the failure's summary; details (a
+    /// traceback) are expected to have been written to stderr.
     fn setup(&self) -> Result<SetupInfo, String>;
 
     /// Runs one prediction in `slot`, returning its output as JSON.
-    fn run(&self, slot: usize, request: RunRequest) -> Result<Box<RawValue>, String>;
+    fn run(&self, slot: usize, request: RunRequest) -> Result<Box<RawValue>, RunError>;
+
+    /// Asks the run in `slot` to stop; it should end with [`RunError::Canceled`].
+    fn cancel(&self, slot: usize);
 }
 
 /// The worker's output router, for [`write_log`].
@@ -71,11 +96,12 @@ static ROUTER: std::sync::OnceLock<LogRouter> = std::sync::OnceLock::new();
 
 /// Routes text the model wrote at the language level (Python's `sys.stdout`
 /// and `sys.stderr`) to the current run's logs, in order with what was
-/// written to the file descriptors. False when called outside a worker.
-pub fn write_log(source: LogSource, data: &str) -> bool {
+/// written to the file descriptors. `slot` is the writing run's slot when
+/// known. False when called outside a worker.
+pub fn write_log(source: LogSource, data: &str, slot: Option<usize>) -> bool {
     match ROUTER.get() {
         Some(router) => {
-            router.write_direct(source, data);
+            router.write_direct(source, data, slot);
             true
         }
         None => false,
@@ -134,68 +160,68 @@ where
     let _ = ROUTER.set(router.clone());
     let mut requests = FrameReader::new(stdio.control_in);
 
-    let (predictor_ref, mode, slot_sockets) = match requests.next_message::<ControlRequest>() {
-        Ok(Some(ControlRequest::Init {
-            protocol_version,
-            predictor_ref,
-            mode,
-            slot_sockets,
-        })) => {
-            if protocol_version != PROTOCOL_VERSION {
-                return fatal(
-                    &control,
-                    format!(
-                        "protocol version mismatch: server speaks {protocol_version}, \
-                         worker speaks {PROTOCOL_VERSION}; reinstall cogd"
-                    ),
-                );
+    let (info, slots_override, slots_default, socket_dir) =
+        match requests.next_message::<ControlRequest>() {
+            Ok(Some(ControlRequest::Init {
+                protocol_version,
+                predictor_ref,
+                mode,
+                slots_override,
+                slots_default,
+                socket_dir,
+            })) => {
+                if protocol_version != PROTOCOL_VERSION {
+                    return fatal(
+                        &control,
+                        format!(
+                            "protocol version mismatch: the server speaks {protocol_version}, \
+                             the worker speaks {PROTOCOL_VERSION}; reinstall cogd so both \
+                             come from one build"
+                        ),
+                    );
+                }
+                let info = InitInfo {
+                    predictor_ref,
+                    mode,
+                };
+                (info, slots_override, slots_default, socket_dir)
             }
-            (predictor_ref, mode, slot_sockets)
-        }
-        Ok(Some(other)) => return fatal(&control, format!("expected init, got {other:?}")),
-        Ok(None) => return 0,
-        Err(e) => return fatal(&control, format!("cannot read init: {e}")),
-    };
-    let info = InitInfo {
-        predictor_ref,
-        mode,
-        slots: slot_sockets.len(),
-    };
+            Ok(Some(other)) => return fatal(&control, format!("expected init, got {other:?}")),
+            Ok(None) => return 0,
+            Err(e) => return fatal(&control, format!("cannot read init: {e}")),
+        };
 
-    let mut slots = Vec::with_capacity(slot_sockets.len());
-    for path in &slot_sockets {
-        match connect_slot(path) {
-            Ok(slot) => slots.push(slot),
-            Err(e) => {
-                return fatal(
-                    &control,
-                    format!("cannot connect slot socket {path:?}: {e}"),
-                )
-            }
-        }
-    }
-
-    let setup = make_handler(&info).and_then(|handler| handler.setup().map(|s| (handler, s)));
+    let prepared = make_handler(&info).and_then(|handler| {
+        let load = handler.load()?;
+        let slots = slot_count(&info, load, slots_override, slots_default)?;
+        let setup = handler.setup()?;
+        Ok((handler, slots, setup))
+    });
     // Every line setup printed must be in the setup logs before ready/fatal.
     router.sync();
-    let (handler, setup) = match setup {
+    let (handler, slots, setup) = match prepared {
         Ok(ok) => ok,
         Err(reason) => return fatal(&control, reason),
     };
     router.setup_done();
-    let handler = Arc::new(handler);
-    for (index, (reader, writer)) in slots.into_iter().enumerate() {
-        let handler = Arc::clone(&handler);
-        let router = router.clone();
-        let control = control.clone();
-        std::thread::Builder::new()
-            .name(format!("cogd-slot-{index}"))
-            .spawn(move || slot_loop(index, reader, writer, &*handler, &router, &control))
-            .expect("spawn slot thread");
+
+    let mut listeners = Vec::with_capacity(slots);
+    for index in 0..slots {
+        let path = socket_dir.join(format!("slot-{index}.sock"));
+        let _ = std::fs::remove_file(&path);
+        match UnixListener::bind(&path) {
+            Ok(listener) => listeners.push(listener),
+            Err(e) => {
+                return fatal(
+                    &control,
+                    format!("cannot create slot socket {}: {e}", path.display()),
+                )
+            }
+        }
     }
     if control
         .send(&ControlResponse::Ready {
-            slots: info.slots,
+            slots,
             schema: setup.schema,
             versions: setup.versions,
         })
@@ -204,12 +230,82 @@ where
         return 0;
     }
 
+    let handler = Arc::new(handler);
+    let sockets = Arc::new(Mutex::new(Vec::new()));
+    {
+        let handler = Arc::clone(&handler);
+        let control = control.clone();
+        let sockets = Arc::clone(&sockets);
+        std::thread::Builder::new()
+            .name("cogd-control".into())
+            .spawn(move || control_loop(requests, &*handler, &control, &sockets))
+            .expect("spawn control thread");
+    }
+    let mut listeners = listeners.into_iter().enumerate();
+    let (_, main_listener) = listeners.next().expect("at least one slot");
+    for (index, listener) in listeners {
+        let slot = SlotContext {
+            index,
+            handler: Arc::clone(&handler) as Arc<dyn Handler>,
+            router: router.clone(),
+            control: control.clone(),
+            sockets: Arc::clone(&sockets),
+        };
+        std::thread::Builder::new()
+            .name(format!("cogd-slot-{index}"))
+            .spawn(move || slot.serve(&listener))
+            .expect("spawn slot thread");
+    }
+    // Slot 0 runs on the main thread: a sync run there can be interrupted by a
+    // signal even inside a blocking call.
+    SlotContext {
+        index: 0,
+        handler,
+        router,
+        control,
+        sockets,
+    }
+    .serve(&main_listener);
+    0
+}
+
+/// `COG_MAX_CONCURRENCY`, else the model's own, else `cog.yaml`'s, else 1;
+/// more than one needs an async run.
+fn slot_count(
+    info: &InitInfo,
+    load: LoadInfo,
+    slots_override: Option<usize>,
+    slots_default: Option<usize>,
+) -> Result<usize, String> {
+    let (slots, source) = match (slots_override, load.concurrency, slots_default) {
+        (Some(n), _, _) => (n, "COG_MAX_CONCURRENCY"),
+        (None, Some(n), _) => (n, "@cog.concurrent(max=...)"),
+        (None, None, Some(n)) => (n, "cog.yaml concurrency.max"),
+        (None, None, None) => (1, "the default"),
+    };
+    if slots == 0 {
+        return Err(format!("{source} must be at least 1"));
+    }
+    if slots > 1 && !load.is_async {
+        return Err(format!(
+            "{source} asks for {slots} concurrent predictions, but the run method of {} is \
+             synchronous: make it `async def`, or set the concurrency to 1",
+            info.predictor_ref
+        ));
+    }
+    Ok(slots)
+}
+
+/// The control thread: cancels, health checks, shutdown.
+fn control_loop(
+    mut requests: FrameReader<std::fs::File>,
+    handler: &dyn Handler,
+    control: &Sender,
+    sockets: &Mutex<Vec<UnixStream>>,
+) {
     loop {
         match requests.next_message::<ControlRequest>() {
-            Ok(Some(ControlRequest::Shutdown)) | Ok(None) => {
-                let _ = control.send(&ControlResponse::ShuttingDown);
-                return 0;
-            }
+            Ok(Some(ControlRequest::Cancel { slot })) => handler.cancel(slot),
             Ok(Some(ControlRequest::Healthcheck { id })) => {
                 let _ = control.send(&ControlResponse::HealthcheckResult {
                     id,
@@ -217,29 +313,63 @@ where
                     error: None,
                 });
             }
-            Ok(Some(ControlRequest::Cancel { slot })) => {
-                worker_log(
-                    &control,
-                    "warn",
-                    format!("cancel of slot {slot} is not supported"),
-                );
-            }
             Ok(Some(ControlRequest::Init { .. })) => {
-                worker_log(&control, "warn", "ignoring a second init".into());
+                worker_log(control, "warn", "ignoring a second init".into());
             }
-            Err(e) => return fatal(&control, format!("control channel broken: {e}")),
+            Ok(Some(ControlRequest::Shutdown)) | Ok(None) | Err(_) => break,
         }
     }
+    let _ = control.send(&ControlResponse::ShuttingDown);
+    // Closing the slot sockets ends the slot loops and so the main thread.
+    for socket in sockets.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
+    // A slot the server never connected would keep the main thread waiting.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::process::exit(0);
 }
 
-/// Connects one slot socket and announces the protocol version on it.
-fn connect_slot(path: &PathBuf) -> std::io::Result<(FrameReader<UnixStream>, Sender)> {
-    let stream = UnixStream::connect(path)?;
-    let writer = Sender::new(stream.try_clone()?);
-    writer.send(&SlotResponse::ProtocolVersion {
-        version: PROTOCOL_VERSION,
-    })?;
-    Ok((FrameReader::new(stream), writer))
+/// What one slot's loop needs.
+struct SlotContext {
+    index: usize,
+    handler: Arc<dyn Handler>,
+    router: LogRouter,
+    control: Sender,
+    /// Every connected slot socket, so shutdown can close them all.
+    sockets: Arc<Mutex<Vec<UnixStream>>>,
+}
+
+impl SlotContext {
+    /// Accepts the server's connection on the slot's socket and serves it.
+    fn serve(self, listener: &UnixListener) {
+        let connected = listener.accept().and_then(|(stream, _)| {
+            self.sockets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(stream.try_clone()?);
+            let writer = Sender::new(stream.try_clone()?);
+            writer.send(&SlotResponse::ProtocolVersion {
+                version: PROTOCOL_VERSION,
+            })?;
+            Ok((FrameReader::new(stream), writer))
+        });
+        match connected {
+            Ok((reader, writer)) => slot_loop(
+                self.index,
+                reader,
+                writer,
+                &*self.handler,
+                &self.router,
+                &self.control,
+            ),
+            Err(e) => {
+                let _ = self.control.send(&ControlResponse::Failed {
+                    slot: self.index,
+                    error: format!("cannot accept the slot connection: {e}"),
+                });
+            }
+        }
+    }
 }
 
 /// One slot's thread: takes a prediction, runs it, reports, repeats.
@@ -272,8 +402,9 @@ fn slot_loop(
         } = request;
         let input_json = match (input, input_file) {
             (Some(input), _) => Ok(input.to_string()),
-            (None, Some(file)) => std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read input file {}: {e}", file.display())),
+            (None, Some(file)) => std::fs::read_to_string(&file).map_err(|e| {
+                RunError::Failed(format!("cannot read input file {}: {e}", file.display()))
+            }),
             (None, None) => Ok("{}".to_string()),
         };
         router.begin_run(slot, writer.clone());
@@ -296,7 +427,7 @@ fn slot_loop(
         let sent = match result.and_then(|output| {
             // An output too large for one frame fails the prediction, not the slot.
             encode_line(&SlotResponse::Output { output, index: 0 })
-                .map_err(|e| format!("cannot send the output: {e}"))
+                .map_err(|e| RunError::Failed(format!("cannot send the output: {e}")))
         }) {
             Ok(frame) => writer.send_frame(&frame).and_then(|_| {
                 writer.send(&SlotResponse::Done {
@@ -305,7 +436,8 @@ fn slot_loop(
                     is_stream: false,
                 })
             }),
-            Err(error) => writer.send(&SlotResponse::Failed { id, error }),
+            Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed { id, error }),
+            Err(RunError::Canceled) => writer.send(&SlotResponse::Cancelled { id }),
         };
         if let Err(e) = sent {
             let _ = control.send(&ControlResponse::Failed {

@@ -1,0 +1,229 @@
+//! Webhook delivery: one task per prediction that subscribes to the
+//! prediction's state and POSTs it to the client's URL.
+//!
+//! `start` is sent first, with the prediction as it was accepted; `output` and
+//! `logs` follow the state as it changes, coalesced so that at most one is sent
+//! per throttle interval and the latest state is always the one sent;
+//! `completed` is sent as soon as the prediction ends and retried with backoff
+//! until the receiver takes it (bounded). The task owns nothing but its
+//! subscription, so a slow or dead receiver delays no run, no other prediction
+//! and no slot.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tokio::time::Instant;
+
+use crate::prediction::{Prediction, PredictionHandle};
+
+/// The events a client may ask for in `webhook_events_filter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookEvent {
+    /// The prediction was accepted.
+    Start,
+    /// A new output (or chunk).
+    Output,
+    /// New log lines.
+    Logs,
+    /// The prediction finished.
+    Completed,
+}
+
+impl WebhookEvent {
+    /// Parses one filter entry.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "start" => Some(Self::Start),
+            "output" => Some(Self::Output),
+            "logs" => Some(Self::Logs),
+            "completed" => Some(Self::Completed),
+            _ => None,
+        }
+    }
+
+    /// Every event: the default filter.
+    pub fn all() -> HashSet<Self> {
+        [Self::Start, Self::Output, Self::Logs, Self::Completed]
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Where one prediction's webhooks go.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The receiver's URL.
+    pub url: String,
+    /// The events to send.
+    pub events: HashSet<WebhookEvent>,
+    /// Headers to forward from the creating request (W3C trace context).
+    pub trace_headers: Vec<(String, String)>,
+}
+
+/// Sends webhooks; one per server, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WebhookSender {
+    client: reqwest::Client,
+    /// `WEBHOOK_AUTH_TOKEN`, sent as a bearer token.
+    token: Option<String>,
+    /// The least time between two `output`/`logs` webhooks of one prediction.
+    throttle: Duration,
+}
+
+/// Attempts at delivering `completed` before giving up.
+const COMPLETED_ATTEMPTS: u32 = 8;
+/// The first pause between attempts; it doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest pause, also the cap on a receiver's `Retry-After`.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl WebhookSender {
+    /// A sender with its own connection pool (kept-alive connections).
+    pub fn new(token: Option<String>, throttle: Duration, user_agent: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(user_agent)
+            .build()
+            .expect("the HTTP client configuration is valid");
+        Self {
+            client,
+            token: token.filter(|t| !t.is_empty()),
+            throttle,
+        }
+    }
+
+    /// Starts delivering `handle`'s webhooks in the background. `accepted` is
+    /// the prediction as it was accepted: the body of `start`.
+    pub fn spawn(
+        &self,
+        handle: &PredictionHandle,
+        accepted: Prediction,
+        subscription: Subscription,
+    ) {
+        let sender = self.clone();
+        let mut updates = handle.subscribe();
+        updates.mark_unchanged();
+        tokio::spawn(async move {
+            sender.deliver(accepted, updates, subscription).await;
+        });
+    }
+
+    async fn deliver(
+        &self,
+        accepted: Prediction,
+        mut updates: tokio::sync::watch::Receiver<Prediction>,
+        subscription: Subscription,
+    ) {
+        let wants = |event| subscription.events.contains(&event);
+        if wants(WebhookEvent::Start) {
+            self.send(&subscription, &accepted, 2).await;
+        }
+        let mut sent_logs = accepted.logs.len();
+        let mut sent_outputs = accepted.outputs.len();
+        let mut next_allowed = Instant::now();
+        loop {
+            if updates.changed().await.is_err() {
+                return;
+            }
+            // Coalesce: wait out the throttle, unless the prediction finishes.
+            let now = Instant::now();
+            if now < next_allowed && !updates.borrow().status.is_terminal() {
+                let finished = tokio::time::timeout(
+                    next_allowed - now,
+                    updates.wait_for(|p| p.status.is_terminal()),
+                )
+                .await;
+                if matches!(finished, Ok(Err(_))) {
+                    return;
+                }
+            }
+            let state = updates.borrow_and_update().clone();
+            if state.status.is_terminal() {
+                if wants(WebhookEvent::Completed) {
+                    self.send(&subscription, &state, COMPLETED_ATTEMPTS).await;
+                }
+                return;
+            }
+            let event = if state.outputs.len() != sent_outputs {
+                WebhookEvent::Output
+            } else if state.logs.len() != sent_logs {
+                WebhookEvent::Logs
+            } else {
+                continue;
+            };
+            let wanted = wants(event)
+                || (event == WebhookEvent::Output
+                    && state.logs.len() != sent_logs
+                    && wants(WebhookEvent::Logs));
+            if !wanted {
+                continue;
+            }
+            sent_outputs = state.outputs.len();
+            sent_logs = state.logs.len();
+            next_allowed = Instant::now() + self.throttle;
+            self.send(&subscription, &state, 1).await;
+        }
+    }
+
+    /// POSTs `prediction`, retrying up to `attempts` times in all.
+    async fn send(&self, subscription: &Subscription, prediction: &Prediction, attempts: u32) {
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=attempts {
+            let mut request = self.client.post(&subscription.url).json(prediction);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            for (name, value) in &subscription.trace_headers {
+                request = request.header(name, value);
+            }
+            let wait = match request.send().await {
+                Ok(response) if response.status().is_success() => return,
+                Ok(response) => {
+                    let status = response.status();
+                    let retryable = status.is_server_error()
+                        || status == StatusCode::TOO_MANY_REQUESTS
+                        || status == StatusCode::REQUEST_TIMEOUT;
+                    tracing::warn!(prediction_id = %prediction.id, %status, attempt, "webhook refused");
+                    if !retryable {
+                        return;
+                    }
+                    retry_after(&response).unwrap_or(backoff)
+                }
+                Err(error) => {
+                    tracing::warn!(prediction_id = %prediction.id, %error, attempt, "webhook failed");
+                    backoff
+                }
+            };
+            if attempt < attempts {
+                tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        tracing::error!(prediction_id = %prediction.id, attempts, "giving up on a webhook");
+    }
+}
+
+/// A `Retry-After` in seconds, as 429 and 503 answers may carry.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
+    let seconds: f64 = value.to_str().ok()?.trim().parse().ok()?;
+    (seconds >= 0.0 && seconds.is_finite()).then(|| Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_names_parse() {
+        assert_eq!(WebhookEvent::parse("start"), Some(WebhookEvent::Start));
+        assert_eq!(
+            WebhookEvent::parse("completed"),
+            Some(WebhookEvent::Completed)
+        );
+        assert_eq!(WebhookEvent::parse("finished"), None);
+        assert_eq!(WebhookEvent::all().len(), 4);
+    }
+}
