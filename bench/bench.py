@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -55,6 +56,12 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=60.0,
         help="seconds to wait for READY (default: 60)",
+    )
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="concurrent clients, each with its own connection (default 1)",
     )
     p.add_argument(
         "--json", metavar="FILE", help="also write the raw figures (incl. every latency) to FILE"
@@ -149,23 +156,40 @@ def percentile(sorted_values: list[float], pct: float) -> float:
 
 def run(host: str, port: int, args: argparse.Namespace) -> dict:
     body = json.dumps({"input": json.loads(args.input)}).encode()
-    client = Client(host, port)
+    clients = [Client(host, port) for _ in range(args.clients)]
 
     for _ in range(args.warmup):
-        client.post("/predictions", body)
+        clients[0].post("/predictions", body)
 
     latencies_ms: list[float] = []
     http_statuses: Counter[int] = Counter()
     prediction_statuses: Counter[str] = Counter()
+    lock = threading.Lock()
     perf = time.perf_counter
+
+    def drive(client: Client, count: int) -> None:
+        # Each client sends its next request the moment it has the reply.
+        for _ in range(count):
+            t0 = perf()
+            status, data = client.post("/predictions", body)
+            latency = (perf() - t0) * 1000
+            outcome = json.loads(data).get("status", "?") if status == 200 else None
+            with lock:
+                latencies_ms.append(latency)
+                http_statuses[status] += 1
+                if outcome is not None:
+                    prediction_statuses[outcome] += 1
+
+    share, extra = divmod(args.requests, args.clients)
+    threads = [
+        threading.Thread(target=drive, args=(client, share + (1 if i < extra else 0)))
+        for i, client in enumerate(clients)
+    ]
     started = perf()
-    for _ in range(args.requests):
-        t0 = perf()
-        status, data = client.post("/predictions", body)
-        latencies_ms.append((perf() - t0) * 1000)
-        http_statuses[status] += 1
-        if status == 200:
-            prediction_statuses[json.loads(data).get("status", "?")] += 1
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     elapsed = perf() - started
 
     ordered = sorted(latencies_ms)
@@ -189,7 +213,8 @@ def run(host: str, port: int, args: argparse.Namespace) -> dict:
         "conflicts_409": http_statuses.get(409, 0),
         "non_200_other": non_200 - http_statuses.get(409, 0),
         "prediction_status_counts": dict(prediction_statuses),
-        "reconnects": client.reconnects,
+        "clients": args.clients,
+        "reconnects": sum(c.reconnects for c in clients),
         "latencies_ms": latencies_ms,
     }
 
@@ -197,7 +222,10 @@ def run(host: str, port: int, args: argparse.Namespace) -> dict:
 def report(r: dict) -> None:
     lat = r["latency_ms"]
     print(f"server:        {r['url']}")
-    print(f"requests:      {r['requests']} sequential on one keep-alive connection")
+    print(
+        f"requests:      {r['requests']} from {r['clients']} client(s), each sequential "
+        "on its own keep-alive connection"
+    )
     print(f"warm-up:       {r['warmup']} requests, not measured")
     print(f"elapsed:       {r['elapsed_s']:.3f} s")
     print(f"throughput:    {r['requests_per_s']:.1f} requests/s")
