@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MODELS, Gate, Server, launch
+from harness import MODELS, Gate, Server, WebhookReceiver, launch
 
 _SERVERS = pytest.StashKey[list]()
 
@@ -107,3 +107,11 @@ def short_tmpdir() -> Iterator[Path]:
     path = make_short_tmpdir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A local HTTP server that records the webhooks sent to it (see harness)."""
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()

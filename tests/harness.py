@@ -7,6 +7,7 @@ conftest.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +377,255 @@ def launch(
     raise AssertionError(
         f"{' '.join(cmd)} exited with {proc.returncode} before serving\n{last_error}"
     )
+
+
+# -- predictions by id ---------------------------------------------------------
+
+TERMINAL_STATUSES = {"succeeded", "failed", "canceled"}
+
+
+def get_prediction(server: Server, prediction_id: str) -> dict:
+    """GET /predictions/{id}, expect a 200, return the prediction."""
+    resp = server.get(f"/predictions/{prediction_id}", timeout=5)
+    assert resp.status_code == 200, f"GET {prediction_id}: {resp.status_code}: {resp.text[:500]}"
+    return resp.json()
+
+
+def wait_for_prediction(
+    server: Server, prediction_id: str, *statuses: str, timeout: float = 30.0
+) -> dict:
+    """Poll GET /predictions/{id} until its status is one of `statuses`
+    (default: any terminal one) and return it."""
+    wanted = set(statuses or TERMINAL_STATUSES)
+    last: dict = {}
+
+    def reached() -> bool:
+        nonlocal last
+        last = get_prediction(server, prediction_id)
+        return last["status"] in wanted
+
+    try:
+        wait_until(reached, timeout, f"prediction {prediction_id} to be {sorted(wanted)}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last: {last!r}") from None
+    return last
+
+
+def start_async(server: Server, path: str = "/predictions", **body: Any) -> dict:
+    """Create a prediction with `Prefer: respond-async` (POST, or PUT when
+    `path` names an id); expect a 202 and return the prediction."""
+    method = "PUT" if path != "/predictions" else "POST"
+    resp = server.request(method, path, json=body, headers={"Prefer": "respond-async"})
+    assert resp.status_code == 202, f"{method} {path}: {resp.status_code}: {resp.text[:500]}"
+    return resp.json()
+
+
+def count_slots(server: Server, gate: Gate, limit: int = 8) -> int:
+    """How many predictions the server runs at once.
+
+    Starts predictions that wait on `gate` (the model's input `gate`) with
+    respond-async until one is refused with 409; health must say BUSY then.
+    Opens the gate and waits for the held ones to succeed before returning.
+    """
+    held: list[str] = []
+    for _ in range(limit + 1):
+        resp = server.post(
+            "/predictions",
+            json={"input": {"gate": str(gate)}},
+            headers={"Prefer": "respond-async"},
+        )
+        if resp.status_code == 409:
+            break
+        assert resp.status_code == 202, f"{resp.status_code}: {resp.text[:500]}"
+        held.append(resp.json()["id"])
+    else:
+        gate.open()
+        raise AssertionError(f"more than {limit} predictions ran at once")
+    try:
+        assert server.health()["status"] == "BUSY"
+    finally:
+        gate.open()
+    for prediction_id in held:
+        done = wait_for_prediction(server, prediction_id)
+        assert done["status"] == "succeeded", done
+    return len(held)
+
+
+def send_and_hang_up(
+    server: Server,
+    method: str,
+    path: str,
+    body: Any,
+    headers: Mapping[str, str] | None = None,
+) -> socket.socket:
+    """Send one JSON request on a raw socket and return the socket, unread.
+
+    The caller closes it to play a client that goes away before the reply.
+    """
+    payload = json.dumps(body).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = (
+        f"{method} {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        + "\r\n"
+    )
+    sock.sendall(head.encode() + payload)
+    return sock
+
+
+# -- webhook receiver ------------------------------------------------------------
+
+
+class WebhookCall:
+    """One request the receiver got: what came in and what it answered."""
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: Any,
+        received_at: float,
+    ) -> None:
+        self.method = method
+        self.path = path
+        # Header names lower-cased; repeated headers joined with ", ".
+        self.headers = dict(headers)
+        self.body = body
+        # time.monotonic() when the request had been read.
+        self.received_at = received_at
+        self.answered = 0
+
+    @property
+    def status(self) -> Any:
+        """The prediction status in the body (None when it is not a prediction)."""
+        return self.body.get("status") if isinstance(self.body, dict) else None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def __repr__(self) -> str:
+        body = (
+            self.body
+            if not isinstance(self.body, dict)
+            else {k: self.body.get(k) for k in ("id", "status", "output")}
+        )
+        return f"<{self.method} {self.path} -> {self.answered} {body!r}>"
+
+
+def fail_first(
+    n: int, status: int = 500, matching: Callable[[WebhookCall], bool] = lambda call: True
+) -> Callable[[WebhookCall], int]:
+    """A receiver responder: answer `status` to the first n matching calls, then 200."""
+    seen = 0
+    lock = threading.Lock()
+
+    def respond(call: WebhookCall) -> int:
+        nonlocal seen
+        if not matching(call):
+            return 200
+        with lock:
+            seen += 1
+            return status if seen <= n else 200
+
+    return respond
+
+
+class WebhookReceiver:
+    """A threaded HTTP server on 127.0.0.1 that records every request.
+
+    `respond` (call -> status code) decides each answer; the default is 200.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[WebhookCall] = []
+        self.respond: Callable[[WebhookCall], int] = lambda call: 200
+        self._cond = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body: Any = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                headers: dict[str, str] = {}
+                for name, value in self.headers.items():
+                    key = name.lower()
+                    headers[key] = f"{headers[key]}, {value}" if key in headers else value
+                call = WebhookCall(self.command, self.path, headers, body, time.monotonic())
+                call.answered = receiver.respond(call)
+                with receiver._cond:
+                    receiver.calls.append(call)
+                    receiver._cond.notify_all()
+                reply = b"{}"
+                self.send_response(call.answered)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            do_POST = _handle  # noqa: N815 - http.server's naming
+            do_PUT = _handle  # noqa: N815
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.base_url = f"http://{host}:{port}"
+
+    def url(self, path: str = "/webhook") -> str:
+        return self.base_url + path
+
+    def calls_to(self, path: str) -> list[WebhookCall]:
+        with self._cond:
+            return [c for c in self.calls if c.path == path]
+
+    def wait_for(
+        self,
+        predicate: Callable[[list[WebhookCall]], Any],
+        timeout: float = 15.0,
+        what: str = "webhooks",
+    ) -> list[WebhookCall]:
+        """Wait until predicate(calls so far) is truthy; return the calls."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(list(self.calls)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"timed out after {timeout}s waiting for {what}; got {self.calls!r}"
+                    )
+                self._cond.wait(left)
+            return list(self.calls)
+
+    def wait_for_completed(
+        self, path: str = "/webhook", timeout: float = 15.0
+    ) -> list[WebhookCall]:
+        """Wait for a 2xx-answered call with a terminal status to `path`;
+        return every call to `path` so far."""
+        self.wait_for(
+            lambda calls: any(
+                c.path == path and c.is_terminal and 200 <= c.answered < 300 for c in calls
+            ),
+            timeout,
+            f"a completed webhook to {path}",
+        )
+        return self.calls_to(path)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

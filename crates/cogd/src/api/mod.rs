@@ -117,9 +117,9 @@ async fn respond(admission: Admission, headers: &HeaderMap) -> Result<Response, 
     if respond_async(headers) {
         return Ok((StatusCode::ACCEPTED, Json(handle.snapshot())).into_response());
     }
-    let guard = CancelOnDrop(created.then(|| handle.clone()));
+    let mut guard = CancelOnDrop(created.then(|| handle.clone()));
     let prediction = handle.finished().await;
-    std::mem::forget(guard);
+    guard.0 = None;
     Ok(Json(prediction).into_response())
 }
 
