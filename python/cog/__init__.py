@@ -3,7 +3,7 @@
 Every name here is re-exported from ``cogd`` so that unchanged Cog models run.
 """
 
-from cogd.decorators import concurrent
+from cogd.decorators import concurrent, streaming
 from cogd.types import (
     BasePredictor,
     BaseRunner,
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "concurrent",
+    "streaming",
     "BasePredictor",
     "BaseRunner",
     "CancelationException",

@@ -6,7 +6,7 @@ by ``cog``), the runner that loads and calls a model inside the worker process,
 and the command-line entry points.
 """
 
-from cogd.decorators import concurrent
+from cogd.decorators import concurrent, streaming
 from cogd.types import (
     BasePredictor,
     BaseRunner,
@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "concurrent",
+    "streaming",
     "BasePredictor",
     "BaseRunner",
     "CancelationException",

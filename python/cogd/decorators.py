@@ -1,4 +1,4 @@
-"""Decorators a model applies to its predictor: ``@cog.concurrent(max=N)``."""
+"""Decorators a model applies to its predictor: ``@cog.concurrent(max=N)``, ``@cog.streaming``."""
 
 from __future__ import annotations
 
@@ -34,3 +34,28 @@ def declared_concurrency(*targets: Any) -> int | None:
         if value is not None:
             return int(value)
     return None
+
+
+#: The attribute ``streaming`` sets on the run method (or the class).
+STREAMING_ATTR = "_cog_streaming"
+
+
+def streaming(target: Any = None) -> Any:
+    """Mark a run as streaming: clients may follow it as server-sent events.
+
+    Works bare (``@streaming``) and called (``@streaming()``), on the run method
+    or on the predictor class.
+    """
+
+    def apply(inner: T) -> T:
+        setattr(inner, STREAMING_ATTR, True)
+        return inner
+
+    if target is None:
+        return apply
+    return apply(target)
+
+
+def declared_streaming(*targets: Any) -> bool:
+    """Whether any of ``targets`` is marked ``@streaming``."""
+    return any(getattr(target, STREAMING_ATTR, False) for target in targets)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cogd import capture
-from cogd.decorators import declared_concurrency
+from cogd.decorators import declared_concurrency, declared_streaming
 from cogd.types import BasePredictor, BaseRunner, CancelationException, FieldInfo
 
 
@@ -128,6 +128,17 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"output of type {type(value).__name__} is not JSON serializable")
 
 
+#: What ``_invoke`` returns for a generator: its items have been sent already.
+_STREAMED = object()
+
+
+def _send_chunk(slot: int, index: int, item: Any) -> None:
+    """Send one yielded item to the server now, before the next is produced."""
+    from cogd import _native
+
+    _native.write_output(slot, index, json.dumps(item, default=_encode))
+
+
 class _ActiveRun:
     """What ``cancel`` needs to know about the run in one slot."""
 
@@ -171,8 +182,9 @@ class Runner:
                 self._loop = _EventLoop()
             return self._loop
 
-    def load(self) -> tuple[int | None, bool]:
-        """Import the model; returns its declared concurrency and whether its run is async."""
+    def load(self) -> tuple[int | None, bool, bool]:
+        """Import the model; returns its declared concurrency, whether its run is
+        async, and whether it is marked ``@streaming``."""
         try:
             predictor = load_predictor(self.predictor_ref)
             self._instance, self._run = find_run_method(predictor)
@@ -188,8 +200,8 @@ class Runner:
             _flush_std_streams()
         run = self._run
         is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
-        concurrency = declared_concurrency(run, getattr(run, "__func__", None), predictor)
-        return concurrency, is_async
+        targets = (run, getattr(run, "__func__", None), predictor)
+        return declared_concurrency(*targets), is_async, declared_streaming(*targets)
 
     def setup(self) -> str:
         """Run the model's ``setup``; returns the schema as JSON text."""
@@ -207,9 +219,13 @@ class Runner:
             _flush_std_streams()
         return "null"
 
-    def run(self, input_json: str, context_json: str, output_dir: str, slot: int = 0) -> str:
-        """Run one prediction on ``input_json``; returns the output as JSON text.
+    def run(
+        self, input_json: str, context_json: str, output_dir: str, slot: int = 0
+    ) -> tuple[str | None, bool]:
+        """Run one prediction on ``input_json``.
 
+        Returns ``(output JSON text, False)`` for a plain run, or ``(None, True)``
+        for a generator, whose items were each sent as they were yielded.
         Raises ``CancelationException`` when the run was cancelled.
         """
         assert self._run is not None, "run() before load()"
@@ -225,7 +241,9 @@ class Runner:
             if active.cancelled:
                 # The run swallowed the cancel and returned: it is still cancelled.
                 raise CancelationException()
-            return json.dumps(output, default=_encode)
+            if output is _STREAMED:
+                return None, True
+            return json.dumps(output, default=_encode), False
         except CancelationException:
             raise
         except BaseException:
@@ -251,7 +269,11 @@ class Runner:
                     raise asyncio.CancelledError()
                 result = run(**kwargs)
                 if inspect.isasyncgen(result):
-                    return [item async for item in result]
+                    index = 0
+                    async for item in result:
+                        _send_chunk(slot, index, item)
+                        index += 1
+                    return _STREAMED
                 return await result
 
             future = asyncio.run_coroutine_threadsafe(call(), self._event_loop().loop)
@@ -261,7 +283,9 @@ class Runner:
                 raise CancelationException() from None
         output = run(**kwargs)
         if inspect.isgenerator(output):
-            output = list(output)
+            for index, item in enumerate(output):
+                _send_chunk(slot, index, item)
+            return _STREAMED
         return output
 
     def cancel(self, slot: int) -> None:

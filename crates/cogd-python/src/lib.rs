@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use serde_json::value::RawValue;
 
 use cogd::ipc::LogSource;
-use cogd::worker::{Handler, InitInfo, LoadInfo, RunError, RunRequest, SetupInfo};
+use cogd::worker::{Handler, InitInfo, LoadInfo, RunError, RunOutput, RunRequest, SetupInfo};
 
 /// Runs the `cogd` command line; `python` is the interpreter workers use.
 #[pyfunction]
@@ -43,6 +43,15 @@ fn write_log(py: Python<'_>, source: &str, data: &str, slot: Option<usize>) -> P
     };
     // Sending may wait on the server; other Python threads keep running.
     Ok(py.detach(|| cogd::worker::write_log(source, data, slot)))
+}
+
+/// Sends one chunk of the streaming run in `slot` (its JSON text) to the
+/// server; false outside a worker or when no run is active in `slot`.
+#[pyfunction]
+fn write_output(py: Python<'_>, slot: usize, index: u64, output: String) -> PyResult<bool> {
+    let output = RawValue::from_string(output)
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("not JSON: {e}")))?;
+    Ok(py.detach(|| cogd::worker::write_output(slot, index, output)))
 }
 
 /// The worker's handler: a `cogd.runner.Runner` for the model.
@@ -95,15 +104,16 @@ fn describe(py: Python<'_>, err: &PyErr) -> String {
 impl Handler for PyHandler {
     fn load(&self) -> Result<LoadInfo, String> {
         Python::attach(|py| {
-            let (concurrency, is_async) = self
+            let (concurrency, is_async, streaming) = self
                 .runner
                 .bind(py)
                 .call_method0("load")
-                .and_then(|info| info.extract::<(Option<usize>, bool)>())
+                .and_then(|info| info.extract::<(Option<usize>, bool, bool)>())
                 .map_err(|e| describe(py, &e))?;
             Ok(LoadInfo {
                 concurrency,
                 is_async,
+                streaming,
             })
         })
     }
@@ -132,7 +142,7 @@ impl Handler for PyHandler {
         })
     }
 
-    fn run(&self, slot: usize, request: RunRequest) -> Result<Box<RawValue>, RunError> {
+    fn run(&self, slot: usize, request: RunRequest) -> Result<RunOutput, RunError> {
         let output = Python::attach(|py| {
             self.runner
                 .bind(py)
@@ -145,7 +155,7 @@ impl Handler for PyHandler {
                         slot,
                     ),
                 )
-                .and_then(|out| out.extract::<String>())
+                .and_then(|out| out.extract::<(Option<String>, bool)>())
                 .map_err(|e| {
                     if e.is_instance(py, self.cancelation.bind(py)) {
                         RunError::Canceled
@@ -154,8 +164,12 @@ impl Handler for PyHandler {
                     }
                 })
         })?;
-        RawValue::from_string(output)
-            .map_err(|e| RunError::Failed(format!("the output is not valid JSON: {e}")))
+        match output {
+            (Some(json), _) => RawValue::from_string(json)
+                .map(RunOutput::Value)
+                .map_err(|e| RunError::Failed(format!("the output is not valid JSON: {e}"))),
+            (None, _) => Ok(RunOutput::Streamed),
+        }
     }
 
     fn cancel(&self, slot: usize) {
@@ -175,5 +189,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(run_worker, m)?)?;
     m.add_function(wrap_pyfunction!(write_log, m)?)?;
+    m.add_function(wrap_pyfunction!(write_output, m)?)?;
     Ok(())
 }

@@ -29,6 +29,9 @@ pub struct Config {
     /// The least time between two `output`/`logs` webhooks of one prediction
     /// (`COG_THROTTLE_RESPONSE_INTERVAL`, seconds).
     pub webhook_throttle: Duration,
+    /// Stream events replayed to SSE readers who attach late
+    /// (`COG_STREAM_HISTORY_CAPACITY`, default 1024, 0 for live only).
+    pub stream_history: usize,
     /// Address to listen on.
     pub host: String,
     /// Port to listen on.
@@ -143,6 +146,18 @@ impl Config {
                 })?,
             None => 0,
         };
+        let stream_history =
+            match env("COG_STREAM_HISTORY_CAPACITY").filter(|s| !s.trim().is_empty()) {
+                Some(value) => value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| ConfigError::BadEnv {
+                        name: "COG_STREAM_HISTORY_CAPACITY",
+                        value,
+                        message: "expected a whole number of events (0 for live only)",
+                    })?,
+                None => 1024,
+            };
         let cancel_grace = seconds(&env, "COG_CANCEL_GRACE")?.unwrap_or(Duration::from_secs(5));
         let webhook_throttle =
             seconds(&env, "COG_THROTTLE_RESPONSE_INTERVAL")?.unwrap_or(Duration::from_millis(500));
@@ -169,6 +184,7 @@ impl Config {
             queue_size,
             cancel_grace,
             webhook_throttle,
+            stream_history,
             host: flags.host,
             port: flags.port,
             upload_url: flags.upload_url,

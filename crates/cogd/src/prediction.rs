@@ -11,7 +11,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::watch;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Where a prediction is in its life.
@@ -62,7 +65,8 @@ pub struct Prediction {
     pub input: serde_json::Value,
     /// Where it is.
     pub status: Status,
-    /// Outputs received so far: one for a plain run, one per chunk for a stream.
+    /// Outputs received so far: a stream's chunks, or a plain run's one value
+    /// (added just before it finishes).
     pub outputs: Vec<Box<RawValue>>,
     /// The final output, set when the prediction succeeds.
     pub output: Option<Box<RawValue>>,
@@ -182,7 +186,13 @@ impl Serialize for Prediction {
         map.serialize_entry("id", &self.id)?;
         map.serialize_entry("status", &self.status)?;
         map.serialize_entry("input", &self.input)?;
-        map.serialize_entry("output", &self.output)?;
+        match &self.output {
+            // While a stream runs, its output is the chunks so far.
+            None if !self.status.is_terminal() && !self.outputs.is_empty() => {
+                map.serialize_entry("output", &self.outputs)?
+            }
+            output => map.serialize_entry("output", output)?,
+        }
         map.serialize_entry("logs", &self.logs)?;
         map.serialize_entry("error", &self.error)?;
         map.serialize_entry("metrics", &self.metrics)?;
@@ -193,12 +203,48 @@ impl Serialize for Prediction {
     }
 }
 
+/// One event of a prediction's stream, as server-sent events carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    /// `start`, `output`, `log`, `metric` or `completed`.
+    pub name: &'static str,
+    /// The event's JSON text.
+    pub data: String,
+}
+
+/// A new reader's view of a prediction's stream: what it missed, then live.
+#[derive(Debug)]
+pub struct StreamSubscription {
+    /// The events kept so far, oldest first.
+    pub history: Vec<Arc<StreamEvent>>,
+    /// True when older events were dropped from the history: a reader cannot
+    /// be given the whole stream.
+    pub truncated: bool,
+    /// Every event from now on.
+    pub live: broadcast::Receiver<Arc<StreamEvent>>,
+}
+
+/// How many live events a reader may fall behind before it is dropped.
+const LIVE_BUFFER: usize = 1024;
+
+/// The stream of a prediction whose run is marked `@streaming`.
+#[derive(Debug)]
+struct StreamState {
+    history: VecDeque<Arc<StreamEvent>>,
+    /// 0 keeps no history: readers see live events only.
+    capacity: usize,
+    truncated: bool,
+    live: broadcast::Sender<Arc<StreamEvent>>,
+}
+
 /// The shared, observable home of one prediction.
 #[derive(Debug, Clone)]
 pub struct PredictionHandle {
     state: watch::Sender<Prediction>,
     /// Fired by a cancel request; the run task acts on it.
     cancel: CancellationToken,
+    /// Events for stream readers, when the model streams.
+    stream: Option<Arc<Mutex<StreamState>>>,
 }
 
 impl PredictionHandle {
@@ -207,7 +253,57 @@ impl PredictionHandle {
         Self {
             state: watch::Sender::new(prediction),
             cancel: CancellationToken::new(),
+            stream: None,
         }
+    }
+
+    /// Wraps a new prediction that keeps a stream of events for SSE readers,
+    /// with the last `history` of them replayed to readers who attach late.
+    pub fn with_stream(prediction: Prediction, history: usize) -> Self {
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Self {
+            stream: Some(Arc::new(Mutex::new(StreamState {
+                history: VecDeque::with_capacity(history.min(LIVE_BUFFER)),
+                capacity: history,
+                truncated: false,
+                live,
+            }))),
+            ..Self::new(prediction)
+        }
+    }
+
+    /// Whether this prediction keeps a stream.
+    pub fn has_stream(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Records one stream event and sends it to every reader.
+    pub fn publish(&self, name: &'static str, data: String) {
+        let Some(stream) = &self.stream else {
+            return;
+        };
+        let event = Arc::new(StreamEvent { name, data });
+        let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
+        if stream.capacity > 0 {
+            if stream.history.len() == stream.capacity {
+                stream.history.pop_front();
+                stream.truncated = true;
+            }
+            stream.history.push_back(Arc::clone(&event));
+        }
+        let _ = stream.live.send(event);
+    }
+
+    /// Attaches a reader: the history so far and the live events after it,
+    /// with nothing missed or repeated in between.
+    pub fn subscribe_stream(&self) -> Option<StreamSubscription> {
+        let stream = self.stream.as_ref()?;
+        let stream = stream.lock().unwrap_or_else(|e| e.into_inner());
+        Some(StreamSubscription {
+            history: stream.history.iter().cloned().collect(),
+            truncated: stream.truncated,
+            live: stream.live.subscribe(),
+        })
     }
 
     /// Asks for the prediction to be cancelled; harmless once it has finished.
@@ -348,6 +444,46 @@ mod tests {
         assert_eq!(v["status"], "succeeded");
         assert_eq!(v["output"], "hello");
         assert!(v["created_at"].as_str().unwrap().ends_with("+00:00"));
+    }
+
+    #[test]
+    fn stream_readers_get_history_then_live_events() {
+        let handle = PredictionHandle::with_stream(
+            Prediction::new("p".into(), serde_json::json!({}), None),
+            2,
+        );
+        handle.publish("output", "1".into());
+        let early = handle.subscribe_stream().unwrap();
+        assert_eq!(early.history.len(), 1);
+        assert!(!early.truncated);
+        handle.publish("output", "2".into());
+        handle.publish("output", "3".into());
+        let late = handle.subscribe_stream().unwrap();
+        assert!(
+            late.truncated,
+            "the first event was dropped from a history of 2"
+        );
+        assert_eq!(
+            late.history
+                .iter()
+                .map(|e| e.data.as_str())
+                .collect::<Vec<_>>(),
+            ["2", "3"]
+        );
+        let mut live = early.live;
+        assert_eq!(live.try_recv().unwrap().data, "2");
+        assert_eq!(live.try_recv().unwrap().data, "3");
+    }
+
+    #[test]
+    fn a_zero_history_keeps_nothing_and_is_never_truncated() {
+        let handle = PredictionHandle::with_stream(
+            Prediction::new("p".into(), serde_json::json!({}), None),
+            0,
+        );
+        handle.publish("output", "1".into());
+        let reader = handle.subscribe_stream().unwrap();
+        assert!(reader.history.is_empty() && !reader.truncated);
     }
 
     #[tokio::test]

@@ -76,6 +76,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             predictions_dir,
             queue_size: config.queue_size,
             cancel_grace: config.cancel_grace,
+            stream_history: config.stream_history,
         },
     );
     let (shutdown, mut stop) = watch::channel(false);

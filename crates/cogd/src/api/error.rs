@@ -23,6 +23,9 @@ pub enum ApiError {
     /// Admission refused the prediction.
     #[error(transparent)]
     Admission(#[from] AdmissionError),
+    /// The client asked for an event stream from a model that does not stream.
+    #[error("this model's run is not marked @streaming: it cannot answer with text/event-stream")]
+    NotStreaming,
     /// No prediction has this id.
     #[error("no prediction with id {0:?}")]
     NotFound(String),
@@ -61,6 +64,7 @@ impl IntoResponse for ApiError {
             Self::Admission(AdmissionError::QueueFull) => {
                 unreachable!("answered above with its Retry-After header")
             }
+            e @ Self::NotStreaming => (StatusCode::NOT_ACCEPTABLE, json!(e.to_string())),
             e @ Self::NotFound(_) => (StatusCode::NOT_FOUND, json!(e.to_string())),
             Self::Admission(AdmissionError::NotReady(health)) => {
                 let why = match health {

@@ -4,6 +4,7 @@
 
 mod error;
 mod request;
+mod stream;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -84,6 +85,9 @@ async fn create_prediction(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = request::parse_prediction(&headers, &body, None)?;
+    if stream::wanted(&headers) {
+        return stream::respond(&state.service, request);
+    }
     respond(state.service.create(request)?, &headers).await
 }
 
@@ -94,6 +98,9 @@ async fn create_prediction_idempotent(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = request::parse_prediction(&headers, &body, Some(&id))?;
+    if stream::wanted(&headers) {
+        return stream::respond(&state.service, request);
+    }
     respond(state.service.create(request)?, &headers).await
 }
 

@@ -79,6 +79,9 @@ pub enum ControlResponse {
         /// Versions of the worker's runtime, for `/health-check`.
         #[serde(default)]
         versions: serde_json::Map<String, serde_json::Value>,
+        /// Whether the run is marked `@streaming` (clients may ask for SSE).
+        #[serde(default)]
+        streaming: bool,
     },
     /// Output written while no run was active (during setup: the setup logs).
     Log {
@@ -176,7 +179,7 @@ pub enum SlotResponse {
         /// The text, usually one line with its newline.
         data: String,
     },
-    /// An output value: the whole output of a plain run, or one yielded chunk.
+    /// One chunk of a streaming run, sent the moment it was yielded.
     Output {
         /// The JSON value, passed through without re-parsing.
         output: Box<RawValue>,
@@ -209,6 +212,9 @@ pub enum SlotResponse {
         predict_time: f64,
         /// Whether the outputs were a stream of chunks (a generator) or one value.
         is_stream: bool,
+        /// A plain run's output (a stream's chunks came as `output` messages).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Box<RawValue>>,
     },
     /// The run raised.
     Failed {
@@ -243,11 +249,39 @@ impl SlotResponse {
             output: Box<RawValue>,
             index: u64,
         }
-        if serde_json::from_slice::<Tag<'_>>(frame)?.kind == "output" {
-            let OutputFrame { output, index, .. } = serde_json::from_slice(frame)?;
-            return Ok(Self::Output { output, index });
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct DoneFrame {
+            #[serde(rename = "type")]
+            _kind: serde::de::IgnoredAny,
+            id: String,
+            predict_time: f64,
+            is_stream: bool,
+            #[serde(default)]
+            output: Option<Box<RawValue>>,
         }
-        serde_json::from_slice(frame)
+        match serde_json::from_slice::<Tag<'_>>(frame)?.kind.as_ref() {
+            "output" => {
+                let OutputFrame { output, index, .. } = serde_json::from_slice(frame)?;
+                Ok(Self::Output { output, index })
+            }
+            "done" => {
+                let DoneFrame {
+                    id,
+                    predict_time,
+                    is_stream,
+                    output,
+                    ..
+                } = serde_json::from_slice(frame)?;
+                Ok(Self::Done {
+                    id,
+                    predict_time,
+                    is_stream,
+                    output,
+                })
+            }
+            _ => serde_json::from_slice(frame),
+        }
     }
 }
 
@@ -295,6 +329,7 @@ mod tests {
             slots: 1,
             schema: json!({"openapi": "3.0.2"}),
             versions,
+            streaming: true,
         });
         round_trip(&ControlResponse::Log {
             source: LogSource::Stderr,
@@ -364,6 +399,13 @@ mod tests {
             id: "p1".into(),
             predict_time: 0.25,
             is_stream: false,
+            output: Some(RawValue::from_string("\"hello\"".into()).unwrap()),
+        });
+        slot_round_trip(&SlotResponse::Done {
+            id: "p2".into(),
+            predict_time: 0.5,
+            is_stream: true,
+            output: None,
         });
         slot_round_trip(&SlotResponse::Failed {
             id: "p1".into(),

@@ -93,6 +93,8 @@ pub struct ServiceConfig {
     pub queue_size: usize,
     /// How long a cancelled run may take to stop.
     pub cancel_grace: Duration,
+    /// Stream events kept per prediction for readers who attach late.
+    pub stream_history: usize,
 }
 
 /// The service; cheap to clone.
@@ -177,11 +179,16 @@ impl Service {
             Refusal::QueueFull => AdmissionError::QueueFull,
         })?;
         let id = request.id.unwrap_or_else(generate_id);
-        let handle = PredictionHandle::new(Prediction::new(
+        let prediction = Prediction::new(
             id.clone(),
             serde_json::Value::Object(request.input.clone()),
             request.created_at,
-        ));
+        );
+        let handle = if self.inner.supervisor.streaming() {
+            PredictionHandle::with_stream(prediction, self.inner.config.stream_history)
+        } else {
+            PredictionHandle::new(prediction)
+        };
         registry.insert(id.clone(), handle.clone());
         drop(registry);
         if let Some(subscription) = request.webhook {
@@ -198,6 +205,11 @@ impl Service {
         };
         tokio::spawn(run.execute(admit));
         Ok(Admission::Created(handle))
+    }
+
+    /// Whether the model's run streams (clients may follow it with SSE).
+    pub fn streaming(&self) -> bool {
+        self.inner.supervisor.streaming()
     }
 
     /// The prediction with this id, running or recently finished.
@@ -295,6 +307,7 @@ impl Run {
                     p.start();
                     true
                 });
+                self.publish_state("start");
                 self.run_in_slot(permit.slot(), dir.clone()).await
             }
             Err(e) => Ended {
@@ -321,8 +334,17 @@ impl Run {
         self.finish(ended.outcome);
     }
 
+    /// Publishes the whole prediction as a stream event.
+    fn publish_state(&self, name: &'static str) {
+        if self.handle.has_stream() {
+            let state = serde_json::to_string(&self.handle.snapshot()).unwrap_or_default();
+            self.handle.publish(name, state);
+        }
+    }
+
     fn finish(&self, outcome: Outcome) {
         self.handle.update(|p| p.finish(outcome));
+        self.publish_state("completed");
         self.inner.lock_registry().finished(&self.id);
         tracing::debug!(prediction_id = %self.id, "prediction finished");
     }
@@ -366,22 +388,41 @@ impl Run {
                 ));
             };
             match event {
-                SlotEvent::Log { data, .. } => self.handle.update(|p| {
-                    p.append_log(&data);
-                    true
-                }),
-                SlotEvent::Output { output, .. } => self.handle.update(|p| {
-                    p.push_output(output);
-                    true
-                }),
+                SlotEvent::Log { source, data } => {
+                    if self.handle.has_stream() {
+                        let event = serde_json::json!({"source": source, "data": data});
+                        self.handle.publish("log", event.to_string());
+                    }
+                    self.handle.update(|p| {
+                        p.append_log(&data);
+                        true
+                    })
+                }
+                SlotEvent::Output { output, index } => {
+                    if self.handle.has_stream() {
+                        let event = format!(r#"{{"chunk":{},"index":{index}}}"#, output.get());
+                        self.handle.publish("output", event);
+                    }
+                    self.handle.update(|p| {
+                        p.push_output(output);
+                        true
+                    })
+                }
                 SlotEvent::Done {
                     predict_time,
                     is_stream,
+                    output,
                 } => {
+                    if let Some(output) = output {
+                        self.handle.update(|p| {
+                            p.push_output(output);
+                            false
+                        });
+                    }
                     return ended(Outcome::Succeeded {
                         predict_time,
                         is_stream,
-                    })
+                    });
                 }
                 SlotEvent::Failed(error) => return ended(Outcome::Failed(error)),
                 SlotEvent::Cancelled => return ended(Outcome::Canceled),

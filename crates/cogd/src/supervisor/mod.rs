@@ -115,6 +115,8 @@ pub enum SlotEvent {
         predict_time: f64,
         /// Whether the outputs are stream chunks.
         is_stream: bool,
+        /// A plain run's output.
+        output: Option<Box<RawValue>>,
     },
     /// The run raised.
     Failed(String),
@@ -171,6 +173,8 @@ struct Inner {
     exit: watch::Sender<Option<String>>,
     /// The worker's pid while it runs (0 before and after), to kill it.
     pid: AtomicI32,
+    /// Whether the model's run is marked `@streaming`.
+    streaming: std::sync::atomic::AtomicBool,
     /// Set when the server asked the worker to stop, so its exit is no failure.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -198,6 +202,7 @@ impl Supervisor {
             slots: std::sync::OnceLock::new(),
             exit: watch::Sender::new(None),
             pid: AtomicI32::new(0),
+            streaming: false.into(),
             stopping: false.into(),
         });
         let task = Arc::clone(&inner);
@@ -233,6 +238,11 @@ impl Supervisor {
     /// The model's schema (`null` until ready or when the worker has none).
     pub fn schema(&self) -> serde_json::Value {
         self.inner.lock_ready().0.clone()
+    }
+
+    /// Whether the model's run is marked `@streaming` (known once ready).
+    pub fn streaming(&self) -> bool {
+        self.inner.streaming.load(Ordering::SeqCst)
     }
 
     /// The worker's runtime versions.
@@ -443,7 +453,9 @@ impl Inner {
                     slots,
                     schema,
                     versions,
+                    streaming,
                 } => {
+                    self.streaming.store(streaming, Ordering::SeqCst);
                     if let Err(reason) = self.connect_slots(slots).await {
                         self.setup_failed(&reason);
                         self.kill();
@@ -535,10 +547,12 @@ impl Inner {
                 SlotResponse::Done {
                     predict_time,
                     is_stream,
+                    output,
                     ..
                 } => SlotEvent::Done {
                     predict_time,
                     is_stream,
+                    output,
                 },
                 SlotResponse::Failed { error, .. } => SlotEvent::Failed(error),
                 SlotResponse::Cancelled { .. } => SlotEvent::Cancelled,

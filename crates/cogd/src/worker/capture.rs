@@ -185,6 +185,25 @@ impl LogRouter {
         self.emit(source, data.as_bytes(), slot);
     }
 
+    /// Sends `message` (a stream chunk) on the socket of the run in `slot`,
+    /// after everything the pipes already hold; false if no such run is active.
+    pub(crate) fn write_output(&self, slot: usize, message: SlotResponse) -> bool {
+        let mut streams = self.lock_io();
+        for (index, stream) in streams.iter_mut().enumerate() {
+            self.drain(index, stream);
+        }
+        let socket = {
+            let state = self.lock();
+            state
+                .active
+                .iter()
+                .find(|(s, _)| *s == slot)
+                .map(|(_, socket)| socket.clone())
+        };
+        drop(streams);
+        socket.is_some_and(|socket| socket.send(&message).is_ok())
+    }
+
     /// Waits until everything written to fd 1 and 2 before this call has been
     /// routed.
     pub(crate) fn sync(&self) {

@@ -39,6 +39,8 @@ pub struct LoadInfo {
     pub concurrency: Option<usize>,
     /// Whether its run is `async def` (required for more than one slot).
     pub is_async: bool,
+    /// Whether its run is marked `@streaming`.
+    pub streaming: bool,
 }
 
 /// What a successful setup reports.
@@ -63,6 +65,15 @@ pub struct RunRequest {
     pub output_dir: PathBuf,
 }
 
+/// What a successful run produced.
+#[derive(Debug)]
+pub enum RunOutput {
+    /// One value: the run's return value.
+    Value(Box<RawValue>),
+    /// A stream: every chunk has been sent with [`write_output`] already.
+    Streamed,
+}
+
 /// How a run can end without an output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunError {
@@ -85,7 +96,7 @@ pub trait Handler: Send + Sync + 'static {
     fn setup(&self) -> Result<SetupInfo, String>;
 
     /// Runs one prediction in `slot`, returning its output as JSON.
-    fn run(&self, slot: usize, request: RunRequest) -> Result<Box<RawValue>, RunError>;
+    fn run(&self, slot: usize, request: RunRequest) -> Result<RunOutput, RunError>;
 
     /// Asks the run in `slot` to stop; it should end with [`RunError::Canceled`].
     fn cancel(&self, slot: usize);
@@ -106,6 +117,14 @@ pub fn write_log(source: LogSource, data: &str, slot: Option<usize>) -> bool {
         }
         None => false,
     }
+}
+
+/// Sends one chunk of a streaming run in `slot` to the server now, after
+/// whatever output the run wrote before it. False when no such run is active.
+pub fn write_output(slot: usize, index: u64, output: Box<RawValue>) -> bool {
+    ROUTER
+        .get()
+        .is_some_and(|router| router.write_output(slot, SlotResponse::Output { output, index }))
 }
 
 /// Serialises frames onto one channel from several threads.
@@ -195,11 +214,11 @@ where
         let load = handler.load()?;
         let slots = slot_count(&info, load, slots_override, slots_default)?;
         let setup = handler.setup()?;
-        Ok((handler, slots, setup))
+        Ok((handler, slots, setup, load.streaming))
     });
     // Every line setup printed must be in the setup logs before ready/fatal.
     router.sync();
-    let (handler, slots, setup) = match prepared {
+    let (handler, slots, setup, streaming) = match prepared {
         Ok(ok) => ok,
         Err(reason) => return fatal(&control, reason),
     };
@@ -224,6 +243,7 @@ where
             slots,
             schema: setup.schema,
             versions: setup.versions,
+            streaming,
         })
         .is_err()
     {
@@ -424,17 +444,28 @@ fn slot_loop(
         // The run's last lines must reach its logs before its result does.
         router.sync();
         router.end_run(slot);
-        let sent = match result.and_then(|output| {
-            // An output too large for one frame fails the prediction, not the slot.
-            encode_line(&SlotResponse::Output { output, index: 0 })
-                .map_err(|e| RunError::Failed(format!("cannot send the output: {e}")))
-        }) {
-            Ok(frame) => writer.send_frame(&frame).and_then(|_| {
-                writer.send(&SlotResponse::Done {
-                    id,
+        let sent = match result {
+            Ok(RunOutput::Value(output)) => {
+                let done = SlotResponse::Done {
+                    id: id.clone(),
                     predict_time,
                     is_stream: false,
-                })
+                    output: Some(output),
+                };
+                // An output too large for one frame fails the prediction, not the slot.
+                match encode_line(&done) {
+                    Ok(frame) => writer.send_frame(&frame),
+                    Err(e) => writer.send(&SlotResponse::Failed {
+                        id,
+                        error: format!("cannot send the output: {e}"),
+                    }),
+                }
+            }
+            Ok(RunOutput::Streamed) => writer.send(&SlotResponse::Done {
+                id,
+                predict_time,
+                is_stream: true,
+                output: None,
             }),
             Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed { id, error }),
             Err(RunError::Canceled) => writer.send(&SlotResponse::Cancelled { id }),

@@ -1,0 +1,129 @@
+//! `Accept: text/event-stream`: a prediction as server-sent events.
+//!
+//! The stream is a subscriber of the prediction like any other: it replays the
+//! events the prediction kept, then follows live ones, and ends after
+//! `completed`. A reader that falls too far behind is sent `error` and dropped,
+//! so it can never slow the run or other readers.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::error::ApiError;
+use crate::prediction::{PredictionHandle, StreamEvent};
+use crate::service::{Admission, NewPrediction, Service};
+
+/// True when the client asked for server-sent events.
+pub(super) fn wanted(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+/// Creates (or re-attaches to) the prediction and answers with its stream.
+pub(super) fn respond(service: &Service, request: NewPrediction) -> Result<Response, ApiError> {
+    if !service.streaming() {
+        return Err(ApiError::NotStreaming);
+    }
+    let handle = match service.create(request)? {
+        Admission::Created(handle) | Admission::Existing(handle) => handle,
+    };
+    Ok(Sse::new(events(handle))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Where a stream is: replaying history, following live events, or done.
+enum Phase {
+    Fail(&'static str),
+    Replay(
+        VecDeque<Arc<StreamEvent>>,
+        broadcast::Receiver<Arc<StreamEvent>>,
+    ),
+    Live(broadcast::Receiver<Arc<StreamEvent>>),
+    Done,
+}
+
+fn sse(event: &StreamEvent) -> Result<Event, Infallible> {
+    Ok(Event::default().event(event.name).data(&event.data))
+}
+
+fn error(message: &str) -> Result<Event, Infallible> {
+    let data = serde_json::json!({ "detail": message }).to_string();
+    Ok(Event::default().event("error").data(data))
+}
+
+fn events(handle: PredictionHandle) -> impl Stream<Item = Result<Event, Infallible>> {
+    let start = match handle.subscribe_stream() {
+        None => Phase::Done,
+        Some(sub) if sub.truncated => Phase::Fail(
+            "this prediction's earlier events are no longer kept; \
+             fetch it with GET /predictions/{id}",
+        ),
+        Some(sub) => Phase::Replay(sub.history.into(), sub.live),
+    };
+    stream::unfold((start, handle), |(phase, handle)| async move {
+        match phase {
+            Phase::Done => None,
+            Phase::Fail(message) => Some((error(message), (Phase::Done, handle))),
+            Phase::Replay(mut history, live) => match history.pop_front() {
+                Some(event) => {
+                    let next = if event.name == "completed" {
+                        Phase::Done
+                    } else {
+                        Phase::Replay(history, live)
+                    };
+                    Some((sse(&event), (next, handle)))
+                }
+                None => {
+                    let state = handle.snapshot();
+                    if state.status.is_terminal() {
+                        // Finished with no `completed` kept (live-only history).
+                        let data = serde_json::to_string(&state).unwrap_or_default();
+                        let event = StreamEvent {
+                            name: "completed",
+                            data,
+                        };
+                        return Some((sse(&event), (Phase::Done, handle)));
+                    }
+                    next_live(live, handle).await
+                }
+            },
+            Phase::Live(live) => next_live(live, handle).await,
+        }
+    })
+}
+
+type Step = (Result<Event, Infallible>, (Phase, PredictionHandle));
+
+async fn next_live(
+    mut live: broadcast::Receiver<Arc<StreamEvent>>,
+    handle: PredictionHandle,
+) -> Option<Step> {
+    match live.recv().await {
+        Ok(event) => {
+            let next = if event.name == "completed" {
+                Phase::Done
+            } else {
+                Phase::Live(live)
+            };
+            Some((sse(&event), (next, handle)))
+        }
+        Err(RecvError::Lagged(missed)) => Some((
+            error(&format!(
+                "this reader fell {missed} events behind and was dropped; \
+                 re-attach with PUT /predictions/{{id}}"
+            )),
+            (Phase::Done, handle),
+        )),
+        Err(RecvError::Closed) => None,
+    }
+}
