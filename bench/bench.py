@@ -13,10 +13,12 @@ the client's own overhead stays small next to the server's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -65,6 +68,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--json", metavar="FILE", help="also write the raw figures (incl. every latency) to FILE"
+    )
+    p.add_argument(
+        "--scenario",
+        choices=("hello", "validation"),
+        default="hello",
+        help="hello: one model (--model, --input); validation: what checking a 20-input "
+        "request costs, bench/models/many_inputs against bench/models/trivial",
     )
     return p.parse_args()
 
@@ -240,9 +250,11 @@ def report(r: dict) -> None:
         print(f"reconnects:    {r['reconnects']} (the server closed the keep-alive connection)")
 
 
-def run_own_server(args: argparse.Namespace) -> dict:
+@contextlib.contextmanager
+def own_server(args: argparse.Namespace, model: str) -> Iterator[tuple[str, int]]:
+    """Serve `model` with cogd for the duration of the block; yields (host, port) once READY."""
     host, port = "127.0.0.1", free_port()
-    cmd = [find_cogd(args.cogd), "serve", args.model, "--host", host, "--port", str(port)]
+    cmd = [find_cogd(args.cogd), "serve", model, "--host", host, "--port", str(port)]
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -253,7 +265,7 @@ def run_own_server(args: argparse.Namespace) -> dict:
         print(f"started: {' '.join(cmd)} (logs: {log.name})", file=sys.stderr)
         try:
             wait_ready(host, port, args.startup_timeout, proc)
-            return run(host, port, args)
+            yield host, port
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -263,8 +275,119 @@ def run_own_server(args: argparse.Namespace) -> dict:
                 proc.wait()
 
 
+def run_own_server(args: argparse.Namespace) -> dict:
+    with own_server(args, args.model) as (host, port):
+        return run(host, port, args)
+
+
+# A realistic request for bench/models/many_inputs: all 20 inputs given.
+MANY_INPUTS = {
+    "prompt": "an astronaut riding a horse on the moon, detailed, 8k",
+    "negative_prompt": "blurry, low quality",
+    "width": 768,
+    "height": 768,
+    "num_outputs": 1,
+    "steps": 25,
+    "guidance": 7.0,
+    "strength": 0.75,
+    "seed": 1234,
+    "scheduler": "DDIM",
+    "refine": "expert",
+    "lora_scale": 0.5,
+    "apply_watermark": False,
+    "disable_safety_checker": True,
+    "image": "https://example.com/input.png",
+    "mask": None,
+    "high_noise_frac": 0.9,
+    "output_format": "png",
+    "output_quality": 90,
+    "api_token": "not-a-real-token",
+}
+
+
+def validation_scenario(args: argparse.Namespace) -> dict:
+    """What validating an input costs, against a trivial prediction's latency.
+
+    Three servers run side by side: `trivial` (no inputs), `many_inputs` (20
+    constrained inputs, all sent) and the same model with validation off (a
+    copy whose pre-built schema has no `Input`, so the server checks nothing;
+    the worker still coerces every input). Requests go round-robin, one
+    keep-alive connection per server, so whatever else the machine does
+    weighs on all three alike. Validation's cost is the difference between
+    the two `many_inputs` servers; the whole 20-input overhead (bigger bodies,
+    coercion, validation) the difference with `trivial`.
+    """
+    models = REPO / "bench" / "models"
+    with tempfile.TemporaryDirectory(prefix="cogd-bench-") as tmp:
+        unchecked = Path(tmp) / "many_inputs_unchecked"
+        shutil.copytree(models / "many_inputs", unchecked)
+        (unchecked / ".cog").mkdir()
+        (unchecked / ".cog" / "openapi_schema.json").write_text(
+            json.dumps({"openapi": "3.0.2", "info": {}, "paths": {}, "components": {}})
+        )
+        cases = {
+            "trivial": (models / "trivial", {}),
+            "validated": (models / "many_inputs", MANY_INPUTS),
+            "unvalidated": (unchecked, MANY_INPUTS),
+        }
+        with contextlib.ExitStack() as stack:
+            clients, bodies = {}, {}
+            for name, (model, request) in cases.items():
+                host, port = stack.enter_context(own_server(args, str(model)))
+                clients[name] = Client(host, port)
+                bodies[name] = json.dumps({"input": request}).encode()
+            names = list(cases)
+            latencies: dict[str, list[float]] = {name: [] for name in names}
+            failures: Counter[str] = Counter()
+            for round_number in range(args.warmup + args.requests):
+                # Rotate who goes first, so no server always follows the same one.
+                shift = round_number % len(names)
+                for name in names[shift:] + names[:shift]:
+                    t0 = time.perf_counter()
+                    status, data = clients[name].post("/predictions", bodies[name])
+                    elapsed = (time.perf_counter() - t0) * 1000
+                    if status != 200 or json.loads(data).get("status") != "succeeded":
+                        failures[name] += 1
+                    if round_number >= args.warmup:
+                        latencies[name].append(elapsed)
+
+    summary = {}
+    for name in names:
+        ordered = sorted(latencies[name])
+        summary[name] = {
+            "p50": percentile(ordered, 50),
+            "p90": percentile(ordered, 90),
+            "mean": sum(ordered) / len(ordered),
+        }
+        lat = summary[name]
+        print(
+            f"{name:<12} p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  "
+            f"mean {lat['mean']:.3f} ms  failures {failures[name]}"
+        )
+    base = summary["trivial"]
+    for label, a, b in (
+        ("validation", "unvalidated", "validated"),
+        ("20 inputs overall", "trivial", "validated"),
+    ):
+        for stat in ("p50", "mean"):
+            delta = summary[b][stat] - summary[a][stat]
+            print(
+                f"{label} ({stat}): {delta:+.3f} ms = {delta / base[stat] * 100:+.1f}% "
+                f"of a trivial prediction ({base[stat]:.3f} ms)"
+            )
+    return {"requests": args.requests, "summary": summary, "latencies_ms": latencies}
+
+
 def main() -> None:
     args = parse_args()
+    if args.scenario == "validation":
+        results = validation_scenario(args)
+        if args.json:
+            out = Path(args.json)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"raw figures:   {out}")
+        return
     if args.url:
         parts = urlsplit(args.url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80

@@ -5,12 +5,18 @@ Every name here is re-exported from ``cogd`` so that unchanged Cog models run.
 
 from cogd.decorators import concurrent, streaming
 from cogd.types import (
+    AsyncConcatenateIterator,
+    BaseModel,
     BasePredictor,
     BaseRunner,
     CancelationException,
+    ConcatenateIterator,
+    File,
     Input,
+    Opaque,
     Path,
     Secret,
+    URLPath,
 )
 
 __version__ = "0.1.0"
@@ -18,11 +24,17 @@ __version__ = "0.1.0"
 __all__ = [
     "concurrent",
     "streaming",
+    "AsyncConcatenateIterator",
+    "BaseModel",
     "BasePredictor",
     "BaseRunner",
     "CancelationException",
+    "ConcatenateIterator",
+    "File",
     "Input",
+    "Opaque",
     "Path",
     "Secret",
+    "URLPath",
     "__version__",
 ]

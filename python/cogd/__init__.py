@@ -8,12 +8,18 @@ and the command-line entry points.
 
 from cogd.decorators import concurrent, streaming
 from cogd.types import (
+    AsyncConcatenateIterator,
+    BaseModel,
     BasePredictor,
     BaseRunner,
     CancelationException,
+    ConcatenateIterator,
+    File,
     Input,
+    Opaque,
     Path,
     Secret,
+    URLPath,
 )
 
 __version__ = "0.1.0"
@@ -21,11 +27,17 @@ __version__ = "0.1.0"
 __all__ = [
     "concurrent",
     "streaming",
+    "AsyncConcatenateIterator",
+    "BaseModel",
     "BasePredictor",
     "BaseRunner",
     "CancelationException",
+    "ConcatenateIterator",
+    "File",
     "Input",
+    "Opaque",
     "Path",
     "Secret",
+    "URLPath",
     "__version__",
 ]

@@ -26,9 +26,9 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from cogd import capture
+from cogd import capture, coercion, schema
 from cogd.decorators import declared_concurrency, declared_streaming
-from cogd.types import BasePredictor, BaseRunner, CancelationException, FieldInfo
+from cogd.types import BasePredictor, BaseRunner, CancelationException
 
 
 class LoadError(Exception):
@@ -112,31 +112,8 @@ class _EventLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
-def _encode(value: Any) -> Any:
-    """``json.dumps`` fallback for the output types JSON does not know."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    for method in ("model_dump", "dict"):
-        dump = getattr(value, method, None)
-        if callable(dump):
-            return dump()
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict)):
-        return list(value)
-    raise TypeError(f"output of type {type(value).__name__} is not JSON serializable")
-
-
 #: What ``_invoke`` returns for a generator: its items have been sent already.
 _STREAMED = object()
-
-
-def _send_chunk(slot: int, index: int, item: Any) -> None:
-    """Send one yielded item to the server now, before the next is produced."""
-    from cogd import _native
-
-    _native.write_output(slot, index, json.dumps(item, default=_encode))
 
 
 class _ActiveRun:
@@ -159,7 +136,9 @@ class Runner:
         self.mode = mode
         self._instance: Any = None
         self._run: Callable[..., Any] | None = None
-        self._defaults: dict[str, Any] = {}
+        # The run method's inputs and output, and the schema document (cogd.schema).
+        self._signature: schema.Signature | None = None
+        self._schema_json = "null"
         self._loop: _EventLoop | None = None
         self._active: dict[int, _ActiveRun] = {}
         self._lock = threading.Lock()
@@ -188,11 +167,11 @@ class Runner:
         try:
             predictor = load_predictor(self.predictor_ref)
             self._instance, self._run = find_run_method(predictor)
-            self._defaults = {
-                name: param.default.default
-                for name, param in inspect.signature(self._run).parameters.items()
-                if isinstance(param.default, FieldInfo) and not param.default.required
-            }
+            # Before the model's setup: a signature the schema cannot express
+            # fails at once, naming the parameter, not after the weights load.
+            self._signature, self._schema_json = schema.prepare(
+                self._run, self.predictor_ref, self.mode
+            )
         except BaseException:
             traceback.print_exc()
             raise
@@ -217,7 +196,7 @@ class Runner:
             raise
         finally:
             _flush_std_streams()
-        return "null"
+        return self._schema_json
 
     def run(
         self, input_json: str, context_json: str, output_dir: str, slot: int = 0
@@ -228,7 +207,7 @@ class Runner:
         for a generator, whose items were each sent as they were yielded.
         Raises ``CancelationException`` when the run was cancelled.
         """
-        assert self._run is not None, "run() before load()"
+        assert self._run is not None and self._signature is not None, "run() before load()"
         del context_json, output_dir  # used by later features (scope, file outputs)
         active = _ActiveRun()
         with self._lock:
@@ -236,14 +215,14 @@ class Runner:
         token = capture.current_slot.set(slot)
         try:
             inputs = json.loads(input_json)
-            kwargs = {**self._defaults, **inputs}
+            kwargs = coercion.coerce_inputs(self._signature, inputs)
             output = self._invoke(slot, active, kwargs)
             if active.cancelled:
                 # The run swallowed the cancel and returned: it is still cancelled.
                 raise CancelationException()
             if output is _STREAMED:
                 return None, True
-            return json.dumps(output, default=_encode), False
+            return coercion.output_json(self._signature.output, output, self._call), False
         except CancelationException:
             raise
         except BaseException:
@@ -271,7 +250,7 @@ class Runner:
                 if inspect.isasyncgen(result):
                     index = 0
                     async for item in result:
-                        _send_chunk(slot, index, item)
+                        self._send_chunk(slot, index, item)
                         index += 1
                     return _STREAMED
                 return await result
@@ -284,9 +263,21 @@ class Runner:
         output = run(**kwargs)
         if inspect.isgenerator(output):
             for index, item in enumerate(output):
-                _send_chunk(slot, index, item)
+                self._send_chunk(slot, index, item)
             return _STREAMED
         return output
+
+    def _send_chunk(self, slot: int, index: int, item: Any) -> None:
+        """Send one yielded item to the server now, before the next is produced."""
+        from cogd import _native
+
+        assert self._signature is not None
+        node = self._signature.output
+        # A generator's items are checked against the declared item type.
+        if isinstance(node, (schema.IteratorOf, schema.ListOf)):
+            node = node.item
+        encoded = coercion.encode_output(node, item, self._call)
+        _native.write_output(slot, index, json.dumps(encoded, allow_nan=False))
 
     def cancel(self, slot: int) -> None:
         """Stop the run in ``slot``: cancel its task, or raise inside its thread."""

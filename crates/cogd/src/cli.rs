@@ -42,6 +42,16 @@ enum Command {
         #[arg(long, env = "COGD_PYTHON")]
         python: Option<PathBuf>,
     },
+    /// Print the model's OpenAPI schema (what /openapi.json serves) without serving it.
+    Schema {
+        /// The model directory, with cog.yaml and the predictor.
+        #[arg(default_value = ".")]
+        model_dir: PathBuf,
+        /// The Python interpreter that imports the model (default: the one
+        /// cogd is installed in, else python3).
+        #[arg(long, env = "COGD_PYTHON")]
+        python: Option<PathBuf>,
+    },
 }
 
 /// Runs the command line `argv` (program name first); returns the exit code.
@@ -56,6 +66,16 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
     };
     crate::telemetry::init();
     match cli.command {
+        Command::Schema {
+            model_dir,
+            python: python_flag,
+        } => print_schema(Flags {
+            model_dir,
+            python: python_flag
+                .or(python)
+                .unwrap_or_else(|| PathBuf::from("python3")),
+            ..Flags::default()
+        }),
         Command::Serve {
             model_dir,
             host,
@@ -100,6 +120,34 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
                     1
                 }
             }
+        }
+    }
+}
+
+/// `cogd schema`: the schema comes from the model's code, so it is built where
+/// the model runs: `python -m cogd.schema FILE.py:NAME` in the model
+/// directory, whose stdout is the document. Returns its exit code.
+fn print_schema(flags: Flags) -> i32 {
+    let config = match Config::resolve(flags, |k| std::env::var(k).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("cogd: {e}");
+            return 2;
+        }
+    };
+    let mode = match config.mode {
+        crate::ipc::Mode::Predict => "predict",
+        crate::ipc::Mode::Train => "train",
+    };
+    let status = std::process::Command::new(&config.python)
+        .args(["-m", "cogd.schema", &config.predictor_ref, "--mode", mode])
+        .current_dir(&config.model_dir)
+        .status();
+    match status {
+        Ok(status) => status.code().unwrap_or(1),
+        Err(e) => {
+            eprintln!("cogd schema: cannot run {}: {e}", config.python.display());
+            1
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod ipc;
 pub mod prediction;
+pub mod schema;
 pub mod server;
 pub mod service;
 pub mod supervisor;

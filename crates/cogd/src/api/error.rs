@@ -54,6 +54,10 @@ impl IntoResponse for ApiError {
         let (status, detail) = match self {
             Self::MalformedJson(msg) => (StatusCode::BAD_REQUEST, json!(msg)),
             Self::Invalid(entries) => (StatusCode::UNPROCESSABLE_ENTITY, json!(entries)),
+            // Every problem with the input, each at ["body", "input", FIELD, ...].
+            Self::Admission(AdmissionError::Invalid(errors)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, json!(errors))
+            }
             e @ Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(e.to_string()))
             }

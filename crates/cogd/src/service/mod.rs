@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 
 use crate::ipc::SlotRequest;
 use crate::prediction::{Outcome, Prediction, PredictionHandle};
+use crate::schema::{InputError, LiveSchema};
 use crate::supervisor::{SetupRecord, SlotEvent, Supervisor, WorkerState};
 use crate::webhook::{Subscription, WebhookSender};
 use registry::Registry;
@@ -82,6 +83,9 @@ pub enum AdmissionError {
     /// Every slot is busy and the admission queue is full.
     #[error("every slot is busy and the queue is full")]
     QueueFull,
+    /// The input does not match the model's schema: every problem found.
+    #[error("the input is invalid")]
+    Invalid(Vec<InputError>),
 }
 
 /// How the service runs predictions.
@@ -109,6 +113,8 @@ struct Inner {
     registry: Mutex<Registry>,
     webhooks: WebhookSender,
     config: ServiceConfig,
+    /// Validates inputs against the ready worker's schema, before a slot is taken.
+    schema: LiveSchema,
 }
 
 impl Service {
@@ -124,6 +130,10 @@ impl Service {
                 pool.open(ready.slots());
             }
         });
+        let schema = LiveSchema::follow(supervisor.subscribe_state(), {
+            let supervisor = supervisor.clone();
+            move || supervisor.schema()
+        });
         Self {
             inner: Arc::new(Inner {
                 supervisor,
@@ -131,6 +141,7 @@ impl Service {
                 registry: Mutex::new(Registry::default()),
                 webhooks,
                 config,
+                schema,
             }),
         }
     }
@@ -174,6 +185,12 @@ impl Service {
             Health::Ready | Health::Busy => {}
             other => return Err(AdmissionError::NotReady(other)),
         }
+        let mut input = request.input;
+        let shown = self
+            .inner
+            .schema
+            .check(&mut input)
+            .map_err(AdmissionError::Invalid)?;
         let admit = self.inner.slots.admit().map_err(|refusal| match refusal {
             Refusal::Busy => AdmissionError::Busy,
             Refusal::QueueFull => AdmissionError::QueueFull,
@@ -181,7 +198,7 @@ impl Service {
         let id = request.id.unwrap_or_else(generate_id);
         let prediction = Prediction::new(
             id.clone(),
-            serde_json::Value::Object(request.input.clone()),
+            serde_json::Value::Object(shown),
             request.created_at,
         );
         let handle = if self.inner.supervisor.streaming() {
@@ -200,7 +217,7 @@ impl Service {
             inner: Arc::clone(&self.inner),
             handle: handle.clone(),
             id,
-            input: request.input,
+            input,
             context: request.context,
         };
         tokio::spawn(run.execute(admit));

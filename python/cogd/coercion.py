@@ -1,0 +1,434 @@
+"""Values crossing the worker's edge: JSON inputs in, JSON outputs out.
+
+The server has already validated a request's input against the schema and
+filled in defaults, so what arrives here is well-typed JSON. :func:`coerce_inputs`
+makes it the Python values the run method declared (``Path`` for files,
+``Secret`` wrappers, ``float`` for an int sent to a float input, the most
+specific member of a union). :func:`encode_output` walks the same type tree
+(``cogd.schema``) the other way: it turns what the run returned into JSON and
+fails, saying what was returned, when it does not match the declared type.
+
+Files are the one place this module stands in for a later step: a file input
+given as a URL stays that URL (:func:`path_input`, :func:`file_input`) and a
+file output is inlined as a ``data:`` URI (:func:`file_output`). Each is one
+function so that the files step can replace it whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import enum
+import functools
+import inspect
+import io
+import json
+import math
+import mimetypes
+import os
+import reprlib
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from cogd.schema import (
+    IteratorOf,
+    ListOf,
+    Node,
+    Nullable,
+    ObjectOf,
+    Scalar,
+    Signature,
+    UnionOf,
+    type_name,
+)
+from cogd.types import Path, Secret, URLPath
+
+# Calls a coroutine function on the worker's event loop and waits for its result
+# (the runner's own ``_call``), to drain an async iterator.
+RunAsync = Callable[[Callable[[], Coroutine[Any, Any, Any]]], Any]
+
+_URL_SCHEMES = ("http", "https", "data")
+
+
+# -- files (replaced by the files step) -----------------------------------------
+
+
+def path_input(value: str) -> Path:
+    """A ``Path`` input: a URL stays a :class:`URLPath` whose ``str()`` is the URL."""
+    if urllib.parse.urlparse(value).scheme in _URL_SCHEMES:
+        return URLPath(value)
+    return Path(value)
+
+
+def file_input(value: str) -> Any:
+    """A ``File`` input: a file-like object for a data URI or a local path; a URL
+    stays its string until the files step fetches it."""
+    scheme = urllib.parse.urlparse(value).scheme
+    if scheme == "data":
+        with urllib.request.urlopen(value) as response:  # noqa: S310 - data: only
+            data = io.BytesIO(response.read())
+        data.name = "file" + (mimetypes.guess_extension(response.headers.get_content_type()) or "")
+        return data
+    if scheme in _URL_SCHEMES:
+        return value
+    return open(value, "rb")  # noqa: SIM115 - handed to the run, which owns it
+
+
+def file_output(value: Any) -> str:
+    """A file output (a path, or an object with ``read()``) as a ``data:`` URI.
+
+    The mime type is guessed from the file name. A ``URLPath`` is still a URL
+    and is returned as one.
+    """
+    if isinstance(value, URLPath):
+        return str(value)
+    if isinstance(value, (str, os.PathLike)):
+        name = os.fspath(value)
+        with open(name, "rb") as f:
+            data = f.read()
+    else:
+        name = str(getattr(value, "name", "") or "")
+        data = value.read()
+        if isinstance(data, str):
+            data = data.encode()
+    mime = mimetypes.guess_type(os.path.basename(name))[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+# -- inputs ---------------------------------------------------------------------
+
+
+class InputCoercionError(ValueError):
+    """An input the run cannot be called with (only reachable when the server
+    validated against a pre-built schema that differs from the code)."""
+
+
+def coerce_inputs(signature: Signature, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments for the run method, from validated JSON ``inputs``.
+
+    An input that is absent gets the Python default (a copy, so a run that
+    mutates it cannot change the next run's), or ``None`` when it is optional.
+    """
+    kwargs: dict[str, Any] = {}
+    for spec in signature.inputs:
+        if spec.name in inputs:
+            value = inputs[spec.name]
+        elif spec.has_default:
+            value = _fresh(spec.info.default)
+        elif isinstance(spec.node, Nullable):
+            value = None
+        else:
+            raise InputCoercionError(f"input {spec.name!r} is required")
+        try:
+            kwargs[spec.name] = coerce(spec.node, value)
+        except (TypeError, ValueError, OSError) as e:
+            raise InputCoercionError(f"input {spec.name!r}: {e}") from None
+    unknown = set(inputs).difference(kwargs)
+    if unknown:
+        print(f"cogd: ignoring inputs the run does not take: {', '.join(sorted(unknown))}")
+    return kwargs
+
+
+def _fresh(default: Any) -> Any:
+    """A copy of a mutable default (a list, a dict); the default itself when it
+    cannot be copied."""
+    if isinstance(default, (list, dict, set)):
+        try:
+            return copy.deepcopy(default)
+        except Exception:  # noqa: BLE001 - an uncopyable default is used as it is
+            return default
+    return default
+
+
+def coerce(node: Node, value: Any) -> Any:
+    """One JSON value as the declared type. Values already of that type pass."""
+    if isinstance(node, Nullable):
+        return None if value is None else coerce(node.inner, value)
+    if isinstance(node, Scalar):
+        return _coerce_scalar(node.kind, value)
+    if isinstance(node, ListOf):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        return [coerce(node.item, v) for v in value]
+    if isinstance(node, UnionOf):
+        for member in _members_for(node, value):
+            try:
+                return coerce(member, value)
+            except (TypeError, ValueError):
+                continue
+        raise TypeError(f"expected {type_name(node)}, got {type(value).__name__}")
+    return value
+
+
+def _coerce_scalar(kind: str, value: Any) -> Any:
+    if kind == "float":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    if kind == "int":
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # JSON Schema counts 3.0 as an integer
+        return value
+    if kind == "path":
+        return value if isinstance(value, os.PathLike) else path_input(value)
+    if kind == "file":
+        return value if not isinstance(value, str) else file_input(value)
+    if kind == "secret":
+        return value if isinstance(value, Secret) else Secret(value)
+    return value
+
+
+# Union members by specificity: the first whose JSON shape matches exactly wins,
+# so True is a bool (not the int 1) and 2 is an int (not the float 2.0).
+_SPECIFICITY = {"bool": 0, "int": 1, "float": 2, "str": 3, "dict": 5, "opaque": 5, "any": 6}
+
+
+def _exact(node: Node, value: Any) -> bool:
+    if isinstance(node, Scalar):
+        kind = node.kind
+        if kind == "bool":
+            return type(value) is bool
+        if kind == "int":
+            return type(value) is int
+        if kind == "float":
+            return type(value) is float
+        if kind == "str":
+            return isinstance(value, str)
+        if kind in ("dict", "opaque"):
+            return isinstance(value, dict)
+        return kind == "any"
+    if isinstance(node, ListOf):
+        return isinstance(value, list) and all(_accepts(node.item, v) for v in value)
+    if isinstance(node, Nullable):
+        return value is None or _exact(node.inner, value)
+    return False
+
+
+def _accepts(node: Node, value: Any) -> bool:
+    """Whether ``value`` can become ``node``, allowing the int -> float widening."""
+    if _exact(node, value):
+        return True
+    if isinstance(node, Scalar) and node.kind == "float":
+        return type(value) is int
+    if isinstance(node, Nullable):
+        return value is None or _accepts(node.inner, value)
+    if isinstance(node, UnionOf):
+        return any(_accepts(m, value) for m in node.members)
+    return False
+
+
+def _rank(node: Node) -> int:
+    if isinstance(node, Scalar):
+        return _SPECIFICITY.get(node.kind, 7)
+    return 4  # lists between str and dict
+
+
+def _members_for(node: UnionOf, value: Any) -> list[Node]:
+    exact = [m for m in node.members if _exact(m, value)]
+    widened = [m for m in node.members if m not in exact and _accepts(m, value)]
+    return sorted(exact, key=_rank) + sorted(widened, key=_rank)
+
+
+# -- outputs --------------------------------------------------------------------
+
+
+class OutputTypeError(TypeError):
+    """What the run returned does not match its declared output type."""
+
+
+def output_json(node: Node, value: Any, run_async: RunAsync | None = None) -> str:
+    """The run's return value as JSON text (see :func:`encode_output`)."""
+    return json.dumps(encode_output(node, value, run_async), allow_nan=False)
+
+
+def encode_output(node: Node, value: Any, run_async: RunAsync | None = None) -> Any:
+    """The run's return value as JSON-ready data, checked against ``node``.
+
+    Iterators and generators are drained into a list (streaming them is a
+    later step); async ones through ``run_async`` on the worker's event loop.
+    Raises :class:`OutputTypeError` saying what was returned where.
+    """
+    return _Encoder(run_async).encode(node, value, "output")
+
+
+def _describe(value: Any) -> str:
+    """``str 'abc'``: a returned value for an error message, kept short."""
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def _numeric(value: Any) -> Any:
+    """numpy-style scalars (``np.float32(1.5)``) as the Python value ``item()`` gives."""
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, (int, float, bool, str)):
+        try:
+            return item()
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+class _Encoder:
+    """One output's walk down its type tree; ``where`` names the spot for errors
+    (``output.items[2]``)."""
+
+    def __init__(self, run_async: RunAsync | None) -> None:
+        self.run_async = run_async
+
+    def mismatch(self, node: Node | str, value: Any, where: str) -> OutputTypeError:
+        expected = node if isinstance(node, str) else type_name(node)
+        return OutputTypeError(
+            f"{where} should be {expected}, but the run returned {_describe(value)}"
+        )
+
+    def drain(self, value: Any) -> list[Any] | None:
+        """The items of a list, tuple, iterator or generator (sync or async)."""
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if inspect.isasyncgen(value) or hasattr(value, "__anext__"):
+            if self.run_async is None:
+                return None
+            return self.run_async(functools.partial(_collect, value))
+        if isinstance(value, (str, bytes, dict, Mapping)):
+            return None
+        if hasattr(value, "__next__") or inspect.isgenerator(value):
+            return list(value)
+        if isinstance(value, (set, frozenset)):
+            return list(value)
+        return None
+
+    def encode(self, node: Node, value: Any, where: str) -> Any:
+        if isinstance(node, Nullable):
+            return None if value is None else self.encode(node.inner, value, where)
+        if isinstance(node, Scalar):
+            return self.scalar(node, value, where)
+        if isinstance(node, (ListOf, IteratorOf)):
+            items = self.drain(value)
+            if items is None:
+                raise self.mismatch(node, value, where)
+            return [self.encode(node.item, v, f"{where}[{i}]") for i, v in enumerate(items)]
+        if isinstance(node, UnionOf):
+            for member in node.members:
+                try:
+                    return self.encode(member, value, where)
+                except OutputTypeError:
+                    continue
+            raise self.mismatch(node, value, where)
+        return self.structured(node, value, where)
+
+    def scalar(self, node: Scalar, value: Any, where: str) -> Any:
+        kind = node.kind
+        if kind in ("any", "opaque"):
+            return self.anything(value, where)
+        if kind in ("int", "float", "bool"):
+            value = _numeric(value)
+            if isinstance(value, enum.Enum):
+                value = value.value
+            if kind == "bool" and isinstance(value, bool):
+                return value
+            if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+                return int(value)
+            if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise OutputTypeError(f"{where} is {value!r}, which JSON cannot represent")
+                return float(value)
+            raise self.mismatch(node, value, where)
+        if kind == "str":
+            if isinstance(value, enum.Enum):
+                value = value.value
+            if isinstance(value, str):
+                return str(value)
+            raise self.mismatch(node, value, where)
+        if kind == "secret":
+            if isinstance(value, Secret):
+                return value.get_secret_value()
+            if isinstance(value, str):
+                return value
+            raise self.mismatch(node, value, where)
+        if kind in ("path", "file"):
+            readable = kind == "file" and callable(getattr(value, "read", None))
+            if isinstance(value, (str, os.PathLike)) or readable:
+                return file_output(value)
+            raise self.mismatch(node, value, where)
+        # dict (and Opaque): any JSON object
+        if isinstance(value, Mapping):
+            return self.anything(value, where)
+        raise self.mismatch(node, value, where)
+
+    def structured(self, node: ObjectOf, value: Any, where: str) -> dict[str, Any]:
+        if isinstance(value, Mapping):
+            present = {k: value[k] for k, _ in node.fields if k in value}
+        elif isinstance(value, node.cls) or all(hasattr(value, k) for k, _ in node.fields):
+            present = {k: getattr(value, k) for k, _ in node.fields if hasattr(value, k)}
+        else:
+            raise self.mismatch(node, value, where)
+        result = {}
+        for name, field_node in node.fields:
+            field_where = f"{where}.{name}"
+            if name not in present or present[name] is None:
+                if not isinstance(field_node, Nullable):
+                    raise OutputTypeError(
+                        f"{field_where} is required by {node.cls.__name__}, "
+                        f"but the run returned {_describe(present.get(name))}"
+                    )
+                result[name] = None
+                continue
+            result[name] = self.encode(field_node, present[name], field_where)
+        return result
+
+    def anything(self, value: Any, where: str) -> Any:
+        """Any value as JSON, for outputs declared ``Any``, ``dict`` or not at all."""
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, (int, float)):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise OutputTypeError(f"{where} is {value!r}, which JSON cannot represent")
+            return value
+        if isinstance(value, enum.Enum):
+            return self.anything(value.value, where)
+        if isinstance(value, Secret):
+            return value.get_secret_value()
+        if isinstance(value, os.PathLike) or callable(getattr(value, "read", None)):
+            return file_output(value)
+        if isinstance(value, Mapping):
+            return {str(k): self.anything(v, f"{where}.{k}") for k, v in value.items()}
+        dump = getattr(value, "model_dump", None) or getattr(value, "dict", None)
+        if callable(dump) and not isinstance(value, type):
+            return self.anything(dump(), where)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {
+                f.name: self.anything(getattr(value, f.name), f"{where}.{f.name}")
+                for f in dataclasses.fields(value)
+            }
+        for method in ("item", "tolist"):  # numpy scalars and arrays
+            convert = getattr(value, method, None)
+            if callable(convert):
+                try:
+                    return self.anything(convert(), where)
+                except (TypeError, ValueError):
+                    pass
+        items = self.drain(value)
+        if items is not None:
+            return [self.anything(v, f"{where}[{i}]") for i, v in enumerate(items)]
+        raise OutputTypeError(
+            f"{where} cannot be sent as JSON: the run returned {_describe(value)}"
+        )
+
+
+async def _collect(iterator: Any) -> list[Any]:
+    return [item async for item in iterator]
+
+
+__all__ = [
+    "InputCoercionError",
+    "OutputTypeError",
+    "coerce",
+    "coerce_inputs",
+    "encode_output",
+    "file_input",
+    "file_output",
+    "output_json",
+    "path_input",
+]
