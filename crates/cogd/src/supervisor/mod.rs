@@ -171,6 +171,10 @@ struct Inner {
     slots: std::sync::OnceLock<Vec<Slot>>,
     /// Why the worker exited, once it has.
     exit: watch::Sender<Option<String>>,
+    /// True once the control channel has been read to its end, so what the
+    /// worker said before exiting (a fatal reason, setup output) is recorded
+    /// before its exit is acted on.
+    control_done: watch::Sender<bool>,
     /// The worker's pid while it runs (0 before and after), to kill it.
     pid: AtomicI32,
     /// Whether the model's run is marked `@streaming`.
@@ -201,6 +205,7 @@ impl Supervisor {
             control: tokio::sync::Mutex::new(None),
             slots: std::sync::OnceLock::new(),
             exit: watch::Sender::new(None),
+            control_done: watch::Sender::new(false),
             pid: AtomicI32::new(0),
             streaming: false.into(),
             stopping: false.into(),
@@ -367,6 +372,11 @@ impl Inner {
         tokio::spawn(async move {
             let status = child.wait().await;
             waiter.pid.store(0, Ordering::SeqCst);
+            // A grandchild holding the pipe open must not delay this forever.
+            let mut control_done = waiter.control_done.subscribe();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), control_done.wait_for(|done| *done))
+                    .await;
             waiter.on_exit(process::describe_exit(status));
         });
         tokio::spawn(Arc::clone(&self).read_control(stdout));
@@ -435,6 +445,11 @@ impl Inner {
     }
 
     async fn read_control(self: Arc<Self>, stdout: tokio::process::ChildStdout) {
+        self.read_control_messages(stdout).await;
+        self.control_done.send_replace(true);
+    }
+
+    async fn read_control_messages(self: &Arc<Self>, stdout: tokio::process::ChildStdout) {
         let mut frames = FramedRead::new(stdout, LineDecoder::default());
         while let Some(frame) = frames.next().await {
             let message = match frame
