@@ -156,21 +156,19 @@ def test_values_arrive_as_the_declared_python_types(coercion):
             "text": "ok",
             "ratio": 1,  # an int where a float is declared
             "numbers": [3, 4.5],
-            "image": "https://example.com/cat.png",
-            "images": ["data:text/plain;base64,aGk=", "https://example.com/b.jpg"],
+            "image": "data:image/png;base64,aGk=",
+            "images": ["data:text/plain;base64,aGk=", "data:text/plain;base64,aG8="],
             "document": "data:text/plain;base64,aGVsbG8=",
             "flag": True,
         }
     )["output"]
     assert got["ratio"] == {"type": "float", "value": 1.0}
     assert [n["type"] for n in got["numbers"]["value"]] == ["float", "float"]
-    # Until the files step fetches them, URL inputs are Paths that keep the URL.
-    assert got["image"] == {"type": "URLPath", "value": "https://example.com/cat.png"}
-    assert [i["value"] for i in got["images"]["value"]] == [
-        "data:text/plain;base64,aGk=",
-        "https://example.com/b.jpg",
-    ]
-    assert got["document"] == {"type": "BytesIO", "value": "hello"}
+    # File inputs arrive as local Paths: the server decoded (or downloaded) them.
+    assert got["image"]["type"] == "Path"
+    assert got["image"]["value"].endswith(".png"), got["image"]
+    assert [i["type"] for i in got["images"]["value"]] == ["Path", "Path"]
+    assert got["document"]["value"] == "hello"  # an open file on the local copy
     assert got["flag"] == {"type": "bool", "value": True}
 
 

@@ -29,6 +29,11 @@ pub struct Config {
     /// The least time between two `output`/`logs` webhooks of one prediction
     /// (`COG_THROTTLE_RESPONSE_INTERVAL`, seconds).
     pub webhook_throttle: Duration,
+    /// How long one file input's download may take (`COG_DOWNLOAD_TIMEOUT`,
+    /// seconds, default 300).
+    pub download_timeout: Duration,
+    /// The largest file input accepted (`COG_DOWNLOAD_MAX_BYTES`, default 2 GiB).
+    pub download_max_bytes: u64,
     /// Stream events replayed to SSE readers who attach late
     /// (`COG_STREAM_HISTORY_CAPACITY`, default 1024, 0 for live only).
     pub stream_history: usize,
@@ -158,6 +163,20 @@ impl Config {
                     })?,
                 None => 1024,
             };
+        let download_timeout =
+            seconds(&env, "COG_DOWNLOAD_TIMEOUT")?.unwrap_or(Duration::from_secs(300));
+        let download_max_bytes =
+            match env("COG_DOWNLOAD_MAX_BYTES").filter(|s| !s.trim().is_empty()) {
+                Some(value) => value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| ConfigError::BadEnv {
+                        name: "COG_DOWNLOAD_MAX_BYTES",
+                        value,
+                        message: "expected a number of bytes",
+                    })?,
+                None => 2 << 30,
+            };
         let cancel_grace = seconds(&env, "COG_CANCEL_GRACE")?.unwrap_or(Duration::from_secs(5));
         let webhook_throttle =
             seconds(&env, "COG_THROTTLE_RESPONSE_INTERVAL")?.unwrap_or(Duration::from_millis(500));
@@ -185,6 +204,8 @@ impl Config {
             cancel_grace,
             webhook_throttle,
             stream_history,
+            download_timeout,
+            download_max_bytes,
             host: flags.host,
             port: flags.port,
             upload_url: flags.upload_url,

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod ipc;
 pub mod prediction;
 pub mod schema;

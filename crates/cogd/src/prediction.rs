@@ -146,10 +146,17 @@ impl Prediction {
             Outcome::Failed(error) => {
                 self.status = Status::Failed;
                 self.error = Some(error);
+                // A stream that failed midway keeps the chunks it produced.
+                if !self.outputs.is_empty() {
+                    self.output = Some(final_output(&mut self.outputs, true));
+                }
                 self.metrics.insert("predict_time".into(), elapsed.into());
             }
             Outcome::Canceled => {
                 self.status = Status::Canceled;
+                if !self.outputs.is_empty() {
+                    self.output = Some(final_output(&mut self.outputs, true));
+                }
                 self.metrics.insert("predict_time".into(), elapsed.into());
             }
         }
@@ -389,6 +396,7 @@ mod tests {
         p.start();
         assert_eq!(p.status, Status::Failed);
         assert_eq!(p.error.as_deref(), Some("ValueError: boom"));
+        assert!(p.output.is_none(), "a failed plain run has no output");
         assert_eq!(p.logs, "");
         assert!(p.outputs.is_empty());
     }
@@ -405,6 +413,15 @@ mod tests {
             is_stream: true,
         });
         assert_eq!(p.output.unwrap().get(), r#"["a","b",{"c":1}]"#);
+    }
+
+    #[test]
+    fn a_stream_that_fails_midway_keeps_its_chunks() {
+        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        p.start();
+        p.push_output(raw("\"a\""));
+        p.finish(Outcome::Failed("RuntimeError: midway".into()));
+        assert_eq!(p.output.unwrap().get(), r#"["a"]"#);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::service::{Service, ServiceConfig};
+use crate::files::Fetcher;
+use crate::service::{Outbound, Service, ServiceConfig};
 use crate::supervisor::{Supervisor, WorkerConfig};
 use crate::webhook::WebhookSender;
 
@@ -64,14 +65,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     let user_agent =
         std::env::var("COG_USER_AGENT").unwrap_or_else(|_| format!("cogd/{}", crate::VERSION));
-    let webhooks = WebhookSender::new(
-        std::env::var("WEBHOOK_AUTH_TOKEN").ok(),
-        config.webhook_throttle,
-        &user_agent,
-    );
+    let outbound = Outbound {
+        webhooks: WebhookSender::new(
+            std::env::var("WEBHOOK_AUTH_TOKEN").ok(),
+            config.webhook_throttle,
+            &user_agent,
+        ),
+        fetcher: Fetcher::new(
+            config.download_timeout,
+            config.download_max_bytes,
+            &user_agent,
+        ),
+    };
     let service = Service::new(
         supervisor.clone(),
-        webhooks,
+        outbound,
         ServiceConfig {
             predictions_dir,
             queue_size: config.queue_size,

@@ -100,6 +100,14 @@ impl LiveSchema {
         compiled
     }
 
+    /// The inputs that are files (none when there is no schema).
+    pub fn file_inputs(&self) -> Vec<String> {
+        match &*self.compiled() {
+            Some(validator) => validator.file_inputs().to_vec(),
+            None => Vec::new(),
+        }
+    }
+
     /// Checks a prediction's `input` (call only while the worker is ready)
     /// and fills in defaults. Returns the input as the prediction shows it:
     /// the same, with secrets redacted.

@@ -124,6 +124,23 @@ pub struct InputValidator {
     index: HashMap<String, usize>,
     /// Whether any input is a secret (most models have none: no copy to redact).
     has_secrets: bool,
+    /// Inputs that are files (`format: uri`, or lists of them), fetched
+    /// before the run.
+    file_inputs: Vec<String>,
+}
+
+/// A file input: `format: uri`, directly, in `items`, or in an `anyOf` member.
+fn is_file(schema: &Value) -> bool {
+    if schema.get("format").and_then(Value::as_str) == Some("uri") {
+        return true;
+    }
+    if schema.get("items").is_some_and(is_file) {
+        return true;
+    }
+    schema
+        .get("anyOf")
+        .and_then(Value::as_array)
+        .is_some_and(|members| members.iter().any(is_file))
 }
 
 impl InputValidator {
@@ -154,7 +171,11 @@ impl InputValidator {
         });
 
         let mut fields = Vec::with_capacity(declared.len());
+        let mut file_inputs = Vec::new();
         for (name, prop) in declared {
+            if is_file(prop) {
+                file_inputs.push(name.clone());
+            }
             let mut own = prop.as_object().cloned().unwrap_or_default();
             let nullable = own.remove("nullable").and_then(|v| v.as_bool()) == Some(true);
             let default = own.get("default").filter(|d| !d.is_null()).cloned();
@@ -193,7 +214,13 @@ impl InputValidator {
             fields,
             index,
             has_secrets,
+            file_inputs,
         }))
+    }
+
+    /// The inputs that are files, fetched into the prediction before the run.
+    pub fn file_inputs(&self) -> &[String] {
+        &self.file_inputs
     }
 
     /// Checks `input`; on success fills in the defaults of the inputs it

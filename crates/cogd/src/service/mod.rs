@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::files::Fetcher;
 use crate::ipc::SlotRequest;
 use crate::prediction::{Outcome, Prediction, PredictionHandle};
 use crate::schema::{InputError, LiveSchema};
@@ -101,6 +102,15 @@ pub struct ServiceConfig {
     pub stream_history: usize,
 }
 
+/// What the service uses to reach outside: webhook delivery and file downloads.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Sends webhooks.
+    pub webhooks: WebhookSender,
+    /// Fetches file inputs.
+    pub fetcher: Fetcher,
+}
+
 /// The service; cheap to clone.
 #[derive(Clone)]
 pub struct Service {
@@ -111,7 +121,7 @@ struct Inner {
     supervisor: Supervisor,
     slots: SlotPool,
     registry: Mutex<Registry>,
-    webhooks: WebhookSender,
+    outbound: Outbound,
     config: ServiceConfig,
     /// Validates inputs against the ready worker's schema, before a slot is taken.
     schema: LiveSchema,
@@ -120,7 +130,7 @@ struct Inner {
 impl Service {
     /// A service running predictions on `supervisor`'s worker. Slots open when
     /// the worker is ready.
-    pub fn new(supervisor: Supervisor, webhooks: WebhookSender, config: ServiceConfig) -> Self {
+    pub fn new(supervisor: Supervisor, outbound: Outbound, config: ServiceConfig) -> Self {
         let slots = SlotPool::new(config.queue_size);
         let mut state = supervisor.subscribe_state();
         let pool = slots.clone();
@@ -139,7 +149,7 @@ impl Service {
                 supervisor,
                 slots,
                 registry: Mutex::new(Registry::default()),
-                webhooks,
+                outbound,
                 config,
                 schema,
             }),
@@ -210,6 +220,7 @@ impl Service {
         drop(registry);
         if let Some(subscription) = request.webhook {
             self.inner
+                .outbound
                 .webhooks
                 .spawn(&handle, handle.snapshot(), subscription);
         }
@@ -218,6 +229,7 @@ impl Service {
             handle: handle.clone(),
             id,
             input,
+            file_inputs: self.inner.schema.file_inputs(),
             context: request.context,
         };
         tokio::spawn(run.execute(admit));
@@ -289,6 +301,8 @@ struct Run {
     handle: PredictionHandle,
     id: String,
     input: serde_json::Map<String, serde_json::Value>,
+    /// The inputs that are files, to fetch before the run.
+    file_inputs: Vec<String>,
     context: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -371,12 +385,26 @@ impl Run {
             outcome,
             stuck: false,
         };
+        let mut input = self.input.clone();
+        let inputs_dir = output_dir.join("inputs");
+        let fetch =
+            self.inner
+                .outbound
+                .fetcher
+                .localize(&mut input, &self.file_inputs, &inputs_dir);
+        let fetched = tokio::select! {
+            fetched = fetch => fetched,
+            () = self.handle.cancelled() => return ended(Outcome::Canceled),
+        };
+        if let Err(error) = fetched {
+            return ended(Outcome::Failed(error));
+        }
         if self.handle.is_cancel_requested() {
             return ended(Outcome::Canceled);
         }
         let request = SlotRequest::Predict {
             id: self.id.clone(),
-            input: Some(serde_json::Value::Object(self.input.clone())),
+            input: Some(serde_json::Value::Object(input)),
             input_file: None,
             output_dir,
             context: self.context.clone(),

@@ -1,0 +1,334 @@
+//! File inputs: `Path`/`File` inputs given as `http(s)://` URLs are downloaded,
+//! and `data:` URIs decoded, into the prediction's directory before the run,
+//! so the run sees a local path. The directory goes when the prediction ends.
+//!
+//! Downloads are streamed to disk (never held whole in memory), run in
+//! parallel, follow redirects, and are bounded in time and size. Any other
+//! scheme (`file://`, `ftp://`, a bare path) is refused: a client must not be
+//! able to make the model read the server's own files. A failure names the
+//! input and the URL, with credentials and query string left out.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::future::try_join_all;
+use serde_json::{Map, Value};
+use tokio::io::AsyncWriteExt;
+
+/// Downloads and decodes file inputs; one per server, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    /// The largest file accepted.
+    max_bytes: u64,
+}
+
+/// One file input value to fetch: where it sits in the input, and its URL.
+struct Job {
+    field: String,
+    index: Option<usize>,
+    url: String,
+}
+
+impl Fetcher {
+    /// A fetcher whose downloads give up after `timeout` and `max_bytes`.
+    pub fn new(timeout: Duration, max_bytes: u64, user_agent: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(timeout)
+            .user_agent(user_agent)
+            .build()
+            .expect("the HTTP client configuration is valid");
+        Self { client, max_bytes }
+    }
+
+    /// Replaces every URL among `fields` of `input` (strings, or lists of
+    /// strings) with the path of a local copy under `dir`.
+    pub async fn localize(
+        &self,
+        input: &mut Map<String, Value>,
+        fields: &[String],
+        dir: &Path,
+    ) -> Result<(), String> {
+        let mut jobs = Vec::new();
+        for field in fields {
+            match input.get(field) {
+                Some(Value::String(url)) => jobs.push(Job {
+                    field: field.clone(),
+                    index: None,
+                    url: url.clone(),
+                }),
+                Some(Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Value::String(url) = item {
+                            jobs.push(Job {
+                                field: field.clone(),
+                                index: Some(i),
+                                url: url.clone(),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let fetched = try_join_all(jobs.iter().enumerate().map(|(n, job)| async move {
+            // One directory per file: names from URLs cannot collide or escape.
+            let target = dir.join(format!("input-{n}"));
+            self.fetch(&job.url, &target).await.map_err(|e| {
+                let which = match job.index {
+                    Some(i) => format!("{}[{i}]", job.field),
+                    None => job.field.clone(),
+                };
+                format!("input {which:?}: {e}")
+            })
+        }))
+        .await?;
+        for (job, path) in jobs.iter().zip(fetched) {
+            let local = Value::String(path.to_string_lossy().into_owned());
+            match (job.index, input.get_mut(&job.field)) {
+                (None, Some(value)) => *value = local,
+                (Some(i), Some(Value::Array(items))) => items[i] = local,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches one URL into the directory `target`; returns the file's path.
+    async fn fetch(&self, url: &str, target: &Path) -> Result<PathBuf, String> {
+        tokio::fs::create_dir_all(target)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        if let Some(rest) = url.strip_prefix("data:") {
+            return write_data_uri(rest, target).await;
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|_| {
+            "expected an http(s):// URL or a data: URI, got something else".to_string()
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "the {}: scheme is not accepted: send an http(s):// URL or a data: URI",
+                parsed.scheme()
+            ));
+        }
+        let shown = redact(&parsed);
+        let mut response = self
+            .client
+            .get(parsed.clone())
+            .send()
+            .await
+            .map_err(|e| format!("cannot download {shown}: {}", without_url(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "cannot download {shown}: HTTP {}",
+                response.status()
+            ));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes)
+        {
+            return Err(format!(
+                "cannot download {shown}: larger than the {} byte limit",
+                self.max_bytes
+            ));
+        }
+        let name = file_name(
+            &parsed,
+            response.headers().get(reqwest::header::CONTENT_TYPE),
+        );
+        let path = target.join(name);
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let mut written: u64 = 0;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("cannot download {shown}: {}", without_url(&e)))?
+        {
+            written += chunk.len() as u64;
+            if written > self.max_bytes {
+                return Err(format!(
+                    "cannot download {shown}: larger than the {} byte limit",
+                    self.max_bytes
+                ));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// The URL as it may appear in errors and logs: no credentials, no query.
+fn redact(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// A reqwest error without the URL it carries (which may hold secrets).
+fn without_url(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else if error.is_redirect() {
+        "too many redirects"
+    } else {
+        "transfer failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(e) = source {
+        detail = e.to_string();
+        source = e.source();
+    }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} ({detail})")
+    }
+}
+
+/// A safe file name: the URL's last path segment, else one from the type.
+fn file_name(url: &reqwest::Url, content_type: Option<&reqwest::header::HeaderValue>) -> String {
+    let from_url = url
+        .path_segments()
+        .and_then(|mut s| s.next_back())
+        .map(sanitize)
+        .filter(|n| !n.is_empty());
+    from_url.unwrap_or_else(|| {
+        let mime = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
+        format!("input{}", extension(mime))
+    })
+}
+
+/// Keeps letters, digits, `.`, `-` and `_`; no leading dots; at most 128 bytes.
+fn sanitize(name: &str) -> String {
+    let decoded = percent_decode(name);
+    let kept: String = String::from_utf8_lossy(&decoded)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    kept.trim_start_matches('.').chars().take(128).collect()
+}
+
+/// A file extension for common media types.
+fn extension(mime: &str) -> &'static str {
+    match mime.split(';').next().unwrap_or("").trim() {
+        "image/png" => ".png",
+        "image/jpeg" => ".jpg",
+        "image/gif" => ".gif",
+        "image/webp" => ".webp",
+        "audio/wav" | "audio/x-wav" => ".wav",
+        "audio/mpeg" => ".mp3",
+        "video/mp4" => ".mp4",
+        "text/plain" => ".txt",
+        "application/json" => ".json",
+        "application/pdf" => ".pdf",
+        "application/zip" => ".zip",
+        _ => "",
+    }
+}
+
+/// Decodes `data:[<type>][;base64],<data>` (without its `data:`) to a file.
+async fn write_data_uri(rest: &str, target: &Path) -> Result<PathBuf, String> {
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or("a data: URI must have a comma before its data")?;
+    let bytes = if meta.ends_with(";base64") {
+        base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| format!("the data: URI is not valid base64: {e}"))?
+    } else {
+        percent_decode(data)
+    };
+    let mime = meta.trim_end_matches(";base64");
+    let path = target.join(format!("input{}", extension(mime)));
+    tokio::fs::write(&path, bytes)
+        .await
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_urls_cannot_escape_or_hide() {
+        assert_eq!(sanitize("cat.png"), "cat.png");
+        assert_eq!(sanitize("..%2F..%2Fetc%2Fpasswd"), "_.._etc_passwd");
+        assert_eq!(sanitize(".hidden"), "hidden");
+        assert_eq!(sanitize("a b%20c"), "a_b_c");
+    }
+
+    #[test]
+    fn urls_in_errors_lose_credentials_and_query() {
+        let url = reqwest::Url::parse("https://user:pw@example.com/a.png?token=s3cret#x").unwrap();
+        assert_eq!(redact(&url), "https://example.com/a.png");
+    }
+
+    #[tokio::test]
+    async fn data_uris_decode_to_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_data_uri("text/plain;base64,aGVsbG8=", dir.path())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        assert_eq!(path.extension().unwrap(), "txt");
+        let path = write_data_uri(",a%20b", &dir.path().join("x")).await;
+        assert!(path.is_err(), "the target directory must exist");
+        let plain = write_data_uri(",a%20b", dir.path()).await.unwrap();
+        assert_eq!(std::fs::read(plain).unwrap(), b"a b");
+    }
+
+    #[tokio::test]
+    async fn other_schemes_are_refused() {
+        let fetcher = Fetcher::new(Duration::from_secs(1), 1024, "test");
+        let dir = tempfile::tempdir().unwrap();
+        for url in ["file:///etc/passwd", "ftp://example.com/x", "/etc/passwd"] {
+            let err = fetcher.fetch(url, dir.path()).await.unwrap_err();
+            assert!(err.contains("http"), "{url}: {err}");
+        }
+    }
+}
