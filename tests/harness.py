@@ -7,6 +7,7 @@ conftest.py.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -629,3 +630,214 @@ class WebhookReceiver:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# -- server-sent events ----------------------------------------------------------
+
+
+class SseEvent:
+    """One server-sent event as it arrived."""
+
+    def __init__(self, name: str, data: str, received_at: float) -> None:
+        self.name = name
+        # The event's data lines joined with "\n", as the SSE standard says.
+        self.data = data
+        # time.monotonic() when the blank line that ends the event was read.
+        self.received_at = received_at
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+    def __repr__(self) -> str:
+        data = self.data if len(self.data) <= 200 else self.data[:200] + "..."
+        return f"<{self.name} {data}>"
+
+
+class _SmallWindowConnection(http.client.HTTPConnection):
+    """An HTTP connection whose socket takes in at most `rcvbuf` bytes unread."""
+
+    def __init__(self, host: str, port: int, rcvbuf: int, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.rcvbuf = rcvbuf
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Before connect(), so the advertised window is small from the start.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        sock.settimeout(self.timeout)
+        sock.connect((self.host, self.port))
+        self.sock = sock
+
+
+class SseStream:
+    """A request sent with `Accept: text/event-stream`, its reply parsed as
+    server-sent events by a background thread that records every event with
+    its arrival time, until the server ends the stream.
+
+    getresponse() has returned when the constructor does, so the server has
+    answered (and, for a stream, attached this reader) by then. A reply that
+    is not a stream (e.g. 406) is read whole into `body`.
+
+    With read=False nothing past the response head is read until resume():
+    a stalled reader. `rcvbuf` makes its socket's receive buffer small, so the
+    server soon cannot write to it.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        read: bool = True,
+        rcvbuf: int | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        host, port = server.url.removeprefix("http://").split(":")
+        if rcvbuf is None:
+            self.conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        else:
+            self.conn = _SmallWindowConnection(host, int(port), rcvbuf, timeout)
+        payload = json.dumps(body if body is not None else {}).encode()
+        self.conn.request(
+            method,
+            path,
+            payload,
+            {
+                "Accept": "text/event-stream",
+                "Content-Type": "application/json",
+                **(headers or {}),
+            },
+        )
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.headers = {k.lower(): v for k, v in self.response.getheaders()}
+        self.body = b""
+        self.events: list[SseEvent] = []
+        # Comment lines (keep-alives), without the leading ":".
+        self.comments: list[str] = []
+        # time.monotonic() when the server ended the stream; None while open.
+        self.ended_at: float | None = None
+        # What stopped the reader other than the end of the stream.
+        self.failure: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        if not self.is_stream:
+            self.body = self.response.read()
+            self._finish()
+        elif read:
+            self.resume()
+
+    @property
+    def is_stream(self) -> bool:
+        content_type = self.headers.get("content-type", "")
+        return self.status == 200 and content_type.startswith("text/event-stream")
+
+    def resume(self) -> None:
+        """Start reading (once)."""
+        if self._thread is None and self.ended_at is None:
+            self._thread = threading.Thread(target=self._read, daemon=True)
+            self._thread.start()
+
+    def _finish(self, failure: BaseException | None = None) -> None:
+        with self._cond:
+            self.failure = failure
+            self.ended_at = time.monotonic()
+            self._cond.notify_all()
+
+    def _read(self) -> None:
+        name, data = "", []
+        try:
+            while True:
+                raw = self.response.readline()
+                if not raw:
+                    break
+                line = raw.decode().rstrip("\r\n")
+                if not line:
+                    if data:
+                        event = SseEvent(name or "message", "\n".join(data), time.monotonic())
+                        with self._cond:
+                            self.events.append(event)
+                            self._cond.notify_all()
+                    name, data = "", []
+                    continue
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "":
+                    with self._cond:
+                        self.comments.append(value)
+                elif field == "event":
+                    name = value
+                elif field == "data":
+                    data.append(value)
+        except BaseException as exc:  # noqa: BLE001 - reported by wait_*()
+            self._finish(exc)
+        else:
+            self._finish()
+
+    def names(self) -> list[str]:
+        with self._cond:
+            return [e.name for e in self.events]
+
+    def wait_for(
+        self,
+        predicate: Callable[[list[SseEvent]], Any],
+        timeout: float = 15.0,
+        what: str = "events",
+    ) -> list[SseEvent]:
+        """Wait until predicate(events so far) is truthy; return the events."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(list(self.events)):
+                left = deadline - time.monotonic()
+                if self.ended_at is not None or left <= 0:
+                    why = "the stream ended" if self.ended_at is not None else "timed out"
+                    raise AssertionError(
+                        f"{why} waiting for {what} (failure: {self.failure!r}); got {self.events!r}"
+                    )
+                self._cond.wait(left)
+            return list(self.events)
+
+    def wait_for_event(self, name: str, count: int = 1, timeout: float = 15.0) -> list[SseEvent]:
+        """Wait for `count` events called `name`; return all the events so far."""
+        return self.wait_for(
+            lambda events: sum(e.name == name for e in events) >= count,
+            timeout,
+            f"{count} {name!r} event(s)",
+        )
+
+    def wait_ended(self, timeout: float = 15.0) -> list[SseEvent]:
+        """Wait until the server ends the stream; return every event."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.ended_at is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"the stream was still open {timeout}s later; got {self.events!r}"
+                    )
+                self._cond.wait(left)
+            if self.failure is not None:
+                raise AssertionError(
+                    f"reading the stream failed: {self.failure!r}; got {self.events!r}"
+                )
+            return list(self.events)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def output_events(events: Iterable[SseEvent]) -> list[SseEvent]:
+    return [e for e in events if e.name == "output"]
+
+
+def output_chunks(events: Iterable[SseEvent]) -> list[Any]:
+    """The `chunk` of every `output` event, in arrival order."""
+    return [e.json["chunk"] for e in output_events(events)]
+
+
+def output_indexes(events: Iterable[SseEvent]) -> list[int]:
+    return [e.json["index"] for e in output_events(events)]
