@@ -1,15 +1,19 @@
 """Starting and stopping the server process: the port from $PORT, POST
 /shutdown and SIGTERM both ending it with exit code 0 (also with a run in
 flight), and the `python -m cog.server.http` launcher that Cog-built images
-start, including COG_PREDICT_TYPE_STUB and --await-explicit-shutdown.
+start, including COG_PREDICT_TYPE_STUB and --await-explicit-shutdown; on
+SIGTERM, predictions in flight finish (or are cancelled after the grace
+period) and their webhooks are delivered before the process exits; under
+Kubernetes the ready file follows the model's readiness.
 """
 
+import os
 import shutil
 import signal
 import subprocess
 
 import pytest
-from harness import EXAMPLES, MODELS, in_background
+from harness import EXAMPLES, MODELS, in_background, start_async, wait_until
 
 
 def copy_model(src, dst):
@@ -89,3 +93,51 @@ def test_await_explicit_shutdown_ignores_sigterm_until_post_shutdown(start_serve
     resp = server.post("/shutdown")
     assert resp.status_code == 200, resp.text
     assert server.wait_exit(timeout=15) == 0
+
+
+def test_sigterm_lets_an_async_prediction_finish_and_delivers_its_webhook(
+    start_server, webhook_receiver
+):
+    server = start_server("basic")
+    accepted = start_async(
+        server,
+        input={"mode": "ok", "token": "drain", "seconds": 1.0},
+        webhook=webhook_receiver.url(),
+        webhook_events_filter=["completed"],
+    )
+    server.wait_for_status("BUSY", timeout=10)
+    server.terminate()
+    assert server.wait_exit(timeout=20) == 0
+    # The process only exits after the prediction finished and its webhook left.
+    completed = [c for c in webhook_receiver.calls if c.is_terminal]
+    assert len(completed) == 1, webhook_receiver.calls
+    assert completed[0].body["id"] == accepted["id"]
+    assert completed[0].body["status"] == "succeeded", completed[0].body
+    assert completed[0].body["output"] == "ok:drain"
+
+
+def test_sigterm_cancels_what_outlives_the_grace_period(start_server, webhook_receiver):
+    server = start_server("basic", env={"COG_SHUTDOWN_GRACE": "0.5"})
+    start_async(
+        server,
+        input={"mode": "ok", "token": "long", "seconds": 30},
+        webhook=webhook_receiver.url(),
+        webhook_events_filter=["completed"],
+    )
+    server.wait_for_status("BUSY", timeout=10)
+    server.terminate()
+    assert server.wait_exit(timeout=20) == 0
+    completed = [c for c in webhook_receiver.calls if c.is_terminal]
+    assert [c.body["status"] for c in completed] == ["canceled"], webhook_receiver.calls
+
+
+def test_the_kubernetes_ready_file_exists_exactly_while_ready(start_server):
+    ready_file = "/var/run/cog/ready"
+    if os.path.exists(ready_file):
+        pytest.skip("another process owns the ready file")
+    server = start_server("basic", env={"KUBERNETES_SERVICE_HOST": "127.0.0.1"})
+    server.wait_for_status("READY", timeout=30)
+    wait_until(lambda: os.path.exists(ready_file), timeout=5, what="the ready file")
+    server.terminate()
+    assert server.wait_exit(timeout=15) == 0
+    assert not os.path.exists(ready_file)

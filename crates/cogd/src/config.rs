@@ -29,6 +29,9 @@ pub struct Config {
     /// The least time between two `output`/`logs` webhooks of one prediction
     /// (`COG_THROTTLE_RESPONSE_INTERVAL`, seconds).
     pub webhook_throttle: Duration,
+    /// How long in-flight predictions may take to finish on shutdown before
+    /// they are cancelled (`COG_SHUTDOWN_GRACE`, seconds, default 30).
+    pub shutdown_grace: Duration,
     /// How long one file input's download may take (`COG_DOWNLOAD_TIMEOUT`,
     /// seconds, default 300).
     pub download_timeout: Duration,
@@ -163,6 +166,8 @@ impl Config {
                     })?,
                 None => 1024,
             };
+        let shutdown_grace =
+            seconds(&env, "COG_SHUTDOWN_GRACE")?.unwrap_or(Duration::from_secs(30));
         let download_timeout =
             seconds(&env, "COG_DOWNLOAD_TIMEOUT")?.unwrap_or(Duration::from_secs(300));
         let download_max_bytes =
@@ -204,6 +209,7 @@ impl Config {
             cancel_grace,
             webhook_throttle,
             stream_history,
+            shutdown_grace,
             download_timeout,
             download_max_bytes,
             host: flags.host,

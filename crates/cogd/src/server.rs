@@ -9,7 +9,7 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::files::Fetcher;
 use crate::service::{Outbound, Service, ServiceConfig};
-use crate::supervisor::{Supervisor, WorkerConfig};
+use crate::supervisor::{Supervisor, WorkerConfig, WorkerState};
 use crate::webhook::WebhookSender;
 
 /// Why the server could not run.
@@ -33,6 +33,38 @@ pub enum ServeError {
 
 /// How long the worker gets to exit after `shutdown` before it is killed.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping server waits for webhooks still being delivered.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(10);
+/// The file Kubernetes probes read: it exists exactly while the model is ready.
+const READY_FILE: &str = "/var/run/cog/ready";
+
+/// Keeps [`READY_FILE`] in step with the worker's state (under Kubernetes).
+async fn keep_ready_file(mut state: watch::Receiver<WorkerState>) {
+    loop {
+        let ready = *state.borrow_and_update() == WorkerState::Ready;
+        if ready {
+            let path = std::path::Path::new(READY_FILE);
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(path, b""));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, path = READY_FILE, "cannot write the ready file");
+            }
+        } else {
+            remove_ready_file();
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn remove_ready_file() {
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        let _ = std::fs::remove_file(READY_FILE);
+    }
+}
 
 /// Serves the model until a shutdown request or signal.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
@@ -99,14 +131,32 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         predictor = %config.predictor_ref,
         "serving"
     );
-    let app = api::router(AppState { service, shutdown });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
-        .await
-        .map_err(ServeError::Http)?;
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        tokio::spawn(keep_ready_file(supervisor.subscribe_state()));
+    }
+    let app = api::router(AppState {
+        service: service.clone(),
+        shutdown,
+    });
+    let mut stopped = stop.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    });
+    // Waiting synchronous requests end with their predictions; a connection
+    // that never ends must not keep the server up past the grace period.
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        served = server => served.map_err(ServeError::Http)?,
+        () = async {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace + config.cancel_grace + Duration::from_secs(2)).await;
+        } => tracing::warn!("closing connections still open after the grace period"),
+    }
 
+    tracing::info!("letting predictions in flight finish");
+    service.drain(grace).await;
+    service.flush_webhooks(WEBHOOK_FLUSH).await;
+    remove_ready_file();
     tracing::info!("stopping the worker");
     supervisor.shutdown(WORKER_EXIT_GRACE).await;
     drop(temp);

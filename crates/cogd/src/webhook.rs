@@ -10,9 +10,11 @@
 //! and no slot.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::prediction::{Prediction, PredictionHandle};
@@ -69,6 +71,24 @@ pub struct WebhookSender {
     token: Option<String>,
     /// The least time between two `output`/`logs` webhooks of one prediction.
     throttle: Duration,
+    /// Delivery tasks still running, so shutdown can wait for them.
+    pending: Arc<watch::Sender<usize>>,
+}
+
+/// Counts one delivery task while it lives.
+struct Pending(Arc<watch::Sender<usize>>);
+
+impl Pending {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// Attempts at delivering `completed` before giving up.
@@ -91,6 +111,22 @@ impl WebhookSender {
             client,
             token: token.filter(|t| !t.is_empty()),
             throttle,
+            pending: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Waits until every delivery has finished (or `timeout` has passed), so
+    /// a stopping server does not drop `completed` webhooks.
+    pub async fn flush(&self, timeout: Duration) {
+        let mut pending = self.pending.subscribe();
+        if tokio::time::timeout(timeout, pending.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = *pending.borrow(),
+                "stopping with webhook deliveries still in progress"
+            );
         }
     }
 
@@ -105,15 +141,17 @@ impl WebhookSender {
         let sender = self.clone();
         let mut updates = handle.subscribe();
         updates.mark_unchanged();
+        let pending = Pending::new(&self.pending);
         tokio::spawn(async move {
             sender.deliver(accepted, updates, subscription).await;
+            drop(pending);
         });
     }
 
     async fn deliver(
         &self,
         accepted: Prediction,
-        mut updates: tokio::sync::watch::Receiver<Prediction>,
+        mut updates: watch::Receiver<Prediction>,
         subscription: Subscription,
     ) {
         let wants = |event| subscription.events.contains(&event);

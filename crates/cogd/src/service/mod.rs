@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 
 use crate::files::Fetcher;
 use crate::ipc::SlotRequest;
@@ -123,6 +124,8 @@ struct Inner {
     registry: Mutex<Registry>,
     outbound: Outbound,
     config: ServiceConfig,
+    /// Predictions admitted and not yet finished, so shutdown can wait for them.
+    unfinished: watch::Sender<usize>,
     /// Validates inputs against the ready worker's schema, before a slot is taken.
     schema: LiveSchema,
 }
@@ -151,6 +154,7 @@ impl Service {
                 registry: Mutex::new(Registry::default()),
                 outbound,
                 config,
+                unfinished: watch::Sender::new(0),
                 schema,
             }),
         }
@@ -217,6 +221,7 @@ impl Service {
             PredictionHandle::new(prediction)
         };
         registry.insert(id.clone(), handle.clone());
+        self.inner.unfinished.send_modify(|n| *n += 1);
         drop(registry);
         if let Some(subscription) = request.webhook {
             self.inner
@@ -239,6 +244,35 @@ impl Service {
     /// Whether the model's run streams (clients may follow it with SSE).
     pub fn streaming(&self) -> bool {
         self.inner.supervisor.streaming()
+    }
+
+    /// Lets the predictions in flight finish, for up to `grace`; then cancels
+    /// what is left and waits for the cancels to land. Called on shutdown,
+    /// after the server has stopped taking requests.
+    pub async fn drain(&self, grace: Duration) {
+        let mut unfinished = self.inner.unfinished.subscribe();
+        let done = |n: &usize| *n == 0;
+        if tokio::time::timeout(grace, unfinished.wait_for(done))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let left = self.inner.lock_registry().unfinished();
+        tracing::warn!(
+            count = left.len(),
+            "cancelling predictions still running at shutdown"
+        );
+        for handle in &left {
+            handle.cancel();
+        }
+        let settle = self.inner.config.cancel_grace + Duration::from_secs(1);
+        let _ = tokio::time::timeout(settle, unfinished.wait_for(done)).await;
+    }
+
+    /// Waits for webhook deliveries still in progress, for up to `timeout`.
+    pub async fn flush_webhooks(&self, timeout: Duration) {
+        self.inner.outbound.webhooks.flush(timeout).await;
     }
 
     /// The prediction with this id, running or recently finished.
@@ -376,6 +410,7 @@ impl Run {
     fn finish(&self, outcome: Outcome) {
         self.handle.update(|p| p.finish(outcome));
         self.publish_state("completed");
+        self.inner.unfinished.send_modify(|n| *n -= 1);
         self.inner.lock_registry().finished(&self.id);
         tracing::debug!(prediction_id = %self.id, "prediction finished");
     }

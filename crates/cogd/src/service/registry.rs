@@ -28,6 +28,15 @@ impl Registry {
         self.by_id.insert(id, handle);
     }
 
+    /// Every prediction not yet finished.
+    pub(crate) fn unfinished(&self) -> Vec<PredictionHandle> {
+        self.by_id
+            .values()
+            .filter(|h| !h.snapshot().status.is_terminal())
+            .cloned()
+            .collect()
+    }
+
     /// Marks `id` finished; it stays findable for a while.
     pub(crate) fn finished(&mut self, id: &str) {
         let now = Instant::now();
