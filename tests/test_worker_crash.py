@@ -1,6 +1,8 @@
 """The Python worker dying mid-run (os._exit, segfault): the in-flight request
-comes back promptly as failed, the HTTP server stays up, health goes DEFUNCT
-and new predictions get 503.
+comes back promptly as failed and the HTTP server stays up. The worker is
+restarted, set up again and serves; once the restarts allowed
+(COG_MAX_WORKER_RESTARTS within a window) are used up, health goes DEFUNCT and
+new predictions get 503.
 """
 
 import time
@@ -11,7 +13,7 @@ from harness import assert_json_error
 
 @pytest.mark.parametrize("mode", ["exit", "segfault"])
 def test_worker_crash_fails_inflight_prediction_and_marks_defunct(start_server, mode):
-    server = start_server("basic")
+    server = start_server("basic", env={"COG_MAX_WORKER_RESTARTS": "0"})
 
     began = time.monotonic()
     # The timeout is the "promptly": a server that only notices the dead
@@ -29,3 +31,29 @@ def test_worker_crash_fails_inflight_prediction_and_marks_defunct(start_server, 
     # The parent is untouched by the worker's death.
     assert server.proc.poll() is None
     assert server.health()["status"] == "DEFUNCT"
+
+
+@pytest.mark.parametrize("mode", ["exit", "segfault"])
+def test_a_crashed_worker_is_restarted_and_serves_again(start_server, mode):
+    server = start_server("basic")
+    prediction = server.predict_ok({"mode": mode, "token": "crash"}, timeout=10)
+    assert prediction["status"] == "failed", prediction
+    assert "worker" in prediction["error"].lower(), prediction["error"]
+
+    # Setup runs again on the new worker; meanwhile the model is not ready.
+    server.wait_for_status("READY", timeout=30)
+    assert server.health()["setup"]["status"] == "succeeded"
+    after = server.predict_ok({"mode": "ok", "token": "after"})
+    assert after["status"] == "succeeded" and after["output"] == "ok:after", after
+    assert server.proc.poll() is None
+
+
+def test_restarts_give_up_into_defunct_after_the_allowed_number(start_server):
+    server = start_server("basic", env={"COG_MAX_WORKER_RESTARTS": "1"})
+    first = server.predict_ok({"mode": "exit", "token": "one"}, timeout=10)
+    assert first["status"] == "failed", first
+    server.wait_for_status("READY", timeout=30)
+    second = server.predict_ok({"mode": "exit", "token": "two"}, timeout=10)
+    assert second["status"] == "failed", second
+    server.wait_for_status("DEFUNCT", timeout=10)
+    assert_json_error(server.predict({"mode": "ok"}), 503)

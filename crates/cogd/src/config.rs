@@ -29,6 +29,12 @@ pub struct Config {
     /// The least time between two `output`/`logs` webhooks of one prediction
     /// (`COG_THROTTLE_RESPONSE_INTERVAL`, seconds).
     pub webhook_throttle: Duration,
+    /// Worker restarts allowed within `restart_window` (`COG_MAX_WORKER_RESTARTS`,
+    /// default 3) before the model is defunct.
+    pub max_restarts: usize,
+    /// The window restarts are counted in (`COG_WORKER_RESTART_WINDOW`,
+    /// seconds, default 600).
+    pub restart_window: Duration,
     /// How long in-flight predictions may take to finish on shutdown before
     /// they are cancelled (`COG_SHUTDOWN_GRACE`, seconds, default 30).
     pub shutdown_grace: Duration,
@@ -166,6 +172,19 @@ impl Config {
                     })?,
                 None => 1024,
             };
+        let max_restarts = match env("COG_MAX_WORKER_RESTARTS").filter(|s| !s.trim().is_empty()) {
+            Some(value) => value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| ConfigError::BadEnv {
+                    name: "COG_MAX_WORKER_RESTARTS",
+                    value,
+                    message: "expected a whole number (0: never restart)",
+                })?,
+            None => 3,
+        };
+        let restart_window =
+            seconds(&env, "COG_WORKER_RESTART_WINDOW")?.unwrap_or(Duration::from_secs(600));
         let shutdown_grace =
             seconds(&env, "COG_SHUTDOWN_GRACE")?.unwrap_or(Duration::from_secs(30));
         let download_timeout =
@@ -209,6 +228,8 @@ impl Config {
             cancel_grace,
             webhook_throttle,
             stream_history,
+            max_restarts,
+            restart_window,
             shutdown_grace,
             download_timeout,
             download_max_bytes,

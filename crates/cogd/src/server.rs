@@ -94,6 +94,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         slots_default: config.slots_default,
         setup_timeout: config.setup_timeout,
         socket_dir: temp.path().to_path_buf(),
+        max_restarts: config.max_restarts,
+        restart_window: config.restart_window,
     });
     let user_agent =
         std::env::var("COG_USER_AGENT").unwrap_or_else(|_| format!("cogd/{}", crate::VERSION));

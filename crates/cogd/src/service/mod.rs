@@ -138,9 +138,13 @@ impl Service {
         let mut state = supervisor.subscribe_state();
         let pool = slots.clone();
         let ready = supervisor.clone();
+        // Each worker (the first, and any restarted one) brings its own slots.
         tokio::spawn(async move {
-            if state.wait_for(|s| *s == WorkerState::Ready).await.is_ok() {
+            while state.wait_for(|s| *s == WorkerState::Ready).await.is_ok() {
                 pool.open(ready.slots());
+                if state.wait_for(|s| *s != WorkerState::Ready).await.is_err() {
+                    return;
+                }
             }
         });
         let schema = LiveSchema::follow(supervisor.subscribe_state(), {

@@ -24,6 +24,9 @@ struct PoolInner {
     free: Mutex<Vec<usize>>,
     /// Slots that exist and are not poisoned.
     healthy: AtomicUsize,
+    /// Which worker the slots belong to; a permit of an earlier worker is
+    /// dropped without giving its slot back.
+    generation: AtomicUsize,
     /// Predictions waiting in the queue now.
     waiting: AtomicUsize,
     /// How many may wait.
@@ -56,6 +59,7 @@ impl SlotPool {
                 semaphore: Arc::new(Semaphore::new(0)),
                 free: Mutex::new(Vec::new()),
                 healthy: AtomicUsize::new(0),
+                generation: AtomicUsize::new(0),
                 waiting: AtomicUsize::new(0),
                 queue_size,
             }),
@@ -66,18 +70,28 @@ impl SlotPool {
         self.inner.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds slots `0..count`, once the worker has them.
+    /// Makes slots `0..count` of a ready worker the pool's slots, replacing
+    /// those of any earlier worker (a restart brings back poisoned slots too).
     pub(crate) fn open(&self, count: usize) {
+        let mut free = self.lock();
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        // Permits of the earlier worker still free go; held ones are dropped
+        // without return (see `SlotPermit::drop`).
+        let stale = free.len();
+        self.inner.semaphore.forget_permits(stale);
+        free.clear();
         // Reversed so that slot 0 is taken first.
-        self.lock().extend((0..count).rev());
-        self.inner.healthy.fetch_add(count, Ordering::SeqCst);
+        free.extend((0..count).rev());
+        self.inner.healthy.store(count, Ordering::SeqCst);
         self.inner.semaphore.add_permits(count);
     }
 
     /// A free slot, else a place in the queue, else a refusal.
     pub(crate) fn admit(&self) -> Result<Admit, Refusal> {
         if let Ok(permit) = Arc::clone(&self.inner.semaphore).try_acquire_owned() {
-            return Ok(Admit::Now(self.permit(permit)));
+            if let Some(permit) = self.permit(permit) {
+                return Ok(Admit::Now(permit));
+            }
         }
         if self.inner.queue_size == 0 {
             return Err(Refusal::Busy);
@@ -94,16 +108,20 @@ impl SlotPool {
         }
     }
 
-    fn permit(&self, permit: OwnedSemaphorePermit) -> SlotPermit {
-        let slot = self
-            .lock()
-            .pop()
-            .expect("a semaphore permit always has a free slot");
-        SlotPermit {
+    /// Pairs a semaphore permit with a free slot. `None` only for a permit
+    /// left over from a worker that has been replaced, which is dropped.
+    fn permit(&self, permit: OwnedSemaphorePermit) -> Option<SlotPermit> {
+        let mut free = self.lock();
+        let Some(slot) = free.pop() else {
+            permit.forget();
+            return None;
+        };
+        Some(SlotPermit {
             pool: self.clone(),
             slot,
+            generation: self.inner.generation.load(Ordering::SeqCst),
             permit: Some(permit),
-        }
+        })
     }
 
     /// True when slots exist and none is free.
@@ -127,11 +145,15 @@ pub(crate) struct QueueTicket {
 impl QueueTicket {
     /// Waits for this ticket's turn and returns its slot.
     pub(crate) async fn acquire(self) -> Option<SlotPermit> {
-        let permit = Arc::clone(&self.pool.inner.semaphore)
-            .acquire_owned()
-            .await
-            .ok()?;
-        Some(self.pool.permit(permit))
+        loop {
+            let permit = Arc::clone(&self.pool.inner.semaphore)
+                .acquire_owned()
+                .await
+                .ok()?;
+            if let Some(permit) = self.pool.permit(permit) {
+                return Some(permit);
+            }
+        }
     }
 }
 
@@ -146,6 +168,8 @@ impl Drop for QueueTicket {
 pub(crate) struct SlotPermit {
     pool: SlotPool,
     slot: usize,
+    /// The worker this slot belongs to.
+    generation: usize,
     permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -160,17 +184,31 @@ impl SlotPermit {
         if let Some(permit) = self.permit.take() {
             permit.forget();
         }
-        self.pool.inner.healthy.fetch_sub(1, Ordering::SeqCst);
+        if self.is_current() {
+            self.pool.inner.healthy.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn is_current(&self) -> bool {
+        self.generation == self.pool.inner.generation.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for SlotPermit {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            // The index goes back before the permit, so whoever gets the permit
-            // finds a free slot.
-            self.pool.lock().push(self.slot);
-            drop(permit);
+            let mut free = self.pool.lock();
+            if self.is_current() {
+                // The index goes back before the permit, so whoever gets the
+                // permit finds a free slot.
+                free.push(self.slot);
+                drop(free);
+                drop(permit);
+            } else {
+                // A slot of a worker that is gone: the new worker's slots
+                // were counted afresh.
+                permit.forget();
+            }
         }
     }
 }
@@ -229,6 +267,20 @@ mod tests {
             task.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), ["first", "second"]);
+    }
+
+    #[test]
+    fn a_new_worker_replaces_the_slots_of_the_old_one() {
+        let pool = SlotPool::new(0);
+        pool.open(2);
+        let held = now(pool.admit());
+        pool.open(2);
+        // The old worker's permit goes without adding a third slot.
+        drop(held);
+        let a = now(pool.admit());
+        let b = now(pool.admit());
+        assert_ne!(a.slot(), b.slot());
+        assert_eq!(pool.admit().unwrap_err(), Refusal::Busy);
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct WorkerConfig {
     pub setup_timeout: Option<Duration>,
     /// Where the worker creates the slot sockets.
     pub socket_dir: PathBuf,
+    /// Restarts allowed within `restart_window` before giving up (DEFUNCT).
+    pub max_restarts: usize,
+    /// The window `max_restarts` counts in.
+    pub restart_window: Duration,
 }
 
 /// The worker's lifecycle as the health check reports it.
@@ -167,8 +171,12 @@ struct Inner {
     )>,
     /// The worker's stdin: the control channel towards it.
     control: tokio::sync::Mutex<Option<ChildStdin>>,
-    /// One per slot, connected once the worker is ready.
-    slots: std::sync::OnceLock<Vec<Slot>>,
+    /// One per slot, connected once the worker is ready; replaced as a whole
+    /// when a restarted worker is ready, so a reader of the old worker never
+    /// touches the new one's slots.
+    slots: std::sync::RwLock<Arc<Vec<Slot>>>,
+    /// When the worker was restarted, within the current window.
+    restarts: Mutex<std::collections::VecDeque<std::time::Instant>>,
     /// Why the worker exited, once it has.
     exit: watch::Sender<Option<String>>,
     /// True once the control channel has been read to its end, so what the
@@ -203,7 +211,8 @@ impl Supervisor {
             }),
             ready_info: Mutex::new((serde_json::Value::Null, serde_json::Map::new())),
             control: tokio::sync::Mutex::new(None),
-            slots: std::sync::OnceLock::new(),
+            slots: std::sync::RwLock::new(Arc::new(Vec::new())),
+            restarts: Mutex::new(std::collections::VecDeque::new()),
             exit: watch::Sender::new(None),
             control_done: watch::Sender::new(false),
             pid: AtomicI32::new(0),
@@ -264,7 +273,8 @@ impl Supervisor {
     ) -> Result<mpsc::Receiver<SlotEvent>, DispatchError> {
         let frame = encode_line(request)?;
         let (tx, rx) = mpsc::channel(256);
-        let Some(slot_ref) = self.inner.slots().get(slot) else {
+        let slots = self.inner.slots();
+        let Some(slot_ref) = slots.get(slot) else {
             return Err(DispatchError::NotConnected(slot));
         };
         let mut writer = slot_ref.writer.lock().await;
@@ -316,9 +326,17 @@ fn died(reason: &str) -> String {
     format!("the worker process died: {reason}")
 }
 
+/// Delivers the final event of the run in `slot`, if one is running.
+async fn end_run(slot: &Slot, event: SlotEvent) {
+    let run = slot.run.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(run) = run {
+        let _ = run.send(event).await;
+    }
+}
+
 impl Inner {
-    fn slots(&self) -> &[Slot] {
-        self.slots.get().map_or(&[], Vec::as_slice)
+    fn slots(&self) -> Arc<Vec<Slot>> {
+        Arc::clone(&self.slots.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     async fn send_control(&self, request: &ControlRequest) {
@@ -435,11 +453,10 @@ impl Inner {
             });
             readers.push(frames);
         }
-        if self.slots.set(slots).is_err() {
-            return Err("the worker said ready twice".into());
-        }
+        let slots = Arc::new(slots);
+        *self.slots.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&slots);
         for (index, frames) in readers.into_iter().enumerate() {
-            tokio::spawn(Arc::clone(self).read_slot(index, frames));
+            tokio::spawn(Arc::clone(self).read_slot(Arc::clone(&slots), index, frames));
         }
         Ok(())
     }
@@ -532,6 +549,7 @@ impl Inner {
 
     async fn read_slot(
         self: Arc<Self>,
+        slots: Arc<Vec<Slot>>,
         index: usize,
         mut frames: FramedRead<tokio::net::unix::OwnedReadHalf, LineDecoder>,
     ) {
@@ -543,8 +561,8 @@ impl Inner {
                 Ok(message) => message,
                 Err(e) => {
                     tracing::error!(slot = index, error = %e, "malformed message on a slot socket");
-                    self.end_run(
-                        index,
+                    end_run(
+                        &slots[index],
                         SlotEvent::Died(format!(
                             "worker slot {index} sent a malformed message: {e}"
                         )),
@@ -573,9 +591,9 @@ impl Inner {
                 SlotResponse::Cancelled { .. } => SlotEvent::Cancelled,
             };
             if event.is_final() {
-                self.end_run(index, event).await;
+                end_run(&slots[index], event).await;
             } else {
-                let run = self.slots()[index]
+                let run = slots[index]
                     .run
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -587,7 +605,7 @@ impl Inner {
         }
         // The socket closed: the worker is dying. Wait briefly for its exit so
         // the run's error can say how it died.
-        self.slots()[index].writer.lock().await.take();
+        slots[index].writer.lock().await.take();
         let mut exit = self.exit.subscribe();
         let reason = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some))
             .await
@@ -595,17 +613,13 @@ impl Inner {
             .and_then(|r| r.ok().and_then(|r| r.clone()))
             .map(|reason| died(&reason))
             .unwrap_or_else(|| format!("the connection to worker slot {index} closed"));
-        self.end_run(index, SlotEvent::Died(reason)).await;
+        end_run(&slots[index], SlotEvent::Died(reason)).await;
     }
 
-    /// Delivers the final event of the run in `slot`, if one is running.
+    /// Delivers the final event of the run in `slot` of the current worker.
     async fn end_run(&self, slot: usize, event: SlotEvent) {
-        let Some(slot) = self.slots().get(slot) else {
-            return;
-        };
-        let run = slot.run.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(run) = run {
-            let _ = run.send(event).await;
+        if let Some(slot) = self.slots().get(slot) {
+            end_run(slot, event).await;
         }
     }
 
@@ -632,22 +646,79 @@ impl Inner {
         let stopping = self.stopping.load(Ordering::SeqCst);
         // Copied out: a watch borrow held across `send_replace` would deadlock.
         let state = *self.state.borrow();
+        let mut restart = None;
         match state {
             WorkerState::Starting => {
                 self.setup_failed(&format!("the worker exited during setup: {reason}"))
             }
-            WorkerState::Ready if !stopping => {
-                tracing::error!(%reason, "the worker died; the model is defunct");
-                self.state.send_replace(WorkerState::Defunct);
-            }
+            WorkerState::Ready if !stopping => match self.restart_delay() {
+                Some(delay) => {
+                    tracing::error!(%reason, "the worker died; restarting it");
+                    self.state.send_replace(WorkerState::Starting);
+                    restart = Some(delay);
+                }
+                None => {
+                    tracing::error!(
+                        %reason,
+                        max_restarts = self.config.max_restarts,
+                        "the worker died too often; the model is defunct"
+                    );
+                    self.state.send_replace(WorkerState::Defunct);
+                }
+            },
             _ => tracing::info!(%reason, "the worker exited"),
         }
         self.exit.send_replace(Some(reason.clone()));
         let message = died(&reason);
-        for slot in 0..self.slots().len() {
-            let inner = Arc::clone(&self);
+        let slots = self.slots();
+        for index in 0..slots.len() {
+            let slots = Arc::clone(&slots);
             let message = message.clone();
-            tokio::spawn(async move { inner.end_run(slot, SlotEvent::Died(message)).await });
+            tokio::spawn(async move { end_run(&slots[index], SlotEvent::Died(message)).await });
+        }
+        if let Some(delay) = restart {
+            tokio::spawn(self.restart(delay));
+        }
+    }
+
+    /// How long to wait before the next restart, or `None` when the restarts
+    /// within the window are used up.
+    fn restart_delay(&self) -> Option<Duration> {
+        let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        while restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.config.restart_window)
+        {
+            restarts.pop_front();
+        }
+        if restarts.len() >= self.config.max_restarts {
+            return None;
+        }
+        // Back off: 0.1 s, then doubling for each recent restart, at most 5 s.
+        let delay = Duration::from_millis(100) * 2u32.pow(restarts.len().min(6) as u32);
+        restarts.push_back(now);
+        Some(delay.min(Duration::from_secs(5)))
+    }
+
+    /// Starts a new worker after `delay` and runs its setup again.
+    async fn restart(self: Arc<Self>, delay: Duration) {
+        tokio::time::sleep(delay).await;
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        *self.lock_setup() = SetupRecord {
+            started_at: Utc::now(),
+            completed_at: None,
+            status: "starting",
+            logs: String::new(),
+        };
+        self.control_done.send_replace(false);
+        self.exit.send_replace(None);
+        *self.control.lock().await = None;
+        if let Err(reason) = Arc::clone(&self).launch().await {
+            self.setup_failed(&reason);
+            self.kill();
         }
     }
 
