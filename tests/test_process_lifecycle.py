@@ -141,3 +141,33 @@ def test_the_kubernetes_ready_file_exists_exactly_while_ready(start_server):
     server.terminate()
     assert server.wait_exit(timeout=15) == 0
     assert not os.path.exists(ready_file)
+
+
+def test_the_worker_does_not_outlive_a_killed_server(start_server):
+    server = start_server("basic")
+
+    def worker_pids():
+        # Every thread's children: the worker is spawned from a runtime thread.
+        pids = set()
+        for task in os.listdir(f"/proc/{server.proc.pid}/task"):
+            with open(f"/proc/{server.proc.pid}/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        return pids
+
+    workers = wait_until(worker_pids, timeout=10, what="the worker process")
+    server.proc.kill()
+    server.proc.wait(timeout=10)
+
+    def all_gone():
+        return not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in workers)
+
+    wait_until(all_gone, timeout=2, what=f"worker {workers} to exit")
+
+
+def _alive(pid: int) -> bool:
+    """True unless the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -29,6 +29,8 @@ pub struct Config {
     /// The least time between two `output`/`logs` webhooks of one prediction
     /// (`COG_THROTTLE_RESPONSE_INTERVAL`, seconds).
     pub webhook_throttle: Duration,
+    /// The largest request body accepted (`COG_MAX_BODY_BYTES`, default 100 MiB).
+    pub max_body_bytes: usize,
     /// Worker restarts allowed within `restart_window` (`COG_MAX_WORKER_RESTARTS`,
     /// default 3) before the model is defunct.
     pub max_restarts: usize,
@@ -172,6 +174,17 @@ impl Config {
                     })?,
                 None => 1024,
             };
+        let max_body_bytes = match env("COG_MAX_BODY_BYTES").filter(|s| !s.trim().is_empty()) {
+            Some(value) => value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| ConfigError::BadEnv {
+                    name: "COG_MAX_BODY_BYTES",
+                    value,
+                    message: "expected a number of bytes",
+                })?,
+            None => 100 << 20,
+        };
         let max_restarts = match env("COG_MAX_WORKER_RESTARTS").filter(|s| !s.trim().is_empty()) {
             Some(value) => value
                 .trim()
@@ -228,6 +241,7 @@ impl Config {
             cancel_grace,
             webhook_throttle,
             stream_history,
+            max_body_bytes,
             max_restarts,
             restart_window,
             shutdown_grace,

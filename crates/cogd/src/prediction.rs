@@ -40,6 +40,12 @@ impl Status {
     }
 }
 
+/// The most log text one prediction keeps.
+pub const MAX_LOG_BYTES: usize = 16 * 1024 * 1024;
+/// Ends logs that reached [`MAX_LOG_BYTES`].
+pub const LOGS_TRUNCATED: &str =
+    "\n[cogd: logs truncated: this prediction wrote more than 16 MiB]\n";
+
 /// How a run ended, as the worker (or its death) reported it.
 #[derive(Debug)]
 pub enum Outcome {
@@ -110,11 +116,23 @@ impl Prediction {
         }
     }
 
-    /// Appends run output; ignored once terminal.
+    /// Appends run output; ignored once terminal. Past [`MAX_LOG_BYTES`] the
+    /// logs end with [`LOGS_TRUNCATED`] and further output is dropped, so a
+    /// model that never stops printing cannot exhaust the server's memory.
     pub fn append_log(&mut self, data: &str) {
-        if !self.status.is_terminal() {
-            self.logs.push_str(data);
+        if self.status.is_terminal() || self.logs.ends_with(LOGS_TRUNCATED) {
+            return;
         }
+        if self.logs.len() + data.len() <= MAX_LOG_BYTES {
+            self.logs.push_str(data);
+            return;
+        }
+        let mut keep = MAX_LOG_BYTES.saturating_sub(self.logs.len());
+        while !data.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        self.logs.push_str(&data[..keep]);
+        self.logs.push_str(LOGS_TRUNCATED);
     }
 
     /// Records one output (or chunk); ignored once terminal.
@@ -399,6 +417,20 @@ mod tests {
         assert!(p.output.is_none(), "a failed plain run has no output");
         assert_eq!(p.logs, "");
         assert!(p.outputs.is_empty());
+    }
+
+    #[test]
+    fn logs_stop_at_the_cap_with_a_marker() {
+        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        p.start();
+        let line = "é".repeat(1000) + "\n";
+        while !p.logs.ends_with(LOGS_TRUNCATED) {
+            p.append_log(&line);
+        }
+        assert!(p.logs.len() <= MAX_LOG_BYTES + LOGS_TRUNCATED.len());
+        let before = p.logs.len();
+        p.append_log("more\n");
+        assert_eq!(p.logs.len(), before, "nothing is added after the marker");
     }
 
     #[test]

@@ -136,10 +136,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         tokio::spawn(keep_ready_file(supervisor.subscribe_state()));
     }
-    let app = api::router(AppState {
-        service: service.clone(),
-        shutdown,
-    });
+    let app = api::router(
+        AppState {
+            service: service.clone(),
+            shutdown,
+            api_token: std::env::var("COG_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(Into::into),
+        },
+        config.max_body_bytes,
+    );
     let mut stopped = stop.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|stop| *stop).await;

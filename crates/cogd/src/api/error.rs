@@ -26,12 +26,34 @@ pub enum ApiError {
     /// The client asked for an event stream from a model that does not stream.
     #[error("this model's run is not marked @streaming: it cannot answer with text/event-stream")]
     NotStreaming,
+    /// The body could not be read: too large, or the connection failed.
+    #[error("{message}")]
+    Body {
+        /// The answer's status: 413 for a body over the limit.
+        status: StatusCode,
+        /// What went wrong.
+        message: String,
+    },
+    /// `COG_API_TOKEN` is set and the request does not carry it.
+    #[error("this server needs Authorization: Bearer <token>")]
+    Unauthorized,
     /// No prediction has this id.
     #[error("no prediction with id {0:?}")]
     NotFound(String),
 }
 
 impl ApiError {
+    /// Maps axum's failure to read a body to a JSON answer.
+    pub fn from_body(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "the request body is larger than the server accepts (COG_MAX_BODY_BYTES)".to_string()
+        } else {
+            format!("cannot read the request body: {}", rejection.body_text())
+        };
+        Self::Body { status, message }
+    }
+
     /// One validation entry in the shape FastAPI clients parse.
     pub fn invalid(loc: &[&str], msg: impl Into<String>, kind: &str) -> Self {
         Self::Invalid(vec![json!({"loc": loc, "msg": msg.into(), "type": kind})])
@@ -68,6 +90,8 @@ impl IntoResponse for ApiError {
             Self::Admission(AdmissionError::QueueFull) => {
                 unreachable!("answered above with its Retry-After header")
             }
+            Self::Body { status, message } => (status, json!(message)),
+            e @ Self::Unauthorized => (StatusCode::UNAUTHORIZED, json!(e.to_string())),
             e @ Self::NotStreaming => (StatusCode::NOT_ACCEPTABLE, json!(e.to_string())),
             e @ Self::NotFound(_) => (StatusCode::NOT_FOUND, json!(e.to_string())),
             Self::Admission(AdmissionError::NotReady(health)) => {

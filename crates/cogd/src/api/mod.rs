@@ -7,7 +7,8 @@ mod request;
 mod stream;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -26,10 +27,13 @@ pub struct AppState {
     pub service: Service,
     /// Set to true to stop the server gracefully.
     pub shutdown: watch::Sender<bool>,
+    /// `COG_API_TOKEN`: when set, every route but the health check needs it.
+    pub api_token: Option<std::sync::Arc<str>>,
 }
 
-/// The router with every route of the API.
-pub fn router(state: AppState) -> Router {
+/// The router with every route of the API; request bodies larger than
+/// `body_limit` bytes are refused with 413.
+pub fn router(state: AppState, body_limit: usize) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/health-check", get(health_check))
@@ -41,7 +45,43 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/predictions/{id}/cancel", post(cancel_prediction))
         .route("/shutdown", post(shutdown))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
+}
+
+/// With `COG_API_TOKEN` set, refuses requests without `Authorization: Bearer
+/// <token>` (401), except the health check that probes need.
+async fn require_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &state.api_token {
+        let open = request.uri().path() == "/health-check";
+        let given = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !open && !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so timing says nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
 }
 
 async fn root() -> Json<serde_json::Value> {
@@ -82,8 +122,9 @@ async fn openapi(State(state): State<AppState>) -> Response {
 async fn create_prediction(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(ApiError::from_body)?;
     let request = request::parse_prediction(&headers, &body, None)?;
     if stream::wanted(&headers) {
         return stream::respond(&state.service, request);
@@ -95,8 +136,9 @@ async fn create_prediction_idempotent(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(ApiError::from_body)?;
     let request = request::parse_prediction(&headers, &body, Some(&id))?;
     if stream::wanted(&headers) {
         return stream::respond(&state.service, request);
@@ -166,4 +208,18 @@ async fn shutdown(State(state): State<AppState>) -> Json<serde_json::Value> {
     tracing::info!("shutdown requested over HTTP");
     state.shutdown.send_replace(true);
     Json(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret!", b"s3cret"));
+        assert!(!constant_time_eq(b"", b"s3cret"));
+        assert!(!constant_time_eq(b"S3cret", b"s3cret"));
+    }
 }

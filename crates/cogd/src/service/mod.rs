@@ -302,6 +302,9 @@ impl Inner {
     }
 }
 
+/// Inputs larger than this (as JSON) reach the worker through a file.
+const SPILL_INPUT_BYTES: usize = 6 * 1024 * 1024;
+
 /// A prediction id when the client gives none: 26 lowercase letters and digits.
 fn generate_id() -> String {
     let uuid = uuid::Uuid::new_v4().as_u128();
@@ -441,10 +444,22 @@ impl Run {
         if self.handle.is_cancel_requested() {
             return ended(Outcome::Canceled);
         }
+        // A large input travels as a file: frames stay small.
+        let input = serde_json::Value::Object(input);
+        let (input, input_file) = match serde_json::to_vec(&input) {
+            Ok(text) if text.len() > SPILL_INPUT_BYTES => {
+                let path = output_dir.join("input.json");
+                if let Err(e) = tokio::fs::write(&path, text).await {
+                    return ended(Outcome::Failed(format!("cannot write the input: {e}")));
+                }
+                (None, Some(path))
+            }
+            _ => (Some(input), None),
+        };
         let request = SlotRequest::Predict {
             id: self.id.clone(),
-            input: Some(serde_json::Value::Object(input)),
-            input_file: None,
+            input,
+            input_file,
             output_dir,
             context: self.context.clone(),
         };
