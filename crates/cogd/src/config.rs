@@ -137,65 +137,37 @@ impl Config {
             .filter(|s| !s.trim().is_empty())
             .or(cog_yaml.predict)
             .ok_or_else(|| ConfigError::NoPredictor(model_dir.clone()))?;
-        let slots_override = match env("COG_MAX_CONCURRENCY").filter(|s| !s.trim().is_empty()) {
-            Some(value) => match value.trim().parse::<usize>() {
-                Ok(n) if n >= 1 => Some(n),
-                _ => {
-                    return Err(ConfigError::BadEnv {
-                        name: "COG_MAX_CONCURRENCY",
-                        value,
-                        message: "expected a whole number of at least 1",
-                    })
-                }
-            },
-            None => None,
+        let slots_override = match number::<usize>(&env, "COG_MAX_CONCURRENCY", AT_LEAST_ONE)? {
+            Some(0) => {
+                return Err(ConfigError::BadEnv {
+                    name: "COG_MAX_CONCURRENCY",
+                    value: "0".into(),
+                    message: AT_LEAST_ONE,
+                })
+            }
+            n => n,
         };
         let slots_default = cog_yaml.concurrency.and_then(|c| c.max).map(|n| n.max(1));
-        let queue_size = match env("COG_QUEUE_SIZE").filter(|s| !s.trim().is_empty()) {
-            Some(value) => value
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| ConfigError::BadEnv {
-                    name: "COG_QUEUE_SIZE",
-                    value,
-                    message: "expected a whole number (0 for no queue)",
-                })?,
-            None => 0,
-        };
-        let stream_history =
-            match env("COG_STREAM_HISTORY_CAPACITY").filter(|s| !s.trim().is_empty()) {
-                Some(value) => value
-                    .trim()
-                    .parse::<usize>()
-                    .map_err(|_| ConfigError::BadEnv {
-                        name: "COG_STREAM_HISTORY_CAPACITY",
-                        value,
-                        message: "expected a whole number of events (0 for live only)",
-                    })?,
-                None => 1024,
-            };
-        let max_body_bytes = match env("COG_MAX_BODY_BYTES").filter(|s| !s.trim().is_empty()) {
-            Some(value) => value
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| ConfigError::BadEnv {
-                    name: "COG_MAX_BODY_BYTES",
-                    value,
-                    message: "expected a number of bytes",
-                })?,
-            None => 100 << 20,
-        };
-        let max_restarts = match env("COG_MAX_WORKER_RESTARTS").filter(|s| !s.trim().is_empty()) {
-            Some(value) => value
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| ConfigError::BadEnv {
-                    name: "COG_MAX_WORKER_RESTARTS",
-                    value,
-                    message: "expected a whole number (0: never restart)",
-                })?,
-            None => 3,
-        };
+        let queue_size = number(
+            &env,
+            "COG_QUEUE_SIZE",
+            "expected a whole number (0 for no queue)",
+        )?
+        .unwrap_or(0);
+        let stream_history = number(
+            &env,
+            "COG_STREAM_HISTORY_CAPACITY",
+            "expected a whole number of events (0 for live only)",
+        )?
+        .unwrap_or(1024);
+        let max_body_bytes =
+            number(&env, "COG_MAX_BODY_BYTES", "expected a number of bytes")?.unwrap_or(100 << 20);
+        let max_restarts = number(
+            &env,
+            "COG_MAX_WORKER_RESTARTS",
+            "expected a whole number (0: never restart)",
+        )?
+        .unwrap_or(3);
         let restart_window =
             seconds(&env, "COG_WORKER_RESTART_WINDOW")?.unwrap_or(Duration::from_secs(600));
         let shutdown_grace =
@@ -203,17 +175,8 @@ impl Config {
         let download_timeout =
             seconds(&env, "COG_DOWNLOAD_TIMEOUT")?.unwrap_or(Duration::from_secs(300));
         let download_max_bytes =
-            match env("COG_DOWNLOAD_MAX_BYTES").filter(|s| !s.trim().is_empty()) {
-                Some(value) => value
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| ConfigError::BadEnv {
-                        name: "COG_DOWNLOAD_MAX_BYTES",
-                        value,
-                        message: "expected a number of bytes",
-                    })?,
-                None => 2 << 30,
-            };
+            number(&env, "COG_DOWNLOAD_MAX_BYTES", "expected a number of bytes")?
+                .unwrap_or(2 << 30);
         let cancel_grace = seconds(&env, "COG_CANCEL_GRACE")?.unwrap_or(Duration::from_secs(5));
         let webhook_throttle =
             seconds(&env, "COG_THROTTLE_RESPONSE_INTERVAL")?.unwrap_or(Duration::from_millis(500));
@@ -254,6 +217,27 @@ impl Config {
             python: flags.python,
             setup_timeout,
         })
+    }
+}
+
+const AT_LEAST_ONE: &str = "expected a whole number of at least 1";
+
+/// A whole number from the environment, if set; `message` says what is expected.
+fn number<T: std::str::FromStr>(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    message: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match env(name).filter(|s| !s.trim().is_empty()) {
+        Some(value) => match value.trim().parse::<T>() {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(ConfigError::BadEnv {
+                name,
+                value,
+                message,
+            }),
+        },
+        None => Ok(None),
     }
 }
 
