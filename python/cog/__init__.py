@@ -4,6 +4,7 @@ Every name here is re-exported from ``cogd`` so that unchanged Cog models run.
 """
 
 from cogd.decorators import concurrent, streaming
+from cogd.scope import Scope, current_scope
 from cogd.types import (
     AsyncConcatenateIterator,
     BaseModel,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "concurrent",
+    "current_scope",
     "streaming",
     "AsyncConcatenateIterator",
     "BaseModel",
@@ -34,6 +36,7 @@ __all__ = [
     "Input",
     "Opaque",
     "Path",
+    "Scope",
     "Secret",
     "URLPath",
     "__version__",

@@ -7,6 +7,7 @@ and the command-line entry points.
 """
 
 from cogd.decorators import concurrent, streaming
+from cogd.scope import Scope, current_scope
 from cogd.types import (
     AsyncConcatenateIterator,
     BaseModel,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "concurrent",
+    "current_scope",
     "streaming",
     "AsyncConcatenateIterator",
     "BaseModel",
@@ -37,6 +39,7 @@ __all__ = [
     "Input",
     "Opaque",
     "Path",
+    "Scope",
     "Secret",
     "URLPath",
     "__version__",

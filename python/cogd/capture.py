@@ -4,7 +4,9 @@ Writes at the Python level go straight to the worker's log router
 (``cogd._native.write_log``), which routes them in order with whatever C code
 and child processes write to fd 1 and 2. Text is passed on a line at a time;
 an unfinished line waits for its end or for ``flush()``, which the runner calls
-when a run ends.
+when a run ends. Code that belongs to no run while runs are in progress (the
+model's ``healthcheck()``) sets ``detached``; its output goes to the server's
+log, never to a prediction's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextvars
 import io
 import sys
 import threading
+from typing import Any
 
 # An unfinished line longer than this is passed on without waiting for its end.
 _MAX_PENDING = 64 * 1024
@@ -22,6 +25,14 @@ _MAX_PENDING = 64 * 1024
 current_slot: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "cogd_current_slot", default=None
 )
+
+
+#: True in code that belongs to no run (the model's healthcheck), set by the
+#: runner; its output goes to the server's log even while a run is active.
+detached: contextvars.ContextVar[bool] = contextvars.ContextVar("cogd_detached", default=False)
+
+#: The key of detached output's unfinished line (slots are never negative).
+_DETACHED = -1
 
 
 class RunOutput(io.TextIOBase):
@@ -59,26 +70,32 @@ class RunOutput(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         from cogd import _native
 
-        slot = current_slot.get()
+        owner = _DETACHED if detached.get() else current_slot.get()
         with self._lock:
-            text_all = self._pending.pop(slot, "") + text
+            text_all = self._pending.pop(owner, "") + text
             cut = text_all.rfind("\n") + 1
             if cut == 0 and len(text_all) > _MAX_PENDING:
                 cut = len(text_all)
             if cut < len(text_all):
-                self._pending[slot] = text_all[cut:]
+                self._pending[owner] = text_all[cut:]
             if cut:
-                _native.write_log(self._source, text_all[:cut], slot)
+                self._send(_native, text_all[:cut], owner)
         return len(text)
+
+    def _send(self, native: Any, text: str, owner: int | None) -> None:
+        if owner == _DETACHED:
+            native.write_log(self._source, text, None, True)
+        else:
+            native.write_log(self._source, text, owner)
 
     def flush(self) -> None:
         from cogd import _native
 
-        slot = current_slot.get()
+        owner = _DETACHED if detached.get() else current_slot.get()
         with self._lock:
-            pending = self._pending.pop(slot, "")
+            pending = self._pending.pop(owner, "")
             if pending:
-                _native.write_log(self._source, pending, slot)
+                self._send(_native, pending, owner)
 
 
 def install() -> None:

@@ -2,9 +2,11 @@
 
 ``cogd._native`` (the Rust worker loop) creates one ``Runner`` per worker, calls
 ``load()`` and ``setup()`` once on the main thread, then ``run()`` per prediction
-from the slot's thread (slot 0 is the main thread), and ``cancel()`` from the
-control thread. Async runs share one event loop on its own thread; a sync run is
-cancelled by a signal (main thread) or an asynchronous exception (other threads).
+from the slot's thread (slot 0 is the main thread), ``cancel()`` from the
+control thread, and ``healthcheck()`` from the healthcheck thread. Async runs
+share one event loop on its own thread; a sync run is cancelled by a signal
+(main thread) or an asynchronous exception (other threads). Each run gets a
+``cogd.scope.Scope`` (its context and metrics), closed when it ends.
 Values cross the boundary as JSON text so that the Rust side never has to walk
 Python objects. Model exceptions propagate; the Rust side turns them into the
 prediction's error after the traceback has been written to the run's logs.
@@ -27,6 +29,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cogd import capture, coercion, schema
+from cogd import scope as scopes
 from cogd.decorators import declared_concurrency, declared_streaming
 from cogd.types import BasePredictor, BaseRunner, CancelationException
 
@@ -161,9 +164,10 @@ class Runner:
                 self._loop = _EventLoop()
             return self._loop
 
-    def load(self) -> tuple[int | None, bool, bool]:
+    def load(self) -> tuple[int | None, bool, bool, bool]:
         """Import the model; returns its declared concurrency, whether its run is
-        async, and whether it is marked ``@streaming``."""
+        async, whether it is marked ``@streaming``, and whether it defines a
+        ``healthcheck()``."""
         try:
             predictor = load_predictor(self.predictor_ref)
             self._instance, self._run = find_run_method(predictor)
@@ -180,7 +184,13 @@ class Runner:
         run = self._run
         is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
         targets = (run, getattr(run, "__func__", None), predictor)
-        return declared_concurrency(*targets), is_async, declared_streaming(*targets)
+        has_healthcheck = callable(getattr(self._instance, "healthcheck", None))
+        return (
+            declared_concurrency(*targets),
+            is_async,
+            declared_streaming(*targets),
+            has_healthcheck,
+        )
 
     def setup(self) -> str:
         """Run the model's ``setup``; returns the schema as JSON text."""
@@ -208,15 +218,17 @@ class Runner:
         Raises ``CancelationException`` when the run was cancelled.
         """
         assert self._run is not None and self._signature is not None, "run() before load()"
-        del context_json, output_dir  # used by later features (scope, file outputs)
+        del output_dir  # used by a later feature (file outputs)
         active = _ActiveRun()
         with self._lock:
             self._active[slot] = active
         token = capture.current_slot.set(slot)
+        scope = scopes.Scope(slot, json.loads(context_json) if context_json else {})
+        scope_token = scopes.current.set(scope)
         try:
             inputs = json.loads(input_json)
             kwargs = coercion.coerce_inputs(self._signature, inputs)
-            output = self._invoke(slot, active, kwargs)
+            output = self._invoke(slot, active, kwargs, scope)
             if active.cancelled:
                 # The run swallowed the cancel and returned: it is still cancelled.
                 raise CancelationException()
@@ -229,20 +241,26 @@ class Runner:
             traceback.print_exc()
             raise
         finally:
+            # Tasks the run left behind keep the scope; closed, it records nothing.
+            scope._close()
+            scopes.current.reset(scope_token)
             with self._lock:
                 active.done = True
                 self._active.pop(slot, None)
             _flush_std_streams()
             capture.current_slot.reset(token)
 
-    def _invoke(self, slot: int, active: _ActiveRun, kwargs: dict[str, Any]) -> Any:
+    def _invoke(
+        self, slot: int, active: _ActiveRun, kwargs: dict[str, Any], scope: scopes.Scope
+    ) -> Any:
         run = self._run
         assert run is not None
         if inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run):
 
             async def call() -> Any:
-                # Set inside the task, so tasks it spawns inherit the slot too.
+                # Set inside the task, so tasks it spawns inherit them too.
                 capture.current_slot.set(slot)
+                scopes.current.set(scope)
                 active.task = asyncio.current_task()
                 if active.cancelled:
                     raise asyncio.CancelledError()
@@ -299,6 +317,42 @@ class Runner:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(active.thread_id), ctypes.py_object(CancelationException)
             )
+
+    def healthcheck(self) -> str | None:
+        """Call the model's ``healthcheck()``: ``None`` when it returned True,
+        else why it is unhealthy, readably.
+
+        Called from the worker's healthcheck thread, while runs may be in
+        progress: a sync check runs in that thread, an async one on the event
+        loop. What it prints goes to the server's log, never to a prediction's.
+        """
+        check = getattr(self._instance, "healthcheck", None)
+        if check is None:
+            return None
+        token = capture.detached.set(True)
+        try:
+            if inspect.iscoroutinefunction(check):
+
+                async def call() -> Any:
+                    capture.detached.set(True)
+                    return await check()
+
+                result = self._event_loop().run(call())
+            else:
+                result = check()
+        except Exception as e:
+            # In one write, so the server logs the traceback as one message.
+            sys.stderr.write(f"healthcheck() raised:\n{traceback.format_exc()}")
+            message = str(e)
+            return f"healthcheck() raised {type(e).__name__}" + (f": {message}" if message else "")
+        finally:
+            _flush_std_streams()
+            capture.detached.reset(token)
+        if result is True:
+            return None
+        if result is False:
+            return "healthcheck() returned False"
+        return f"healthcheck() returned {result!r}; it must return True or False"
 
     def _on_cancel_signal(self, signum: int, frame: Any) -> None:
         del signum, frame

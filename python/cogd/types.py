@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from cogd.scope import ScopeAttribute, current_scope
+
 
 class CancelationException(BaseException):  # noqa: N818 - the name is Cog's public API
     """Raised inside a running prediction when it is cancelled.
@@ -28,8 +30,27 @@ class CancelationException(BaseException):  # noqa: N818 - the name is Cog's pub
     """
 
 
-class BaseRunner:
-    """Base class of a model: optional ``setup()``, then ``run(**inputs)`` per prediction."""
+class _Recording:
+    """What runners share: ``self.scope`` and ``self.record_metric``."""
+
+    #: The current run's scope (``cogd.scope.current_scope()``): its
+    #: ``context`` and ``metrics``.
+    scope = ScopeAttribute()
+
+    def record_metric(self, name: str, value: Any, mode: str = "replace") -> None:
+        """Record a custom metric of the current prediction (``"replace"``,
+        ``"incr"`` or ``"append"``); does nothing outside a run. See
+        ``cogd.scope.Scope.record_metric``."""
+        current_scope().record_metric(name, value, mode)
+
+
+class BaseRunner(_Recording):
+    """Base class of a model: optional ``setup()``, then ``run(**inputs)`` per prediction.
+
+    An optional ``healthcheck()`` (sync or async, returning a bool) is called
+    on each ``/health-check``; false, an exception or a timeout reports the
+    model ``UNHEALTHY``.
+    """
 
     def setup(self) -> None:
         """Load weights and prepare; runs once before the first prediction."""
@@ -39,8 +60,9 @@ class BaseRunner:
         raise NotImplementedError("run() is not implemented")
 
 
-class BasePredictor:
-    """Legacy base class of a model: optional ``setup()``, then ``predict(**inputs)``."""
+class BasePredictor(_Recording):
+    """Legacy base class of a model: optional ``setup()``, then ``predict(**inputs)``
+    (and an optional ``healthcheck()``, as on ``BaseRunner``)."""
 
     def setup(self) -> None:
         """Load weights and prepare; runs once before the first prediction."""

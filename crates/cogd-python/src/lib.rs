@@ -4,7 +4,9 @@
 //! holds the GIL while it serves), and [`run_worker`] runs the worker's event
 //! loop inside the worker process with [`PyHandler`], which drives
 //! `cogd.runner.Runner`; [`write_log`] is how the worker's `sys.stdout` and
-//! `sys.stderr` reach the logs.
+//! `sys.stderr` reach the logs, [`write_output`] how a stream's chunks reach
+//! the server, and [`record_metric`] / [`read_metric`] how `cogd.scope`
+//! records and reads a run's custom metrics.
 
 use std::path::PathBuf;
 
@@ -27,11 +29,18 @@ fn run_worker(py: Python<'_>) -> i32 {
 }
 
 /// Routes text written to `sys.stdout` (`source="stdout"`) or `sys.stderr`
-/// to the logs of the run in `slot` (or the current run); false outside a
-/// worker process.
+/// to the logs of the run in `slot` (or the current run), or with `detached`
+/// (code that belongs to no run: the model's `healthcheck()`) to the server's
+/// log; false outside a worker process.
 #[pyfunction]
-#[pyo3(signature = (source, data, slot=None))]
-fn write_log(py: Python<'_>, source: &str, data: &str, slot: Option<usize>) -> PyResult<bool> {
+#[pyo3(signature = (source, data, slot=None, detached=false))]
+fn write_log(
+    py: Python<'_>,
+    source: &str,
+    data: &str,
+    slot: Option<usize>,
+    detached: bool,
+) -> PyResult<bool> {
     let source = match source {
         "stdout" => LogSource::Stdout,
         "stderr" => LogSource::Stderr,
@@ -42,7 +51,13 @@ fn write_log(py: Python<'_>, source: &str, data: &str, slot: Option<usize>) -> P
         }
     };
     // Sending may wait on the server; other Python threads keep running.
-    Ok(py.detach(|| cogd::worker::write_log(source, data, slot)))
+    Ok(py.detach(|| {
+        if detached {
+            cogd::worker::write_detached_log(data)
+        } else {
+            cogd::worker::write_log(source, data, slot)
+        }
+    }))
 }
 
 /// Sends one chunk of the streaming run in `slot` (its JSON text) to the
@@ -52,6 +67,44 @@ fn write_output(py: Python<'_>, slot: usize, index: u64, output: String) -> PyRe
     let output = RawValue::from_string(output)
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("not JSON: {e}")))?;
     Ok(py.detach(|| cogd::worker::write_output(slot, index, output)))
+}
+
+/// Records a custom metric (its value as JSON text) for the run in `slot`
+/// and sends it to the server. Raises `ValueError` for a bad name, mode or
+/// value and `TypeError` for a type change; false when no run is active in
+/// `slot`.
+#[pyfunction]
+fn record_metric(
+    py: Python<'_>,
+    slot: usize,
+    name: &str,
+    value: &str,
+    mode: &str,
+) -> PyResult<bool> {
+    use pyo3::exceptions::{PyTypeError, PyValueError};
+    let mode = cogd::metrics::MetricMode::parse(mode).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "metric mode must be \"replace\", \"incr\" or \"append\", not {mode:?}"
+        ))
+    })?;
+    let value: serde_json::Value = serde_json::from_str(value)
+        .map_err(|e| PyValueError::new_err(format!("the metric value is not JSON: {e}")))?;
+    py.detach(|| cogd::worker::record_metric(slot, name, value, mode))
+        .map_err(|e| {
+            if e.is_type_error() {
+                PyTypeError::new_err(e.to_string())
+            } else {
+                PyValueError::new_err(e.to_string())
+            }
+        })
+}
+
+/// The run in `slot`'s metric at `name` as JSON text, or all its metrics
+/// when `name` is `None`; `None` when there is no such metric or run.
+#[pyfunction]
+#[pyo3(signature = (slot, name=None))]
+fn read_metric(slot: usize, name: Option<&str>) -> Option<String> {
+    cogd::worker::read_metric(slot, name).map(|value| value.to_string())
 }
 
 /// The worker's handler: a `cogd.runner.Runner` for the model.
@@ -104,16 +157,17 @@ fn describe(py: Python<'_>, err: &PyErr) -> String {
 impl Handler for PyHandler {
     fn load(&self) -> Result<LoadInfo, String> {
         Python::attach(|py| {
-            let (concurrency, is_async, streaming) = self
+            let (concurrency, is_async, streaming, healthcheck) = self
                 .runner
                 .bind(py)
                 .call_method0("load")
-                .and_then(|info| info.extract::<(Option<usize>, bool, bool)>())
+                .and_then(|info| info.extract::<(Option<usize>, bool, bool, bool)>())
                 .map_err(|e| describe(py, &e))?;
             Ok(LoadInfo {
                 concurrency,
                 is_async,
                 streaming,
+                healthcheck,
             })
         })
     }
@@ -181,6 +235,19 @@ impl Handler for PyHandler {
             }
         });
     }
+
+    fn healthcheck(&self) -> Result<(), String> {
+        Python::attach(|py| {
+            // `Runner.healthcheck` turns every way of failing into a message.
+            let error = self
+                .runner
+                .bind(py)
+                .call_method0("healthcheck")
+                .and_then(|error| error.extract::<Option<String>>())
+                .map_err(|e| format!("the healthcheck could not run: {}", describe(py, &e)))?;
+            error.map_or(Ok(()), Err)
+        })
+    }
 }
 
 /// The extension module.
@@ -190,5 +257,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_worker, m)?)?;
     m.add_function(wrap_pyfunction!(write_log, m)?)?;
     m.add_function(wrap_pyfunction!(write_output, m)?)?;
+    m.add_function(wrap_pyfunction!(record_metric, m)?)?;
+    m.add_function(wrap_pyfunction!(read_metric, m)?)?;
     Ok(())
 }

@@ -60,6 +60,10 @@ pub struct Config {
     pub python: PathBuf,
     /// Give up on setup after this long (`COG_SETUP_TIMEOUT`).
     pub setup_timeout: Option<Duration>,
+    /// How long the model's own `healthcheck()` may take before
+    /// `/health-check` calls it unhealthy (`COG_HEALTHCHECK_TIMEOUT`,
+    /// seconds, default 5).
+    pub healthcheck_timeout: Duration,
 }
 
 /// What the command line gives.
@@ -178,6 +182,16 @@ impl Config {
             number(&env, "COG_DOWNLOAD_MAX_BYTES", "expected a number of bytes")?
                 .unwrap_or(2 << 30);
         let cancel_grace = seconds(&env, "COG_CANCEL_GRACE")?.unwrap_or(Duration::from_secs(5));
+        let healthcheck_timeout = match seconds(&env, "COG_HEALTHCHECK_TIMEOUT")? {
+            Some(timeout) if timeout.is_zero() => {
+                return Err(ConfigError::BadEnv {
+                    name: "COG_HEALTHCHECK_TIMEOUT",
+                    value: env("COG_HEALTHCHECK_TIMEOUT").unwrap_or_default(),
+                    message: "expected a number of seconds above 0",
+                })
+            }
+            timeout => timeout.unwrap_or(Duration::from_secs(5)),
+        };
         let webhook_throttle =
             seconds(&env, "COG_THROTTLE_RESPONSE_INTERVAL")?.unwrap_or(Duration::from_millis(500));
         let setup_timeout = match env("COG_SETUP_TIMEOUT").filter(|s| !s.trim().is_empty()) {
@@ -216,6 +230,7 @@ impl Config {
             await_explicit_shutdown: flags.await_explicit_shutdown,
             python: flags.python,
             setup_timeout,
+            healthcheck_timeout,
         })
     }
 }
@@ -341,6 +356,25 @@ mod tests {
             resolve(broken.path(), &[]),
             Err(ConfigError::CogYaml { .. })
         ));
+    }
+
+    #[test]
+    fn the_healthcheck_timeout_defaults_to_five_seconds_and_must_be_positive() {
+        let dir = model("predict: predict.py:Predictor\n");
+        assert_eq!(
+            resolve(dir.path(), &[]).unwrap().healthcheck_timeout,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            resolve(dir.path(), &[("COG_HEALTHCHECK_TIMEOUT", "0.5")])
+                .unwrap()
+                .healthcheck_timeout,
+            Duration::from_millis(500)
+        );
+        for bad in ["0", "-1", "soon"] {
+            let err = resolve(dir.path(), &[("COG_HEALTHCHECK_TIMEOUT", bad)]).unwrap_err();
+            assert!(err.to_string().contains("COG_HEALTHCHECK_TIMEOUT"), "{err}");
+        }
     }
 
     #[test]

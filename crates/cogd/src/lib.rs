@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod ipc;
+pub mod metrics;
 pub mod prediction;
 pub mod schema;
 pub mod server;

@@ -80,7 +80,7 @@ pub struct Prediction {
     pub logs: String,
     /// Why it failed.
     pub error: Option<String>,
-    /// `predict_time` and custom metrics.
+    /// Custom metrics as the run recorded them, and `predict_time` once finished.
     pub metrics: serde_json::Map<String, serde_json::Value>,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
@@ -133,6 +133,22 @@ impl Prediction {
         }
         self.logs.push_str(&data[..keep]);
         self.logs.push_str(LOGS_TRUNCATED);
+    }
+
+    /// Applies one custom metric record to `metrics` ([`crate::metrics::apply`]);
+    /// `Ok(false)` (and no change) once terminal. `predict_time` is reserved,
+    /// so no record can touch it.
+    pub fn record_metric(
+        &mut self,
+        name: &str,
+        value: serde_json::Value,
+        mode: crate::metrics::MetricMode,
+    ) -> Result<bool, crate::metrics::MetricError> {
+        if self.status.is_terminal() {
+            return Ok(false);
+        }
+        crate::metrics::apply(&mut self.metrics, name, value, mode)?;
+        Ok(true)
     }
 
     /// Records one output (or chunk); ignored once terminal.
@@ -431,6 +447,37 @@ mod tests {
         let before = p.logs.len();
         p.append_log("more\n");
         assert_eq!(p.logs.len(), before, "nothing is added after the marker");
+    }
+
+    #[test]
+    fn custom_metrics_sit_beside_predict_time_and_stop_changing_once_terminal() {
+        use crate::metrics::MetricMode;
+        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        p.start();
+        assert!(p
+            .record_metric(
+                "timing.inference",
+                serde_json::json!(0.5),
+                MetricMode::Replace
+            )
+            .unwrap());
+        assert!(p
+            .record_metric("tokens", serde_json::json!(2), MetricMode::Incr)
+            .unwrap());
+        assert!(p
+            .record_metric("predict_time", serde_json::json!(9), MetricMode::Replace)
+            .is_err());
+        p.finish(Outcome::Succeeded {
+            predict_time: 0.25,
+            is_stream: false,
+        });
+        assert!(!p
+            .record_metric("tokens", serde_json::json!(1), MetricMode::Incr)
+            .unwrap());
+        assert_eq!(
+            serde_json::to_value(&p).unwrap()["metrics"],
+            serde_json::json!({"timing": {"inference": 0.5}, "tokens": 2, "predict_time": 0.25})
+        );
     }
 
     #[test]

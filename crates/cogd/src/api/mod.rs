@@ -98,14 +98,19 @@ async fn root() -> Json<serde_json::Value> {
 
 async fn health_check(State(state): State<AppState>) -> Json<serde_json::Value> {
     let service = &state.service;
+    let report = service.check_health().await;
     let mut version = service.versions();
     version.insert("cogd".into(), crate::VERSION.into());
     version.insert("cog".into(), crate::VERSION.into());
-    Json(json!({
-        "status": service.health(),
+    let mut body = json!({
+        "status": report.status(),
         "setup": service.setup_record(),
         "version": version,
-    }))
+    });
+    if let Some(error) = report.user_healthcheck_error {
+        body["user_healthcheck_error"] = error.into();
+    }
+    Json(body)
 }
 
 async fn openapi(State(state): State<AppState>) -> Response {

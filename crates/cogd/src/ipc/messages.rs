@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub use crate::metrics::MetricMode;
+
 /// The protocol version both sides must agree on; the worker reports its own in
 /// the first message of every slot socket.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Whether the worker serves `predict:` or `train:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +84,9 @@ pub enum ControlResponse {
         /// Whether the run is marked `@streaming` (clients may ask for SSE).
         #[serde(default)]
         streaming: bool,
+        /// Whether the model defines its own `healthcheck()`.
+        #[serde(default)]
+        healthcheck: bool,
     },
     /// Output written while no run was active (during setup: the setup logs).
     Log {
@@ -132,13 +137,23 @@ pub enum ControlResponse {
     HealthcheckResult {
         /// The request's id.
         id: u64,
-        /// `healthy` or `unhealthy`.
-        status: String,
-        /// Why it is unhealthy.
+        /// What the model's `healthcheck()` said.
+        status: HealthcheckStatus,
+        /// Why it is unhealthy: it returned false, raised, or is still running.
         error: Option<String>,
     },
     /// The worker received `shutdown` and is exiting.
     ShuttingDown,
+}
+
+/// What the model's own `healthcheck()` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthcheckStatus {
+    /// It returned true.
+    Healthy,
+    /// It returned something else, raised, or has not returned yet.
+    Unhealthy,
 }
 
 /// Server -> worker, on a slot socket.
@@ -195,14 +210,16 @@ pub enum SlotResponse {
         /// Its media type, when the worker knows it.
         mime_type: Option<String>,
     },
-    /// A custom metric the run recorded.
+    /// A custom metric the run recorded, sent the moment it was recorded.
+    /// The worker has already checked it against the run's metrics; the
+    /// server applies it the same way ([`crate::metrics::apply`]).
     Metric {
         /// The metric name (dots nest).
         name: String,
-        /// Its value.
+        /// The value recorded (`null` with `replace` deletes the metric).
         value: serde_json::Value,
-        /// `replace`, `incr` or `append`.
-        mode: String,
+        /// How the value combines with the metric's current one.
+        mode: MetricMode,
     },
     /// The run finished successfully.
     Done {
@@ -330,6 +347,7 @@ mod tests {
             schema: json!({"openapi": "3.0.2"}),
             versions,
             streaming: true,
+            healthcheck: true,
         });
         round_trip(&ControlResponse::Log {
             source: LogSource::Stderr,
@@ -355,8 +373,13 @@ mod tests {
         });
         round_trip(&ControlResponse::HealthcheckResult {
             id: 1,
-            status: "healthy".into(),
+            status: HealthcheckStatus::Healthy,
             error: None,
+        });
+        round_trip(&ControlResponse::HealthcheckResult {
+            id: 2,
+            status: HealthcheckStatus::Unhealthy,
+            error: Some("healthcheck() returned False".into()),
         });
         round_trip(&ControlResponse::ShuttingDown);
     }
@@ -390,11 +413,13 @@ mod tests {
             kind: "path".into(),
             mime_type: Some("image/png".into()),
         });
-        slot_round_trip(&SlotResponse::Metric {
-            name: "timing.inference".into(),
-            value: json!(1.5),
-            mode: "replace".into(),
-        });
+        for mode in [MetricMode::Replace, MetricMode::Incr, MetricMode::Append] {
+            slot_round_trip(&SlotResponse::Metric {
+                name: "timing.inference".into(),
+                value: json!(1.5),
+                mode,
+            });
+        }
         slot_round_trip(&SlotResponse::Done {
             id: "p1".into(),
             predict_time: 0.25,
@@ -420,6 +445,34 @@ mod tests {
         assert_eq!(text, r#"{"type":"cancel","slot":2}"#);
         let text = serde_json::to_string(&ControlResponse::ShuttingDown).unwrap();
         assert_eq!(text, r#"{"type":"shutting_down"}"#);
+    }
+
+    #[test]
+    fn metric_and_healthcheck_messages_have_their_documented_shape() {
+        let text = serde_json::to_string(&SlotResponse::Metric {
+            name: "tokens".into(),
+            value: json!(3),
+            mode: MetricMode::Incr,
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"metric","name":"tokens","value":3,"mode":"incr"}"#
+        );
+        let text = serde_json::to_string(&ControlResponse::HealthcheckResult {
+            id: 4,
+            status: HealthcheckStatus::Unhealthy,
+            error: Some("boom".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"healthcheck_result","id":4,"status":"unhealthy","error":"boom"}"#
+        );
+        assert!(SlotResponse::from_frame(
+            br#"{"type":"metric","name":"a","value":1,"mode":"decr"}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //! worker, and if it has not stopped after the grace period its slot is given
 //! up (and the worker killed when no slot is left), so a run that swallows the
 //! cancel cannot hold a slot forever.
+//!
+//! Health: the model's state comes from the worker and the slots; when the
+//! model defines its own `healthcheck()`, [`Service::check_health`] also asks
+//! it (one check at a time, with a deadline) and reports `UNHEALTHY` when it
+//! fails, without changing the state admission goes by.
 
 mod registry;
 mod slots;
@@ -47,6 +52,34 @@ pub enum Health {
     SetupFailed,
     /// The worker died; nothing will run.
     Defunct,
+}
+
+/// What `/health-check` reports: the model's health, and whether its own
+/// `healthcheck()` failed. A failed check changes only what is reported
+/// (`UNHEALTHY`); admission goes by the health, so predictions are still
+/// accepted.
+#[derive(Debug, Clone)]
+pub struct HealthReport {
+    /// The model's health.
+    pub health: Health,
+    /// Why the model's `healthcheck()` failed, when it did.
+    pub user_healthcheck_error: Option<String>,
+}
+
+impl HealthReport {
+    /// The status to report: `UNHEALTHY` when the model's check failed.
+    pub fn status(&self) -> &'static str {
+        if self.user_healthcheck_error.is_some() {
+            return "UNHEALTHY";
+        }
+        match self.health {
+            Health::Starting => "STARTING",
+            Health::Ready => "READY",
+            Health::Busy => "BUSY",
+            Health::SetupFailed => "SETUP_FAILED",
+            Health::Defunct => "DEFUNCT",
+        }
+    }
 }
 
 /// A request to create a prediction, as the API parsed it.
@@ -101,6 +134,8 @@ pub struct ServiceConfig {
     pub cancel_grace: Duration,
     /// Stream events kept per prediction for readers who attach late.
     pub stream_history: usize,
+    /// How long the model's `healthcheck()` may take (`COG_HEALTHCHECK_TIMEOUT`).
+    pub healthcheck_timeout: Duration,
 }
 
 /// What the service uses to reach outside: webhook delivery and file downloads.
@@ -174,6 +209,29 @@ impl Service {
             WorkerState::Ready => Health::Ready,
             WorkerState::SetupFailed => Health::SetupFailed,
             WorkerState::Defunct => Health::Defunct,
+        }
+    }
+
+    /// The model's health for `/health-check`: [`Service::health`], and when
+    /// the model is ready or busy and defines its own `healthcheck()`, what
+    /// that says. Concurrent callers share one check.
+    pub async fn check_health(&self) -> HealthReport {
+        let supervisor = &self.inner.supervisor;
+        let serving = |health| matches!(health, Health::Ready | Health::Busy);
+        if serving(self.health()) && supervisor.has_healthcheck() {
+            let checked = supervisor
+                .healthcheck(self.inner.config.healthcheck_timeout)
+                .await;
+            // The state may have moved while the check ran; report it as it is now.
+            let health = self.health();
+            return HealthReport {
+                health,
+                user_healthcheck_error: checked.err().filter(|_| serving(health)),
+            };
+        }
+        HealthReport {
+            health: self.health(),
+            user_healthcheck_error: None,
         }
     }
 
@@ -497,6 +555,29 @@ impl Run {
                         true
                     })
                 }
+                SlotEvent::Metric { name, value, mode } => {
+                    let event = self.handle.has_stream().then(|| {
+                        serde_json::json!({"name": name, "value": value, "mode": mode}).to_string()
+                    });
+                    let mut refused = None;
+                    self.handle
+                        .update(|p| match p.record_metric(&name, value, mode) {
+                            Ok(changed) => changed,
+                            Err(e) => {
+                                refused = Some(e);
+                                false
+                            }
+                        });
+                    match (refused, event) {
+                        // The worker checks each record with the same code, so
+                        // this is a bug, not a user error; the run goes on.
+                        (Some(error), _) => {
+                            tracing::warn!(prediction_id = %self.id, %error, "ignoring a metric the worker should have refused")
+                        }
+                        (None, Some(event)) => self.handle.publish("metric", event),
+                        (None, None) => {}
+                    }
+                }
                 SlotEvent::Output { output, index } => {
                     if self.handle.has_stream() {
                         let event = format!(r#"{{"chunk":{},"index":{index}}}"#, output.get());
@@ -546,6 +627,30 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_model_healthcheck_reports_unhealthy_whatever_the_health() {
+        let report = |health, error: Option<&str>| HealthReport {
+            health,
+            user_healthcheck_error: error.map(String::from),
+        };
+        assert_eq!(report(Health::Busy, None).status(), "BUSY");
+        assert_eq!(report(Health::Ready, Some("no")).status(), "UNHEALTHY");
+        assert_eq!(report(Health::Busy, Some("no")).status(), "UNHEALTHY");
+        // The reported names are the ones the health enum serialises to.
+        for health in [
+            Health::Starting,
+            Health::Ready,
+            Health::Busy,
+            Health::SetupFailed,
+            Health::Defunct,
+        ] {
+            assert_eq!(
+                serde_json::to_value(health).unwrap(),
+                report(health, None).status()
+            );
+        }
+    }
 
     #[test]
     fn generated_ids_are_distinct_and_url_safe() {

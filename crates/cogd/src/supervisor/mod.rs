@@ -5,7 +5,10 @@
 //! and returns the stream of that run's [`SlotEvent`]s; the service decides what
 //! they mean for the prediction. When the child dies, every run in flight gets a
 //! final [`SlotEvent::Died`] at once, so no request waits on a dead worker.
+//! [`Supervisor::healthcheck`] runs the model's own `healthcheck()` in the
+//! worker, one check at a time however many ask (`healthcheck.rs`).
 
+mod healthcheck;
 mod process;
 
 use std::path::PathBuf;
@@ -25,9 +28,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 
 use crate::ipc::{
-    encode_line, ControlRequest, ControlResponse, LineDecoder, LogSource, Mode, SlotRequest,
-    SlotResponse, PROTOCOL_VERSION,
+    encode_line, ControlRequest, ControlResponse, LineDecoder, LogSource, MetricMode, Mode,
+    SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
+use healthcheck::Healthchecks;
 
 /// How the worker is started.
 #[derive(Debug, Clone)]
@@ -105,6 +109,15 @@ pub enum SlotEvent {
         source: LogSource,
         /// The text.
         data: String,
+    },
+    /// A custom metric the run recorded (already checked by the worker).
+    Metric {
+        /// The metric name (dots nest).
+        name: String,
+        /// The value recorded.
+        value: serde_json::Value,
+        /// How it combines with the metric's current value.
+        mode: MetricMode,
     },
     /// An output value or stream chunk.
     Output {
@@ -187,6 +200,10 @@ struct Inner {
     pid: AtomicI32,
     /// Whether the model's run is marked `@streaming`.
     streaming: std::sync::atomic::AtomicBool,
+    /// Whether the model defines its own `healthcheck()`.
+    has_healthcheck: std::sync::atomic::AtomicBool,
+    /// The user healthcheck in flight and the answers the worker owes.
+    healthchecks: Healthchecks,
     /// Set when the server asked the worker to stop, so its exit is no failure.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -217,6 +234,8 @@ impl Supervisor {
             control_done: watch::Sender::new(false),
             pid: AtomicI32::new(0),
             streaming: false.into(),
+            has_healthcheck: false.into(),
+            healthchecks: Healthchecks::default(),
             stopping: false.into(),
         });
         let task = Arc::clone(&inner);
@@ -257,6 +276,11 @@ impl Supervisor {
     /// Whether the model's run is marked `@streaming` (known once ready).
     pub fn streaming(&self) -> bool {
         self.inner.streaming.load(Ordering::SeqCst)
+    }
+
+    /// Whether the model defines its own `healthcheck()` (known once ready).
+    pub fn has_healthcheck(&self) -> bool {
+        self.inner.has_healthcheck.load(Ordering::SeqCst)
     }
 
     /// The worker's runtime versions.
@@ -486,8 +510,10 @@ impl Inner {
                     schema,
                     versions,
                     streaming,
+                    healthcheck,
                 } => {
                     self.streaming.store(streaming, Ordering::SeqCst);
+                    self.has_healthcheck.store(healthcheck, Ordering::SeqCst);
                     if let Err(reason) = self.connect_slots(slots).await {
                         self.setup_failed(&reason);
                         self.kill();
@@ -539,9 +565,11 @@ impl Inner {
                     count,
                     interval_millis,
                 } => tracing::warn!(count, interval_millis, "the worker dropped log lines"),
+                ControlResponse::HealthcheckResult { id, status, error } => {
+                    self.healthchecks.answer(id, status, error)
+                }
                 ControlResponse::Idle { .. }
                 | ControlResponse::Cancelled { .. }
-                | ControlResponse::HealthcheckResult { .. }
                 | ControlResponse::ShuttingDown => {}
             }
         }
@@ -572,9 +600,10 @@ impl Inner {
                 }
             };
             let event = match message {
-                SlotResponse::ProtocolVersion { .. }
-                | SlotResponse::FileOutput { .. }
-                | SlotResponse::Metric { .. } => continue,
+                SlotResponse::ProtocolVersion { .. } | SlotResponse::FileOutput { .. } => continue,
+                SlotResponse::Metric { name, value, mode } => {
+                    SlotEvent::Metric { name, value, mode }
+                }
                 SlotResponse::Log { source, data } => SlotEvent::Log { source, data },
                 SlotResponse::Output { output, index } => SlotEvent::Output { output, index },
                 SlotResponse::Done {

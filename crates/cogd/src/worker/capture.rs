@@ -185,9 +185,10 @@ impl LogRouter {
         self.emit(source, data.as_bytes(), slot);
     }
 
-    /// Sends `message` (a stream chunk) on the socket of the run in `slot`,
-    /// after everything the pipes already hold; false if no such run is active.
-    pub(crate) fn write_output(&self, slot: usize, message: SlotResponse) -> bool {
+    /// Sends `message` (a stream chunk, a metric) on the socket of the run in
+    /// `slot`, after everything the pipes already hold; false if no such run
+    /// is active.
+    pub(crate) fn send_to_run(&self, slot: usize, message: SlotResponse) -> bool {
         let mut streams = self.lock_io();
         for (index, stream) in streams.iter_mut().enumerate() {
             self.drain(index, stream);
@@ -202,6 +203,11 @@ impl LogRouter {
         };
         drop(streams);
         socket.is_some_and(|socket| socket.send(&message).is_ok())
+    }
+
+    /// Sends text written by code that belongs to no run to the server's log.
+    pub(crate) fn write_detached(&self, data: &str) {
+        super::worker_log(&self.inner.control, "info", data.to_string());
     }
 
     /// Waits until everything written to fd 1 and 2 before this call has been

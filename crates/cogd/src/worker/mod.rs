@@ -4,23 +4,27 @@
 //! `cogd._native.run_worker` calls [`run`] with the Python handler; nothing here
 //! knows Python. The loop owns the control channel (the process's original
 //! stdin/stdout, moved aside by [`capture`]), one listening socket and thread per
-//! slot (slot 0 on the main thread), and the capture thread that turns
-//! everything written to fd 1 and 2 into logs.
+//! slot (slot 0 on the main thread), the capture thread that turns
+//! everything written to fd 1 and 2 into logs, the healthcheck thread that runs
+//! the model's own `healthcheck()` off the control thread, and each run's copy
+//! of its custom metrics ([`record_metric`]).
 
 mod capture;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::value::RawValue;
 
 use crate::ipc::{
-    encode_line, ControlRequest, ControlResponse, FrameReader, LogSource, Mode, SlotRequest,
-    SlotResponse, PROTOCOL_VERSION,
+    encode_line, ControlRequest, ControlResponse, FrameReader, HealthcheckStatus, LogSource,
+    MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
+use crate::metrics::MetricError;
 use capture::LogRouter;
 
 /// What the handler learns from `init`.
@@ -41,6 +45,8 @@ pub struct LoadInfo {
     pub is_async: bool,
     /// Whether its run is marked `@streaming`.
     pub streaming: bool,
+    /// Whether it defines its own `healthcheck()`.
+    pub healthcheck: bool,
 }
 
 /// What a successful setup reports.
@@ -86,7 +92,8 @@ pub enum RunError {
 /// Sets up and runs a model. `load` and `setup` are called once, on the
 /// process's main thread; `run` on each slot's thread (slot 0's is the main
 /// thread, where a signal can interrupt a blocking call); `cancel` from the
-/// control thread while a run is in progress.
+/// control thread while a run is in progress; `healthcheck` from the
+/// healthcheck thread, at any time after setup, runs in progress or not.
 pub trait Handler: Send + Sync + 'static {
     /// Imports the model and inspects it, without running its setup.
     fn load(&self) -> Result<LoadInfo, String>;
@@ -100,6 +107,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Asks the run in `slot` to stop; it should end with [`RunError::Canceled`].
     fn cancel(&self, slot: usize);
+
+    /// Runs the model's own health check, if [`LoadInfo::healthcheck`] said
+    /// it has one. The error says why it is unhealthy, readably.
+    fn healthcheck(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The worker's output router, for [`write_log`].
@@ -119,12 +132,74 @@ pub fn write_log(source: LogSource, data: &str, slot: Option<usize>) -> bool {
     }
 }
 
+/// Routes text written by code that belongs to no run (the model's
+/// `healthcheck()`) to the server's log, even while a run is active, so it
+/// never lands in a prediction's logs. False when called outside a worker.
+pub fn write_detached_log(data: &str) -> bool {
+    match ROUTER.get() {
+        Some(router) => {
+            router.write_detached(data);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Sends one chunk of a streaming run in `slot` to the server now, after
 /// whatever output the run wrote before it. False when no such run is active.
 pub fn write_output(slot: usize, index: u64, output: Box<RawValue>) -> bool {
     ROUTER
         .get()
-        .is_some_and(|router| router.write_output(slot, SlotResponse::Output { output, index }))
+        .is_some_and(|router| router.send_to_run(slot, SlotResponse::Output { output, index }))
+}
+
+/// The custom metrics of each slot's current run: the worker's copy, which
+/// every record is checked against and applied to before it is sent. A slot
+/// has an entry exactly while a run is in it.
+static RUN_METRICS: Mutex<BTreeMap<usize, Arc<Mutex<Metrics>>>> = Mutex::new(BTreeMap::new());
+
+type Metrics = serde_json::Map<String, serde_json::Value>;
+
+fn run_metrics(slot: usize) -> Option<Arc<Mutex<Metrics>>> {
+    let runs = RUN_METRICS.lock().unwrap_or_else(|e| e.into_inner());
+    runs.get(&slot).cloned()
+}
+
+/// Records a custom metric for the run in `slot`: applies it to the run's
+/// metrics (an error means the record breaks a rule, and nothing changed),
+/// then sends it to the server, after whatever output the run wrote before.
+/// `Ok(false)` when no run is active in `slot`.
+pub fn record_metric(
+    slot: usize,
+    name: &str,
+    value: serde_json::Value,
+    mode: MetricMode,
+) -> Result<bool, MetricError> {
+    let Some(metrics) = run_metrics(slot) else {
+        return Ok(false);
+    };
+    // Held while sending, so records reach the server in the order applied.
+    let mut metrics = metrics.lock().unwrap_or_else(|e| e.into_inner());
+    crate::metrics::apply(&mut metrics, name, value.clone(), mode)?;
+    let message = SlotResponse::Metric {
+        name: name.to_string(),
+        value,
+        mode,
+    };
+    Ok(ROUTER
+        .get()
+        .is_some_and(|router| router.send_to_run(slot, message)))
+}
+
+/// The run in `slot`'s metric at `name` (dots nest), or all of its metrics
+/// when `name` is `None`; `None` when there is no such metric or run.
+pub fn read_metric(slot: usize, name: Option<&str>) -> Option<serde_json::Value> {
+    let metrics = run_metrics(slot)?;
+    let metrics = metrics.lock().unwrap_or_else(|e| e.into_inner());
+    match name {
+        Some(name) => crate::metrics::get(&metrics, name).cloned(),
+        None => Some(serde_json::Value::Object(metrics.clone())),
+    }
 }
 
 /// Serialises frames onto one channel from several threads.
@@ -214,11 +289,11 @@ where
         let load = handler.load()?;
         let slots = slot_count(&info, load, slots_override, slots_default)?;
         let setup = handler.setup()?;
-        Ok((handler, slots, setup, load.streaming))
+        Ok((handler, slots, setup, load))
     });
     // Every line setup printed must be in the setup logs before ready/fatal.
     router.sync();
-    let (handler, slots, setup, streaming) = match prepared {
+    let (handler, slots, setup, load) = match prepared {
         Ok(ok) => ok,
         Err(reason) => return fatal(&control, reason),
     };
@@ -243,7 +318,8 @@ where
             slots,
             schema: setup.schema,
             versions: setup.versions,
-            streaming,
+            streaming: load.streaming,
+            healthcheck: load.healthcheck,
         })
         .is_err()
     {
@@ -253,12 +329,23 @@ where
     let handler = Arc::new(handler);
     let sockets = Arc::new(Mutex::new(Vec::new()));
     {
+        let healthchecks = load.healthcheck.then(|| {
+            Healthchecks::start(Arc::clone(&handler) as Arc<dyn Handler>, control.clone())
+        });
         let handler = Arc::clone(&handler);
         let control = control.clone();
         let sockets = Arc::clone(&sockets);
         std::thread::Builder::new()
             .name("cogd-control".into())
-            .spawn(move || control_loop(requests, &*handler, &control, &sockets))
+            .spawn(move || {
+                control_loop(
+                    requests,
+                    &*handler,
+                    healthchecks.as_ref(),
+                    &control,
+                    &sockets,
+                )
+            })
             .expect("spawn control thread");
     }
     let mut listeners = listeners.into_iter().enumerate();
@@ -316,23 +403,88 @@ fn slot_count(
     Ok(slots)
 }
 
+/// Runs the model's `healthcheck()` on a thread of its own, so a slow or
+/// stuck check never holds up the control thread (and with it cancels), and
+/// one at a time: a check asked for while one is still running is answered
+/// at once with that fact, so stuck checks never pile up.
+struct Healthchecks {
+    /// Hands a check's id to the healthcheck thread.
+    requests: mpsc::Sender<u64>,
+    /// When the running check started; `None` while none runs.
+    running: Arc<Mutex<Option<Instant>>>,
+    control: Sender,
+}
+
+impl Healthchecks {
+    fn start(handler: Arc<dyn Handler>, control: Sender) -> Self {
+        let (requests, ids) = mpsc::channel::<u64>();
+        let running = Arc::new(Mutex::new(None));
+        {
+            let running = Arc::clone(&running);
+            let control = control.clone();
+            std::thread::Builder::new()
+                .name("cogd-healthcheck".into())
+                .spawn(move || {
+                    for id in ids {
+                        let result = handler.healthcheck();
+                        // Idle again before the answer, so the next check may start at once.
+                        *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        let _ = control.send(&healthcheck_result(id, result));
+                    }
+                })
+                .expect("spawn healthcheck thread");
+        }
+        Self {
+            requests,
+            running,
+            control,
+        }
+    }
+
+    /// Starts check `id`, or answers it at once if the last one still runs.
+    fn check(&self, id: u64) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(started) = *running {
+            drop(running);
+            let error = format!(
+                "healthcheck() has not returned from an earlier check, started {:.1} s ago",
+                started.elapsed().as_secs_f64()
+            );
+            let _ = self.control.send(&healthcheck_result(id, Err(error)));
+            return;
+        }
+        *running = Some(Instant::now());
+        drop(running);
+        let _ = self.requests.send(id);
+    }
+}
+
+fn healthcheck_result(id: u64, result: Result<(), String>) -> ControlResponse {
+    let (status, error) = match result {
+        Ok(()) => (HealthcheckStatus::Healthy, None),
+        Err(error) => (HealthcheckStatus::Unhealthy, Some(error)),
+    };
+    ControlResponse::HealthcheckResult { id, status, error }
+}
+
 /// The control thread: cancels, health checks, shutdown.
 fn control_loop(
     mut requests: FrameReader<std::fs::File>,
     handler: &dyn Handler,
+    healthchecks: Option<&Healthchecks>,
     control: &Sender,
     sockets: &Mutex<Vec<UnixStream>>,
 ) {
     loop {
         match requests.next_message::<ControlRequest>() {
             Ok(Some(ControlRequest::Cancel { slot })) => handler.cancel(slot),
-            Ok(Some(ControlRequest::Healthcheck { id })) => {
-                let _ = control.send(&ControlResponse::HealthcheckResult {
-                    id,
-                    status: "healthy".into(),
-                    error: None,
-                });
-            }
+            Ok(Some(ControlRequest::Healthcheck { id })) => match healthchecks {
+                Some(healthchecks) => healthchecks.check(id),
+                // The model defines none: nothing can be wrong with it.
+                None => {
+                    let _ = control.send(&healthcheck_result(id, Ok(())));
+                }
+            },
             Ok(Some(ControlRequest::Init { .. })) => {
                 worker_log(control, "warn", "ignoring a second init".into());
             }
@@ -428,6 +580,10 @@ fn slot_loop(
             (None, None) => Ok("{}".to_string()),
         };
         router.begin_run(slot, writer.clone());
+        RUN_METRICS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot, Arc::default());
         let started = Instant::now();
         let result = input_json.and_then(|input_json| {
             handler.run(
@@ -441,6 +597,10 @@ fn slot_loop(
             )
         });
         let predict_time = started.elapsed().as_secs_f64();
+        RUN_METRICS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&slot);
         // The run's last lines must reach its logs before its result does.
         router.sync();
         router.end_run(slot);

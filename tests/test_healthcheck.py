@@ -1,0 +1,191 @@
+"""The model's own `healthcheck()` (SPEC §3, §4): when the model defines one
+(sync or async), `GET /health-check` runs it in the worker while the model is
+READY or BUSY. True keeps the real status; False, an exception, a value that
+is not a bool, or no answer within COG_HEALTHCHECK_TIMEOUT (default 5 s)
+report `UNHEALTHY` with a readable `user_healthcheck_error`, and nothing else
+changes: predictions are still accepted. Concurrent health requests share one
+check; it runs beside a prediction in progress, and what it prints never lands
+in that prediction's logs.
+
+The model is tests/models/healthcheck: each check appends a line to the
+HEALTH_CALLS file and does what the HEALTH_MODE file says (true, false, raise,
+none, sleep:N), so a test changes the answer on a running server by writing
+that file.
+"""
+
+from pathlib import Path
+
+import pytest
+from harness import in_background, log_lines, start_async, wait_for_prediction, wait_until
+
+ASYNC = "predict.py:AsyncPredictor"
+
+
+class Health:
+    """The HEALTH_MODE and HEALTH_CALLS files of one server."""
+
+    def __init__(self, directory: Path) -> None:
+        self.mode_file = directory / "health-mode"
+        self.calls_file = directory / "health-calls"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "HEALTH_MODE": str(self.mode_file),
+            "HEALTH_CALLS": str(self.calls_file),
+            **extra,
+        }
+
+    def set(self, mode: str) -> None:
+        self.mode_file.write_text(mode)
+
+    def calls(self) -> int:
+        return len(self.calls_file.read_text().splitlines()) if self.calls_file.exists() else 0
+
+
+@pytest.fixture
+def health(tmp_path: Path) -> Health:
+    return Health(tmp_path)
+
+
+def start(start_server, health, predictor="predict.py:Predictor", **env):
+    return start_server("healthcheck", env=health.env(COG_PREDICT_TYPE_STUB=predictor, **env))
+
+
+def check(server):
+    """One /health-check: (status, user_healthcheck_error or None)."""
+    body = server.health()
+    return body["status"], body.get("user_healthcheck_error")
+
+
+@pytest.mark.parametrize("predictor", ["predict.py:Predictor", ASYNC], ids=["sync", "async"])
+def test_a_check_that_returns_true_keeps_the_model_ready_and_runs_each_time(
+    start_server, health, predictor
+):
+    server = start(start_server, health, predictor)
+    before = health.calls()
+    for _ in range(3):
+        assert check(server) == ("READY", None)
+    assert health.calls() == before + 3
+    assert "user_healthcheck_error" not in server.health()
+
+
+@pytest.mark.parametrize("predictor", ["predict.py:Predictor", ASYNC], ids=["sync", "async"])
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("false", "healthcheck() returned False"),
+        ("raise", "healthcheck() raised RuntimeError: disk full"),
+        ("none", "healthcheck() returned None; it must return True or False"),
+    ],
+    ids=["false", "raise", "not-a-bool"],
+)
+def test_a_failing_check_reports_unhealthy_with_the_reason(
+    start_server, health, predictor, mode, error
+):
+    server = start(start_server, health, predictor)
+    health.set(mode)
+    body = server.health()
+    assert body["status"] == "UNHEALTHY", body
+    assert body["user_healthcheck_error"] == error
+    assert body["setup"]["status"] == "succeeded", "the rest of the body is as usual"
+
+    # Only the report changed: predictions are still accepted, and recovery is immediate.
+    assert server.predict_ok()["status"] == "succeeded"
+    health.set("true")
+    assert check(server) == ("READY", None)
+
+
+def test_a_raising_check_is_logged_by_the_server(start_server, health):
+    server = start(start_server, health)
+    health.set("raise")
+    assert check(server)[0] == "UNHEALTHY"
+    wait_until(
+        lambda: "RuntimeError: disk full" in server.stderr_text(), 5, "the traceback in the log"
+    )
+    assert "healthcheck: about to raise" in server.stderr_text()
+
+
+@pytest.mark.parametrize("predictor", ["predict.py:Predictor", ASYNC], ids=["sync", "async"])
+def test_a_check_that_does_not_return_in_time_is_unhealthy(start_server, health, predictor):
+    server = start(start_server, health, predictor, COG_HEALTHCHECK_TIMEOUT="0.5")
+    before = health.calls()
+    health.set("sleep:2")
+    status, error = check(server)
+    assert status == "UNHEALTHY"
+    assert error == "healthcheck() did not return within 0.5 s (COG_HEALTHCHECK_TIMEOUT)"
+    # The stuck check still runs: the next one is not stacked on it.
+    status, error = check(server)
+    assert status == "UNHEALTHY"
+    assert "has not returned from an earlier check" in error, error
+    assert health.calls() == before + 1
+    assert server.predict_ok()["status"] == "succeeded"
+
+    # Once the stuck check has returned, checks run again.
+    health.set("true")
+    wait_until(lambda: check(server) == ("READY", None), 10, "the model to be healthy again")
+
+
+def test_concurrent_health_requests_share_one_check(start_server, health):
+    server = start(start_server, health)
+    health.set("sleep:1")
+    before = health.calls()
+    requests = [in_background(check, server) for _ in range(6)]
+    results = [r.result(timeout=10) for r in requests]
+    assert results == [("READY", None)] * 6
+    assert health.calls() == before + 1, "six concurrent requests, one call"
+    assert check(server) == ("READY", None)
+    assert health.calls() == before + 2, "the next request runs a new check"
+
+
+def test_the_check_runs_beside_a_sync_prediction_in_progress(start_server, health, gate):
+    server = start(start_server, health)
+    # The run burns CPU in Python on the main thread while it waits for the gate.
+    accepted = start_async(server, input={"gate": str(gate), "spin": True})
+    wait_until(lambda: server.health()["status"] == "BUSY", 10, "the run to start")
+
+    calls = health.calls()
+    assert check(server) == ("BUSY", None)
+    health.set("false")
+    assert check(server) == ("UNHEALTHY", "healthcheck() returned False")
+    health.set("raise")
+    assert check(server)[0] == "UNHEALTHY"
+    assert health.calls() >= calls + 3
+
+    gate.open()
+    final = wait_for_prediction(server, accepted["id"])
+    assert final["status"] == "succeeded", final
+    # What the check printed while the run was going is not in the run's logs.
+    assert log_lines(final) == ["predict: started", "predict: finished"], final["logs"]
+
+
+def test_the_check_runs_beside_an_async_prediction_in_progress(start_server, health, gate):
+    server = start(start_server, health, ASYNC)
+    accepted = start_async(server, input={"gate": str(gate)})
+    wait_until(lambda: server.health()["status"] == "BUSY", 10, "the run to start")
+    assert check(server) == ("BUSY", None)
+    health.set("sleep:0.2")
+    assert check(server) == ("BUSY", None)
+    gate.open()
+    assert wait_for_prediction(server, accepted["id"])["status"] == "succeeded"
+
+
+def test_a_model_without_a_healthcheck_is_never_unhealthy(start_server):
+    server = start_server("basic")
+    body = server.health()
+    assert body["status"] == "READY", body
+    assert "user_healthcheck_error" not in body
+
+
+def test_the_check_does_not_run_until_setup_has_finished(start_server, health, gate):
+    server = start_server("healthcheck", ready=False, env=health.env(SETUP_GATE=str(gate)))
+    for _ in range(3):
+        assert check(server) == ("STARTING", None)
+    assert health.calls() == 0
+    gate.open()
+    server.wait_for_status("READY", timeout=30)
+    assert health.calls() >= 1
+
+
+def test_a_bad_healthcheck_timeout_stops_start_up(start_server, health):
+    with pytest.raises(AssertionError, match="COG_HEALTHCHECK_TIMEOUT"):
+        start_server("healthcheck", env=health.env(COG_HEALTHCHECK_TIMEOUT="0"))
