@@ -31,6 +31,9 @@ pub struct Config {
     pub webhook_throttle: Duration,
     /// The largest request body accepted (`COG_MAX_BODY_BYTES`, default 100 MiB).
     pub max_body_bytes: usize,
+    /// Runs longer than this are stopped and fail (`COG_PREDICT_TIMEOUT`,
+    /// seconds; unset or 0: no limit).
+    pub predict_timeout: Option<Duration>,
     /// Worker restarts allowed within `restart_window` (`COG_MAX_WORKER_RESTARTS`,
     /// default 3) before the model is defunct.
     pub max_restarts: usize,
@@ -172,6 +175,7 @@ impl Config {
             "expected a whole number (0: never restart)",
         )?
         .unwrap_or(3);
+        let predict_timeout = seconds(&env, "COG_PREDICT_TIMEOUT")?.filter(|t| !t.is_zero());
         let restart_window =
             seconds(&env, "COG_WORKER_RESTART_WINDOW")?.unwrap_or(Duration::from_secs(600));
         let shutdown_grace =
@@ -219,6 +223,7 @@ impl Config {
             webhook_throttle,
             stream_history,
             max_body_bytes,
+            predict_timeout,
             max_restarts,
             restart_window,
             shutdown_grace,

@@ -119,6 +119,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             queue_size: config.queue_size,
             cancel_grace: config.cancel_grace,
             stream_history: config.stream_history,
+            predict_timeout: config.predict_timeout,
             healthcheck_timeout: config.healthcheck_timeout,
         },
     );

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 
-use crate::service::{Admission, Service};
+use crate::service::{Admission, Health, Service};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -37,6 +37,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/health-check", get(health_check))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .route("/predictions", post(create_prediction))
         .route(
@@ -61,7 +63,7 @@ async fn require_token(
     next: axum::middleware::Next,
 ) -> Response {
     if let Some(token) = &state.api_token {
-        let open = request.uri().path() == "/health-check";
+        let open = matches!(request.uri().path(), "/health-check" | "/livez" | "/readyz");
         let given = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -82,6 +84,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
     }
     diff == 0
+}
+
+/// Kubernetes liveness: 200 while the server process answers at all.
+async fn livez() -> Json<serde_json::Value> {
+    Json(json!({"status": "alive"}))
+}
+
+/// Kubernetes readiness: 200 while the model takes work (ready, even if
+/// busy), 503 otherwise; unlike `/health-check`, the status code says it.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let health = state.service.health();
+    let status = match health {
+        Health::Ready | Health::Busy => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(json!({ "status": health }))).into_response()
 }
 
 async fn root() -> Json<serde_json::Value> {

@@ -136,6 +136,8 @@ pub struct ServiceConfig {
     pub stream_history: usize,
     /// How long the model's `healthcheck()` may take (`COG_HEALTHCHECK_TIMEOUT`).
     pub healthcheck_timeout: Duration,
+    /// A run still going after this long is stopped and fails.
+    pub predict_timeout: Option<Duration>,
 }
 
 /// What the service uses to reach outside: webhook delivery and file downloads.
@@ -525,7 +527,13 @@ impl Run {
             Ok(events) => events,
             Err(e) => return ended(Outcome::Failed(e.to_string())),
         };
+        // Set once a cancel (by request, or by COG_PREDICT_TIMEOUT) has been
+        // sent: the run then has until this instant to stop.
         let mut deadline: Option<tokio::time::Instant> = None;
+        let time_limit = self.inner.config.predict_timeout;
+        let timeout_at = time_limit.map(|limit| tokio::time::Instant::now() + limit);
+        // Why a cancelled run ends: canceled by a client, or failed by time.
+        let mut stopped = Outcome::Canceled;
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
@@ -534,9 +542,18 @@ impl Run {
                     deadline = Some(tokio::time::Instant::now() + self.inner.config.cancel_grace);
                     continue;
                 }
+                () = sleep_until(timeout_at), if deadline.is_none() => {
+                    let limit = time_limit.unwrap_or_default().as_secs_f64();
+                    stopped = Outcome::Failed(format!(
+                        "the prediction took longer than {limit} s (COG_PREDICT_TIMEOUT) and was stopped"
+                    ));
+                    self.inner.supervisor.cancel(slot).await;
+                    deadline = Some(tokio::time::Instant::now() + self.inner.config.cancel_grace);
+                    continue;
+                }
                 () = sleep_until(deadline) => {
                     tracing::warn!(prediction_id = %self.id, slot, "the cancelled run did not stop; giving up its slot");
-                    return Ended { outcome: Outcome::Canceled, stuck: true };
+                    return Ended { outcome: stopped, stuck: true };
                 }
             };
             let Some(event) = event else {
@@ -605,10 +622,10 @@ impl Run {
                     });
                 }
                 SlotEvent::Failed(error) => return ended(Outcome::Failed(error)),
-                SlotEvent::Cancelled => return ended(Outcome::Canceled),
+                SlotEvent::Cancelled => return ended(stopped),
                 SlotEvent::Died(reason) if deadline.is_some() => {
                     tracing::debug!(prediction_id = %self.id, %reason, "the worker died after a cancel");
-                    return ended(Outcome::Canceled);
+                    return ended(stopped);
                 }
                 SlotEvent::Died(reason) => return ended(Outcome::Failed(reason)),
             }
