@@ -177,17 +177,13 @@ impl Prediction {
                 self.metrics
                     .insert("predict_time".into(), predict_time.into());
             }
-            Outcome::Failed(error) => {
-                self.status = Status::Failed;
-                self.error = Some(error);
-                // A stream that failed midway keeps the chunks it produced.
-                if !self.outputs.is_empty() {
-                    self.output = Some(final_output(&mut self.outputs, true));
-                }
-                self.metrics.insert("predict_time".into(), elapsed.into());
-            }
-            Outcome::Canceled => {
-                self.status = Status::Canceled;
+            stopped => {
+                (self.status, self.error) = match stopped {
+                    Outcome::Failed(error) => (Status::Failed, Some(error)),
+                    _ => (Status::Canceled, None),
+                };
+                // A stream that failed or was cancelled midway keeps the
+                // chunks it produced.
                 if !self.outputs.is_empty() {
                     self.output = Some(final_output(&mut self.outputs, true));
                 }

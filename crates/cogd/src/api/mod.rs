@@ -147,12 +147,7 @@ async fn create_prediction(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(ApiError::from_body)?;
-    let request = request::parse_prediction(&headers, &body, None)?;
-    if stream::wanted(&headers) {
-        return stream::respond(&state.service, request);
-    }
-    respond(state.service.create(request)?, &headers).await
+    create(&state, &headers, body, None).await
 }
 
 async fn create_prediction_idempotent(
@@ -161,12 +156,23 @@ async fn create_prediction_idempotent(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    create(&state, &headers, body, Some(&id)).await
+}
+
+/// Creates (or finds, by id) a prediction and answers as the client asked:
+/// an event stream, 202 at once, or the finished prediction.
+async fn create(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    path_id: Option<&str>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(ApiError::from_body)?;
-    let request = request::parse_prediction(&headers, &body, Some(&id))?;
-    if stream::wanted(&headers) {
+    let request = request::parse_prediction(headers, &body, path_id)?;
+    if stream::wanted(headers) {
         return stream::respond(&state.service, request);
     }
-    respond(state.service.create(request)?, &headers).await
+    respond(state.service.create(request)?, headers).await
 }
 
 /// True when the client asked not to wait (`Prefer: respond-async`).
