@@ -1,6 +1,6 @@
 """Per-prediction temp directories ($TMPDIR/cogd-*/predictions/<id>/) exist
-while the prediction runs and are removed when it ends, whether it succeeded,
-failed, or its worker died.
+while a prediction that needs disk runs, and are removed when it ends,
+whether it succeeded, failed, or its worker died.
 """
 
 import pytest
@@ -14,8 +14,11 @@ from harness import in_background, wait_until
 def test_prediction_temp_dir_exists_during_the_run_and_is_removed_after(
     start_server, gate, short_tmpdir, mode, status
 ):
+    """A run gets a directory only when it needs disk (here: an input big
+    enough to travel as a file); it is removed however the run ends."""
     server = start_server("basic", env={"TMPDIR": str(short_tmpdir)})
     prediction_id = f"tmpdir-{mode}"
+    spilled_token = "t" * (7 << 20)
 
     def prediction_dirs():
         return list(short_tmpdir.glob(f"cogd-*/predictions/{prediction_id}"))
@@ -23,7 +26,7 @@ def test_prediction_temp_dir_exists_during_the_run_and_is_removed_after(
     held = in_background(
         server.put,
         f"/predictions/{prediction_id}",
-        json={"input": {"mode": mode, "gate": str(gate)}},
+        json={"input": {"mode": mode, "gate": str(gate), "token": spilled_token}},
     )
     try:
         found = wait_until(prediction_dirs, timeout=15, what=f"a temp dir for {prediction_id}")

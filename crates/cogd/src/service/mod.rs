@@ -381,6 +381,24 @@ fn generate_id() -> String {
 
 /// The name of a prediction's directory: its id when that is a safe file
 /// name, else a fresh one (client ids are not trusted as paths).
+/// Removes a run's directory, if the run made one. The check is one cheap
+/// `stat` on the runtime thread; only a directory that exists costs a trip to
+/// the blocking pool.
+async fn remove_run_dir(id: &str, dir: PathBuf) {
+    if matches!(std::fs::symlink_metadata(&dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return;
+    }
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    if let Err(e) = removed {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(prediction_id = %id, error = %e, "cannot remove the prediction's directory");
+        }
+    }
+}
+
 fn directory_name(id: &str) -> String {
     let safe = !id.is_empty()
         && id.len() <= 128
@@ -433,25 +451,15 @@ impl Run {
             .config
             .predictions_dir
             .join(directory_name(&self.id));
-        let ended = match tokio::fs::create_dir_all(&dir).await {
-            Ok(()) => {
-                self.handle.update(|p| {
-                    p.start();
-                    true
-                });
-                self.publish_state("start");
-                self.run_in_slot(permit.slot(), dir.clone()).await
-            }
-            Err(e) => Ended {
-                outcome: Outcome::Failed(format!("cannot create the prediction's directory: {e}")),
-                stuck: false,
-            },
-        };
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(prediction_id = %self.id, error = %e, "cannot remove the prediction's directory");
-            }
-        }
+        // The directory is made only when the run needs it (downloaded or
+        // spilled inputs, file outputs): most predictions never touch disk.
+        self.handle.update(|p| {
+            p.start();
+            true
+        });
+        self.publish_state("start");
+        let ended = self.run_in_slot(permit.slot(), dir.clone()).await;
+        remove_run_dir(&self.id, dir).await;
         // Free the slot before anyone can see the result.
         if ended.stuck {
             permit.poison();
@@ -509,7 +517,11 @@ impl Run {
         let (input, input_file) = match serde_json::to_vec(&input) {
             Ok(text) if text.len() > SPILL_INPUT_BYTES => {
                 let path = output_dir.join("input.json");
-                if let Err(e) = tokio::fs::write(&path, text).await {
+                let written = match tokio::fs::create_dir_all(&output_dir).await {
+                    Ok(()) => tokio::fs::write(&path, text).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     return ended(Outcome::Failed(format!("cannot write the input: {e}")));
                 }
                 (None, Some(path))

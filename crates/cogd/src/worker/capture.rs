@@ -4,15 +4,16 @@
 //!
 //! Capturing at the file-descriptor level (not `sys.stdout`) is what makes C
 //! extensions and child processes land in the logs too, and what keeps anything
-//! the model prints off the control channel. To know that a run's last line has
-//! been read before its result is sent, [`LogRouter::sync`] writes a numbered
-//! marker into both pipes and waits until the reader has passed it.
+//! the model prints off the control channel. Before a run's result is sent,
+//! [`LogRouter::sync`] reads, on the run's own thread, whatever the pipes still
+//! hold (it asks the kernel how much), so the run's last lines reach its logs
+//! first; when the pipes are empty, as they are unless native code or a child
+//! process wrote, that costs two `ioctl`s and no thread hand-off.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use super::Sender;
 use crate::ipc::{ControlResponse, LogSource, SlotResponse};
@@ -76,13 +77,11 @@ fn redirect_to_pipe(target: RawFd) -> std::io::Result<File> {
     Ok(File::from(read))
 }
 
-/// Starts every sync marker; NUL and ESC make it unlikely in real output.
-const MARKER: &[u8] = b"\x00\x1bcogd-sync:";
 /// Output without a newline is sent in pieces of at most this many bytes.
 const MAX_LINE: usize = 64 * 1024;
-/// How long [`LogRouter::sync`] waits for the reader before giving up, so a
-/// stuck pipe can delay a result but never hang it.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most the reader thread reads before it lets a writer at the pipes, so
+/// output that never stops cannot hold [`LogRouter::sync`] off.
+const READ_BUDGET: usize = 1024 * 1024;
 
 /// Where captured output goes; shared by the reader thread, the slots, and
 /// Python-level writes ([`LogRouter::write_direct`]).
@@ -94,8 +93,6 @@ pub(crate) struct LogRouter {
 struct Inner {
     control: Sender,
     state: Mutex<RouteState>,
-    /// Signalled whenever the reader passes a sync marker.
-    synced: Condvar,
     /// The pipes and their unfinished lines. Held while reading and routing,
     /// so a direct write can first drain what the pipes already hold and
     /// output keeps the order in which it was written.
@@ -107,10 +104,6 @@ struct RouteState {
     in_setup: bool,
     /// The slots running a prediction, with their sockets.
     active: Vec<(usize, Sender)>,
-    /// The number of the last marker written.
-    requested: u64,
-    /// Per source, the highest marker the reader has passed (MAX once closed).
-    seen: [u64; 2],
 }
 
 impl LogRouter {
@@ -126,10 +119,7 @@ impl LogRouter {
                 state: Mutex::new(RouteState {
                     in_setup: true,
                     active: Vec::new(),
-                    requested: 0,
-                    seen: [0, 0],
                 }),
-                synced: Condvar::new(),
                 io: Mutex::new([
                     Stream::new(LogSource::Stdout, stdout),
                     Stream::new(LogSource::Stderr, stderr),
@@ -174,14 +164,7 @@ impl LogRouter {
     /// runs), else output goes where fd-level output would.
     pub(crate) fn write_direct(&self, source: LogSource, data: &str, slot: Option<usize>) {
         let mut streams = self.lock_io();
-        for (index, stream) in streams.iter_mut().enumerate() {
-            self.drain(index, stream);
-            // The start of a line written to the fd comes before this text.
-            if !stream.pending.contains(&0) {
-                let partial = std::mem::take(&mut stream.pending);
-                self.emit(stream.source, &partial, None);
-            }
-        }
+        self.catch_up(&mut streams, true);
         self.emit(source, data.as_bytes(), slot);
     }
 
@@ -190,9 +173,7 @@ impl LogRouter {
     /// is active.
     pub(crate) fn send_to_run(&self, slot: usize, message: SlotResponse) -> bool {
         let mut streams = self.lock_io();
-        for (index, stream) in streams.iter_mut().enumerate() {
-            self.drain(index, stream);
-        }
+        self.catch_up(&mut streams, false);
         let socket = {
             let state = self.lock();
             state
@@ -210,37 +191,26 @@ impl LogRouter {
         super::worker_log(&self.inner.control, "info", data.to_string());
     }
 
-    /// Waits until everything written to fd 1 and 2 before this call has been
-    /// routed.
+    /// Returns once everything written to fd 1 and 2 before this call has
+    /// been routed, a last unfinished line included.
     pub(crate) fn sync(&self) {
-        let number = {
-            let mut state = self.lock();
-            state.requested += 1;
-            state.requested
-        };
-        // Not under the lock: a full pipe blocks this write until the reader,
-        // which needs the lock to route, has drained it.
-        let marker = [MARKER, number.to_string().as_bytes(), b"\n"].concat();
-        for (index, fd) in [1, 2].into_iter().enumerate() {
-            if !write_all(fd, &marker) {
-                let mut state = self.lock();
-                state.seen[index] = u64::MAX;
-            }
-        }
-        let state = self.lock();
-        let _ = self
-            .inner
-            .synced
-            .wait_timeout_while(state, SYNC_TIMEOUT, |s| {
-                s.seen.iter().any(|&seen| seen < number)
-            });
+        let mut streams = self.lock_io();
+        self.catch_up(&mut streams, true);
     }
 
-    fn marker_seen(&self, index: usize, number: u64) {
-        let mut state = self.lock();
-        state.seen[index] = state.seen[index].max(number);
-        drop(state);
-        self.inner.synced.notify_all();
+    /// Routes what the pipes hold right now (read on the caller's thread,
+    /// under the pipes' lock, so the reader thread is not mid-line), and with
+    /// `flush`, the start of a line not yet ended: what comes next was
+    /// written after it.
+    fn catch_up(&self, streams: &mut [Stream; 2], flush: bool) {
+        for stream in streams.iter_mut() {
+            let queued = stream.queued();
+            self.drain(stream, queued);
+            if flush {
+                let partial = std::mem::take(&mut stream.pending);
+                self.emit(stream.source, &partial, None);
+            }
+        }
     }
 
     fn emit(&self, source: LogSource, data: &[u8], slot: Option<usize>) {
@@ -299,56 +269,42 @@ impl LogRouter {
             }
             let mut streams = self.lock_io();
             for (index, stream) in streams.iter_mut().enumerate() {
-                self.drain(index, stream);
+                self.drain(stream, READ_BUDGET);
                 open[index] = stream.open;
             }
         }
     }
 
-    /// Reads everything the pipe holds right now and routes it.
-    fn drain(&self, index: usize, stream: &mut Stream) {
+    /// Reads from the pipe until it is empty or at least `budget` bytes have
+    /// been read, and routes what was read.
+    fn drain(&self, stream: &mut Stream, budget: usize) {
         let mut chunk = [0u8; 16 * 1024];
-        while stream.open {
+        let mut read = 0;
+        while stream.open && read < budget {
             match stream.file.read(&mut chunk) {
                 Ok(0) => {
                     stream.open = false;
                     let rest = std::mem::take(&mut stream.pending);
                     self.emit(stream.source, &rest, None);
-                    self.marker_seen(index, u64::MAX);
                 }
                 Ok(n) => {
+                    read += n;
                     stream.pending.extend_from_slice(&chunk[..n]);
-                    self.route_pending(index, stream);
+                    self.route_pending(stream);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    stream.open = false;
-                    self.marker_seen(index, u64::MAX);
-                }
+                Err(_) => stream.open = false,
             }
         }
     }
 
     /// Routes every complete line in the stream's buffer, and long partial ones.
-    fn route_pending(&self, index: usize, stream: &mut Stream) {
+    fn route_pending(&self, stream: &mut Stream) {
         let mut start = 0;
         while let Some(offset) = stream.pending[start..].iter().position(|&b| b == b'\n') {
             let end = start + offset + 1;
-            let line = &stream.pending[start..end];
-            match find(line, MARKER) {
-                Some(at) => {
-                    // What precedes a marker is the end of a line left unfinished.
-                    self.emit(stream.source, &line[..at], None);
-                    let number = std::str::from_utf8(&line[at + MARKER.len()..line.len() - 1])
-                        .ok()
-                        .and_then(|n| n.parse().ok());
-                    if let Some(number) = number {
-                        self.marker_seen(index, number);
-                    }
-                }
-                None => self.emit(stream.source, line, None),
-            }
+            self.emit(stream.source, &stream.pending[start..end], None);
             start = end;
         }
         stream.pending.drain(..start);
@@ -370,39 +326,12 @@ fn set_nonblocking(fd: RawFd) {
     }
 }
 
-/// Where to cut a long partial line: not inside a UTF-8 character and not
-/// inside a marker that may be arriving.
+/// Where to cut a long partial line: not inside a UTF-8 character.
 fn piece_end(piece: &[u8]) -> usize {
-    let end = match std::str::from_utf8(piece) {
-        Ok(_) => piece.len(),
-        Err(e) if e.error_len().is_none() => e.valid_up_to(),
-        Err(_) => piece.len(),
-    };
-    let tail_start = end.saturating_sub(MARKER.len());
-    match piece[tail_start..end].iter().position(|&b| b == 0) {
-        Some(nul) if tail_start + nul > 0 => tail_start + nul,
-        _ => end,
+    match std::str::from_utf8(piece) {
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+        _ => piece.len(),
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Writes all of `data` to `fd`; false if the descriptor is closed or broken.
-fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
-    while !data.is_empty() {
-        // SAFETY: writing a valid buffer to a descriptor number; errors are returned.
-        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        data = &data[n as usize..];
-    }
-    true
 }
 
 struct Stream {
@@ -422,6 +351,22 @@ impl Stream {
             pending: Vec::new(),
         }
     }
+
+    /// Bytes waiting in the pipe (FIONREAD); a pipe buffer's worth if the
+    /// kernel will not say, so a reader still makes progress.
+    fn queued(&self) -> usize {
+        if !self.open {
+            return 0;
+        }
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD stores one c_int through the pointer, which is valid.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if r < 0 {
+            64 * 1024
+        } else {
+            usize::try_from(n).unwrap_or(0)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -435,12 +380,5 @@ mod tests {
         // Cutting at an odd byte count would split a two-byte character.
         assert_eq!(piece_end(&bytes[..7]), 6);
         assert_eq!(piece_end(&bytes[..8]), 8);
-    }
-
-    #[test]
-    fn a_marker_arriving_at_the_cut_is_kept_whole() {
-        let mut data = b"abcdef".to_vec();
-        data.extend_from_slice(&MARKER[..4]);
-        assert_eq!(piece_end(&data), 6);
     }
 }
