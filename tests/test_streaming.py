@@ -17,10 +17,13 @@ time. Runs that must be mid-stream while a test looks wait on a gate file
 (tests/models/streamer: `gate` + `hold_at`).
 """
 
+import json
+import shutil
 import time
 
 import pytest
 from harness import (
+    MODELS,
     SseStream,
     assert_json_error,
     get_prediction,
@@ -193,10 +196,15 @@ def test_every_spelling_of_the_decorator_marks_the_run_streaming(start_server, p
         {"chunk": token, "index": i} for i, token in enumerate(tokens(3))
     ]
     assert final["status"] == "succeeded" and final["output"] == tokens(3), final
+    # Cog's clients learn that a model streams from its schema.
+    document = server.get("/openapi.json").json()
+    assert document["paths"]["/predictions"]["post"]["x-cog-streaming"] is True
 
 
 def test_model_not_marked_streaming_answers_406_to_event_stream(start_server):
     server = start_server("streaming_spellings", env=spelling("NotMarked"))
+    document = server.get("/openapi.json").json()
+    assert "x-cog-streaming" not in document["paths"]["/predictions"]["post"]
     assert_json_error(server.post("/predictions", json={"input": {}}, headers=SSE), 406)
     assert_json_error(server.put("/predictions/refused-1", json={"input": {}}, headers=SSE), 406)
     # Refused before anything was created or run.
@@ -399,3 +407,20 @@ def test_a_stalled_reader_neither_slows_the_run_nor_stays_attached(start_server,
         assert indexes == list(range(len(indexes))), "the events before the drop have gaps"
     finally:
         stalled.close()
+
+
+def test_a_prebuilt_schema_marked_streaming_makes_the_model_stream(start_server, tmp_path):
+    """Images built by Cog's tools carry the schema, marked `x-cog-streaming`,
+    and no decorator: the mark is enough, as it is for Cog's own server."""
+    marked = start_server("streaming_spellings", env=spelling("Bare"))
+    document = marked.get("/openapi.json").json()
+    model = tmp_path / "prebuilt_streaming"
+    shutil.copytree(MODELS / "streaming_spellings", model)
+    (model / ".cog").mkdir()
+    (model / ".cog" / "openapi_schema.json").write_text(json.dumps(document))
+
+    server = start_server(model, env=spelling("NotMarked"))
+    stream = SseStream(server, "POST", "/predictions", {"input": {"n": 2}})
+    assert stream.status == 200, (stream.status, stream.body)
+    final = assert_well_formed(stream.wait_ended())
+    assert final["status"] == "succeeded" and final["output"] == tokens(2), final

@@ -171,10 +171,12 @@ class Runner:
         try:
             predictor = load_predictor(self.predictor_ref)
             self._instance, self._run = find_run_method(predictor)
+            targets = (self._run, getattr(self._run, "__func__", None), predictor)
+            streaming = declared_streaming(*targets)
             # Before the model's setup: a signature the schema cannot express
             # fails at once, naming the parameter, not after the weights load.
             self._signature, self._schema_json = schema.prepare(
-                self._run, self.predictor_ref, self.mode
+                self._run, self.predictor_ref, self.mode, streaming=streaming
             )
         except BaseException:
             traceback.print_exc()
@@ -183,12 +185,12 @@ class Runner:
             _flush_std_streams()
         run = self._run
         is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
-        targets = (run, getattr(run, "__func__", None), predictor)
         has_healthcheck = callable(getattr(self._instance, "healthcheck", None))
         return (
             declared_concurrency(*targets),
             is_async,
-            declared_streaming(*targets),
+            # A pre-built schema (made by Cog's tools) says so by its extension.
+            streaming or schema.marks_streaming(self._schema_json),
             has_healthcheck,
         )
 

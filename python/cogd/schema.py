@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cogd.decorators import declared_streaming
 from cogd.types import (
     MISSING,
     AsyncConcatenateIterator,
@@ -1021,14 +1022,33 @@ def read_prebuilt() -> str | None:
     return text
 
 
+#: The operation extension by which Cog's clients tell that a model streams.
+STREAMING_EXTENSION = "x-cog-streaming"
+
+
+def marks_streaming(document_json: str) -> bool:
+    """Whether the document's ``POST /predictions`` says the model streams."""
+    try:
+        post = json.loads(document_json)["paths"]["/predictions"]["post"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(post, dict) and post.get(STREAMING_EXTENSION) is True
+
+
 def prepare(
-    fn: Callable[..., Any], predictor_ref: str, mode: str = "predict", *, skip_self: bool = False
+    fn: Callable[..., Any],
+    predictor_ref: str,
+    mode: str = "predict",
+    *,
+    skip_self: bool = False,
+    streaming: bool = False,
 ) -> tuple[Signature, str]:
     """The run method's signature and the schema document (JSON text) for ``ready``.
 
     Called in the worker with the loaded run method before the model's setup.
     A pre-built schema file wins; then a run method cogd cannot describe is
-    served with a pass-through signature rather than failing.
+    served with a pass-through signature rather than failing. A ``streaming``
+    run is marked ``x-cog-streaming`` on ``POST /predictions``, as Cog does.
     """
     prebuilt = read_prebuilt()
     try:
@@ -1044,6 +1064,8 @@ def prepare(
         document = openapi_document(None, signature)
     else:
         document = openapi_document(signature, _training_signature(predictor_ref))
+        if streaming:
+            document["paths"]["/predictions"]["post"][STREAMING_EXTENSION] = True
     return signature, json.dumps(document)
 
 
@@ -1078,8 +1100,10 @@ def document_for(predictor_ref: str, mode: str = "predict") -> str:
     if prebuilt is not None:
         return prebuilt
     names = ("train",) if mode == "train" else ("run", "predict")
-    fn, skip_self = run_callable(_load(predictor_ref), names)
-    return prepare(fn, predictor_ref, mode, skip_self=skip_self)[1]
+    predictor = _load(predictor_ref)
+    fn, skip_self = run_callable(predictor, names)
+    streaming = declared_streaming(fn, getattr(fn, "__func__", None), predictor)
+    return prepare(fn, predictor_ref, mode, skip_self=skip_self, streaming=streaming)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
