@@ -53,8 +53,8 @@ fmt: $(VENV)/.deps ## format Rust and Python
 
 check: lint test ## lint, then every test
 
-bench: install ## benchmark cogd on examples/hello
-	$(PY) bench/bench.py
+bench: install ## cogd side by side with the reference runtime and the floor (bench/README.md)
+	$(PY) bench/suite.py $(BENCH_ARGS)
 
 clean: ## remove build outputs and the virtualenv
 	cargo clean

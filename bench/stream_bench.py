@@ -102,6 +102,14 @@ class Event:
         return json.loads(self.data)
 
 
+class StreamRefusedError(RuntimeError):
+    """The server answered something other than an event stream."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"expected an event stream, got {status}: {body[:300]!r}")
+        self.status = status
+
+
 def stream(host: str, port: int, prediction_input: dict) -> Iterator[Event]:
     """POST a prediction with `Accept: text/event-stream`; yield its events
     until the server ends the stream."""
@@ -117,7 +125,7 @@ def stream(host: str, port: int, prediction_input: dict) -> Iterator[Event]:
         resp = conn.getresponse()
         content_type = resp.getheader("content-type", "")
         if resp.status != 200 or not content_type.startswith("text/event-stream"):
-            sys.exit(f"stream bench: expected an event stream, got {resp.status}: {resp.read()!r}")
+            raise StreamRefusedError(resp.status, resp.read())
         pending = b""
         name, data = "", []
         while True:
