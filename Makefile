@@ -21,12 +21,22 @@ $(VENV)/.deps: tests/requirements.txt
 	$(BIN)/pip install -q "maturin>=1.5,<2" ruff -r tests/requirements.txt
 	touch $@
 
+# The standalone server goes into the wheel as cogd/bin/cogd-server: the
+# `cogd` command execs it, so the server runs without a Python interpreter.
+SERVER_BIN := python/cogd/bin/cogd-server
+
 install: $(VENV)/.deps ## create .venv, build the release wheel and install it
 	rm -rf dist
+	cargo build --release -p cogd --bin cogd
+	mkdir -p $(dir $(SERVER_BIN))
+	strip -o $(SERVER_BIN) target/release/cogd
 	$(BIN)/maturin build --release --interpreter $(PY) -o dist
 	$(BIN)/pip install -q --force-reinstall --no-deps dist/cogd-*.whl
 
 build-dev: $(VENV)/.deps ## build a debug wheel and install it in editable mode (fast iteration)
+	cargo build -p cogd --bin cogd
+	mkdir -p $(dir $(SERVER_BIN))
+	cp target/debug/cogd $(SERVER_BIN)
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop
 
 serve: install ## build, install and serve examples/hello (MODEL=dir PORT=n to change)

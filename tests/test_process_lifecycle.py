@@ -4,7 +4,9 @@ flight), and the `python -m cog.server.http` launcher that Cog-built images
 start, including COG_PREDICT_TYPE_STUB and --await-explicit-shutdown; on
 SIGTERM, predictions in flight finish (or are cancelled after the grace
 period) and their webhooks are delivered before the process exits; under
-Kubernetes the ready file follows the model's readiness.
+Kubernetes the ready file follows the model's readiness. Both entry points
+run the standalone server the wheel carries, or the server inside Python with
+COGD_IN_PROCESS=1.
 """
 
 import os
@@ -171,3 +173,28 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def server_executable(server):
+    return os.path.realpath(f"/proc/{server.proc.pid}/exe")
+
+
+@pytest.mark.parametrize("launcher", ["cogd", "cog"])
+def test_both_entry_points_run_the_bundled_server_without_python(start_server, tmp_path, launcher):
+    """The wheel `make install` builds carries the standalone server, and both
+    commands replace their Python process with it (same pid, no interpreter)."""
+    from cogd.cli import BUNDLED_SERVER
+
+    assert BUNDLED_SERVER.is_file(), "make install bundles the server in the wheel"
+    model = copy_model(EXAMPLES / "hello", tmp_path / "hello")
+    server = start_server(model, launcher=launcher)
+    assert server_executable(server) == str(BUNDLED_SERVER.resolve())
+    prediction = server.predict_ok({"name": "native"})
+    assert prediction["output"] == "hello, native", prediction
+
+
+def test_cogd_in_process_runs_the_server_inside_python(start_server):
+    server = start_server(EXAMPLES / "hello", env={"COGD_IN_PROCESS": "1"})
+    assert "python" in os.path.basename(server_executable(server))
+    prediction = server.predict_ok({"name": "in-process"})
+    assert prediction["output"] == "hello, in-process", prediction

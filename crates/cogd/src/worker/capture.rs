@@ -278,6 +278,9 @@ impl LogRouter {
     /// Reads from the pipe until it is empty or at least `budget` bytes have
     /// been read, and routes what was read.
     fn drain(&self, stream: &mut Stream, budget: usize) {
+        if budget == 0 {
+            return;
+        }
         let mut chunk = [0u8; 16 * 1024];
         let mut read = 0;
         while stream.open && read < budget {
