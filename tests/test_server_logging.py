@@ -41,6 +41,8 @@ def test_server_logs_are_json_lines_on_stderr_by_default(start_server):
     assert finished.keys() == {"logged-ok", "logged-failed"}, lines
     assert finished["logged-ok"]["status"] == "succeeded"
     assert finished["logged-failed"]["status"] == "failed"
+    assert "boom" in finished["logged-failed"]["error"]
+    assert "error" not in finished["logged-ok"]
     assert all(line["run_seconds"] >= 0 for line in finished.values())
 
 

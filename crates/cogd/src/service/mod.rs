@@ -539,6 +539,7 @@ impl Run {
             status = status.as_str(),
             run_seconds,
             queue_seconds = (started.unwrap_or_else(Instant::now) - self.admitted).as_secs_f64(),
+            error = error.as_deref(),
             "prediction finished"
         );
     }
