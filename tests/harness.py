@@ -659,8 +659,7 @@ class OtlpCollector:
                     collector.paths.append(self.path)
                     for resource_spans in request.resource_spans:
                         resource = {
-                            a.key: a.value.string_value
-                            for a in resource_spans.resource.attributes
+                            a.key: a.value.string_value for a in resource_spans.resource.attributes
                         }
                         for scope_spans in resource_spans.scope_spans:
                             collector.spans.extend((resource, s) for s in scope_spans.spans)

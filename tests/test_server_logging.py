@@ -10,8 +10,9 @@ import json
 def run_and_stop(server, ids=("logged-ok", "logged-failed")):
     # Exercise setup output, a run's output and a failing run, then stop the
     # server so its stderr is complete before it is read.
-    for id, mode in zip(ids, ("channels", "raise")):
-        resp = server.put(f"/predictions/{id}", json={"input": {"mode": mode, "token": "noise"}})
+    for prediction_id, mode in zip(ids, ("channels", "raise"), strict=True):
+        body = {"input": {"mode": mode, "token": "noise"}}
+        resp = server.put(f"/predictions/{prediction_id}", json=body)
         assert resp.status_code == 200, resp.text
     server.terminate()
     assert server.wait_exit(timeout=15) == 0

@@ -137,6 +137,12 @@ impl Metrics {
             .expect("the metric is well-formed"),
             registry,
         };
+        let build_info = IntGauge::with_opts(
+            Opts::new("cogd_build_info", "Always 1; the cogd version is a label.")
+                .const_label("version", crate::VERSION),
+        )
+        .expect("the metric is well-formed");
+        build_info.set(1);
         let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
             Box::new(predictions),
             Box::new(inner.run_seconds.clone()),
@@ -147,17 +153,7 @@ impl Metrics {
             Box::new(inner.webhook_failures.clone()),
             Box::new(inner.worker_restarts.clone()),
             Box::new(inner.setup_seconds.clone()),
-            Box::new(
-                IntGauge::with_opts(
-                    Opts::new("cogd_build_info", "Always 1; the cogd version is a label.")
-                        .const_label("version", crate::VERSION),
-                )
-                .map(|g| {
-                    g.set(1);
-                    g
-                })
-                .expect("the metric is well-formed"),
-            ),
+            Box::new(build_info),
         ];
         for collector in collectors {
             inner
