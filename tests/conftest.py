@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MODELS, Gate, Server, WebhookReceiver, launch
+from harness import MODELS, Gate, OtlpCollector, Server, WebhookReceiver, launch
 
 _SERVERS = pytest.StashKey[list]()
 
@@ -115,3 +115,11 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     yield receiver
     receiver.close()
+
+
+@pytest.fixture
+def otlp_collector() -> Iterator[OtlpCollector]:
+    """A local OTLP/HTTP endpoint that keeps the spans exported to it (see harness)."""
+    collector = OtlpCollector()
+    yield collector
+    collector.close()

@@ -49,7 +49,7 @@ _SCRUBBED_VARS = {
     "WEBHOOK_AUTH_TOKEN",
     "KUBERNETES_SERVICE_HOST",
 }
-_SCRUBBED_PREFIXES = ("COG_",)
+_SCRUBBED_PREFIXES = ("COG_", "OTEL_")
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -626,6 +626,74 @@ class WebhookReceiver:
             f"a completed webhook to {path}",
         )
         return self.calls_to(path)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class OtlpCollector:
+    """A stand-in OpenTelemetry collector on 127.0.0.1: accepts OTLP/HTTP
+    protobuf exports at POST /v1/traces and keeps every span it is sent.
+
+    `spans` holds (resource attributes, span) pairs, the spans being
+    `opentelemetry.proto.trace.v1.trace_pb2.Span` messages.
+    """
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.spans: list[tuple[dict[str, Any], Any]] = []
+        self.paths: list[str] = []
+        self._cond = threading.Condition()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(self.rfile.read(length))
+                with collector._cond:
+                    collector.paths.append(self.path)
+                    for resource_spans in request.resource_spans:
+                        resource = {
+                            a.key: a.value.string_value for a in resource_spans.resource.attributes
+                        }
+                        for scope_spans in resource_spans.scope_spans:
+                            collector.spans.extend((resource, s) for s in scope_spans.spans)
+                    collector._cond.notify_all()
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.endpoint = f"http://{host}:{port}"
+
+    def wait_for_spans(
+        self, predicate: Callable[[list[Any]], Any], timeout: float = 15.0
+    ) -> list[Any]:
+        """Wait until predicate(spans so far) is truthy; return the spans."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate([span for _, span in self.spans]):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    names = [span.name for _, span in self.spans]
+                    raise AssertionError(f"timed out after {timeout}s; spans so far: {names}")
+                self._cond.wait(left)
+            return [span for _, span in self.spans]
 
     def close(self) -> None:
         self._server.shutdown()

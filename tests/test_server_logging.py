@@ -1,15 +1,19 @@
 """The server's own logs on stderr: one JSON object per line by default (also
 while a model prints during setup and runs), plain text with LOG_FORMAT=console.
+Each prediction gets one line at info when it finishes, and every line logged
+while a prediction is handled names it.
 """
 
 import json
 
 
-def run_and_stop(server):
+def run_and_stop(server, ids=("logged-ok", "logged-failed")):
     # Exercise setup output, a run's output and a failing run, then stop the
     # server so its stderr is complete before it is read.
-    server.predict_ok({"mode": "channels", "token": "noise"})
-    server.predict_ok({"mode": "raise", "token": "noise"})
+    for prediction_id, mode in zip(ids, ("channels", "raise"), strict=True):
+        body = {"input": {"mode": mode, "token": "noise"}}
+        resp = server.put(f"/predictions/{prediction_id}", json=body)
+        assert resp.status_code == 200, resp.text
     server.terminate()
     assert server.wait_exit(timeout=15) == 0
     return [line for line in server.stderr_text().splitlines() if line.strip()]
@@ -30,6 +34,26 @@ def test_server_logs_are_json_lines_on_stderr_by_default(start_server):
     assert not_json == [], (
         f"{len(not_json)} of {len(lines)} stderr lines are not JSON objects: {not_json[:5]}"
     )
+    finished = {}
+    for line in map(json.loads, lines):
+        if line.get("message") == "prediction finished":
+            assert line["level"] == "INFO", line
+            finished[line["prediction_id"]] = line
+    assert finished.keys() == {"logged-ok", "logged-failed"}, lines
+    assert finished["logged-ok"]["status"] == "succeeded"
+    assert finished["logged-failed"]["status"] == "failed"
+    assert "boom" in finished["logged-failed"]["error"]
+    assert "error" not in finished["logged-ok"]
+    assert all(line["run_seconds"] >= 0 for line in finished.values())
+
+
+def test_every_line_logged_for_a_prediction_names_it(start_server):
+    # At debug, the acceptance line is logged inside the prediction's span and
+    # carries no id of its own: the id comes from the span.
+    server = start_server("basic", env={"COG_LOG_LEVEL": "info,cogd=debug"})
+    lines = [json.loads(line) for line in run_and_stop(server, ids=("first", "second"))]
+    accepted = [line for line in lines if line.get("message") == "prediction accepted"]
+    assert [line.get("prediction_id") for line in accepted] == ["first", "second"], accepted
 
 
 def test_log_format_console_gives_plain_text_logs(start_server):
@@ -37,3 +61,5 @@ def test_log_format_console_gives_plain_text_logs(start_server):
     lines = run_and_stop(server)
     assert lines, "the server logged nothing at all on stderr"
     assert not all(parses_as_json_object(line) for line in lines), lines[:5]
+    finished = [line for line in lines if "prediction finished" in line]
+    assert len(finished) == 2 and "logged-ok" in finished[0], finished

@@ -64,8 +64,22 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    crate::telemetry::init();
-    match cli.command {
+    // Built before telemetry, whose trace exporter sends on this runtime.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cogd: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let telemetry = {
+        let _context = runtime.enter();
+        crate::telemetry::init()
+    };
+    let code = match cli.command {
         Command::Schema {
             model_dir,
             python: python_flag,
@@ -102,16 +116,6 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
                     return 2;
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("cogd: cannot start the runtime: {e}");
-                    return 1;
-                }
-            };
             match runtime.block_on(crate::server::serve(config)) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -121,7 +125,10 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
                 }
             }
         }
-    }
+    };
+    // Spans still buffered are sent while the runtime is still there.
+    telemetry.shutdown();
+    code
 }
 
 /// `cogd schema`: the schema comes from the model's code, so it is built where

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::files::Fetcher;
 use crate::service::{Outbound, Service, ServiceConfig};
 use crate::supervisor::{Supervisor, WorkerConfig, WorkerState};
+use crate::telemetry::Metrics;
 use crate::webhook::WebhookSender;
 
 /// Why the server could not run.
@@ -85,18 +86,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             source,
         })?;
 
-    let supervisor = Supervisor::start(WorkerConfig {
-        python: config.python.clone(),
-        model_dir: config.model_dir.clone(),
-        predictor_ref: config.predictor_ref.clone(),
-        mode: config.mode,
-        slots_override: config.slots_override,
-        slots_default: config.slots_default,
-        setup_timeout: config.setup_timeout,
-        socket_dir: temp.path().to_path_buf(),
-        max_restarts: config.max_restarts,
-        restart_window: config.restart_window,
-    });
+    let metrics = Metrics::new();
+    let supervisor = Supervisor::start(
+        WorkerConfig {
+            python: config.python.clone(),
+            model_dir: config.model_dir.clone(),
+            predictor_ref: config.predictor_ref.clone(),
+            mode: config.mode,
+            slots_override: config.slots_override,
+            slots_default: config.slots_default,
+            setup_timeout: config.setup_timeout,
+            socket_dir: temp.path().to_path_buf(),
+            max_restarts: config.max_restarts,
+            restart_window: config.restart_window,
+        },
+        metrics.clone(),
+    );
     let user_agent =
         std::env::var("COG_USER_AGENT").unwrap_or_else(|_| format!("cogd/{}", crate::VERSION));
     let outbound = Outbound {
@@ -104,6 +109,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             std::env::var("WEBHOOK_AUTH_TOKEN").ok(),
             config.webhook_throttle,
             &user_agent,
+            metrics.clone(),
         ),
         fetcher: Fetcher::new(
             config.download_timeout,
@@ -122,6 +128,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             predict_timeout: config.predict_timeout,
             healthcheck_timeout: config.healthcheck_timeout,
         },
+        metrics,
     );
     let (shutdown, mut stop) = watch::channel(false);
     tokio::spawn(watch_signals(

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::prediction::{Prediction, PredictionHandle};
+use crate::telemetry::Metrics;
 
 /// The events a client may ask for in `webhook_events_filter`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +74,8 @@ pub struct WebhookSender {
     throttle: Duration,
     /// Delivery tasks still running, so shutdown can wait for them.
     pending: Arc<watch::Sender<usize>>,
+    /// Counts deliveries and failed attempts.
+    metrics: Metrics,
 }
 
 /// Counts one delivery task while it lives.
@@ -100,7 +103,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl WebhookSender {
     /// A sender with its own connection pool (kept-alive connections).
-    pub fn new(token: Option<String>, throttle: Duration, user_agent: &str) -> Self {
+    pub fn new(
+        token: Option<String>,
+        throttle: Duration,
+        user_agent: &str,
+        metrics: Metrics,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
@@ -112,6 +120,7 @@ impl WebhookSender {
             token: token.filter(|t| !t.is_empty()),
             throttle,
             pending: Arc::new(watch::Sender::new(0)),
+            metrics,
         }
     }
 
@@ -217,8 +226,12 @@ impl WebhookSender {
                 request = request.header(name, value);
             }
             let wait = match request.send().await {
-                Ok(response) if response.status().is_success() => return,
+                Ok(response) if response.status().is_success() => {
+                    self.metrics.webhook_delivered();
+                    return;
+                }
                 Ok(response) => {
+                    self.metrics.webhook_failed();
                     let status = response.status();
                     let retryable = status.is_server_error()
                         || status == StatusCode::TOO_MANY_REQUESTS
@@ -230,6 +243,7 @@ impl WebhookSender {
                     retry_after(&response).unwrap_or(backoff)
                 }
                 Err(error) => {
+                    self.metrics.webhook_failed();
                     tracing::warn!(prediction_id = %prediction.id, %error, attempt, "webhook failed");
                     backoff
                 }

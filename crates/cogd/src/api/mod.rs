@@ -47,6 +47,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         )
         .route("/predictions/{id}/cancel", post(cancel_prediction))
         .route("/shutdown", post(shutdown))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -231,6 +232,19 @@ async fn cancel_prediction(
     } else {
         Err(ApiError::NotFound(id))
     }
+}
+
+/// The operator metrics for Prometheus (behind `COG_API_TOKEN` when set, like
+/// every route but the probes: scrapers can send a bearer token).
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::telemetry::METRICS_CONTENT_TYPE,
+        )],
+        state.service.render_metrics(),
+    )
+        .into_response()
 }
 
 async fn shutdown(State(state): State<AppState>) -> Json<serde_json::Value> {

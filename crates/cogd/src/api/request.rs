@@ -9,7 +9,8 @@ use super::error::ApiError;
 use crate::service::NewPrediction;
 use crate::webhook::{Subscription, WebhookEvent};
 
-/// Trace-context headers forwarded from the creating request to webhooks.
+/// Trace-context headers: the prediction's trace continues them, and its
+/// webhooks forward them.
 const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 /// Accepts a JSON content type, or none at all (as many scripts send).
@@ -171,16 +172,17 @@ pub fn parse_prediction(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
+    let trace_headers: Vec<(String, String)> = TRACE_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect();
     let webhook = webhook.map(|url| Subscription {
         url,
         events,
-        trace_headers: TRACE_HEADERS
-            .iter()
-            .filter_map(|name| {
-                let value = headers.get(*name)?.to_str().ok()?;
-                Some((name.to_string(), value.to_string()))
-            })
-            .collect(),
+        trace_headers: trace_headers.clone(),
     });
     Ok(NewPrediction {
         id,
@@ -188,6 +190,7 @@ pub fn parse_prediction(
         context,
         created_at,
         webhook,
+        trace_headers,
     })
 }
 
@@ -230,6 +233,7 @@ mod tests {
             hook.trace_headers,
             vec![("traceparent".into(), "00-abc-def-01".into())]
         );
+        assert_eq!(p.trace_headers, hook.trace_headers);
     }
 
     #[test]

@@ -24,16 +24,18 @@ mod slots;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::files::Fetcher;
 use crate::ipc::SlotRequest;
 use crate::prediction::{Outcome, Prediction, PredictionHandle};
 use crate::schema::{InputError, LiveSchema};
 use crate::supervisor::{SetupRecord, SlotEvent, Supervisor, WorkerState};
+use crate::telemetry::{self, Metrics, Phase, SlotCounts};
 use crate::webhook::{Subscription, WebhookSender};
 use registry::Registry;
 use slots::{Admit, Refusal, SlotPool};
@@ -95,6 +97,9 @@ pub struct NewPrediction {
     pub created_at: Option<DateTime<Utc>>,
     /// Where to send webhooks, if anywhere.
     pub webhook: Option<Subscription>,
+    /// The W3C trace context (`traceparent`, `tracestate`) of the creating
+    /// request, which the prediction's trace continues.
+    pub trace_headers: Vec<(String, String)>,
 }
 
 /// The result of admission.
@@ -165,12 +170,19 @@ struct Inner {
     unfinished: watch::Sender<usize>,
     /// Validates inputs against the ready worker's schema, before a slot is taken.
     schema: LiveSchema,
+    /// The operator metrics: predictions by status, run and queue times.
+    metrics: Metrics,
 }
 
 impl Service {
     /// A service running predictions on `supervisor`'s worker. Slots open when
     /// the worker is ready.
-    pub fn new(supervisor: Supervisor, outbound: Outbound, config: ServiceConfig) -> Self {
+    pub fn new(
+        supervisor: Supervisor,
+        outbound: Outbound,
+        config: ServiceConfig,
+        metrics: Metrics,
+    ) -> Self {
         let slots = SlotPool::new(config.queue_size);
         let mut state = supervisor.subscribe_state();
         let pool = slots.clone();
@@ -197,6 +209,7 @@ impl Service {
                 config,
                 unfinished: watch::Sender::new(0),
                 schema,
+                metrics,
             }),
         }
     }
@@ -252,9 +265,24 @@ impl Service {
         self.inner.supervisor.schema()
     }
 
+    /// The operator metrics in the Prometheus text format, slots as they are now.
+    pub fn render_metrics(&self) -> String {
+        let slots = &self.inner.slots;
+        self.inner.metrics.render(SlotCounts {
+            total: slots.healthy(),
+            busy: slots.busy(),
+        })
+    }
+
     /// Admits a prediction and starts it, or returns the existing one with the
-    /// same id.
+    /// same id. The prediction is handled in its own span (see `telemetry`),
+    /// from here to its terminal state.
     pub fn create(&self, request: NewPrediction) -> Result<Admission, AdmissionError> {
+        let span = telemetry::prediction_span(&request.trace_headers);
+        let _entered = span.enter();
+        if let Some(id) = &request.id {
+            telemetry::record_prediction_id(&span, id);
+        }
         let mut registry = self.inner.lock_registry();
         if let Some(existing) = request.id.as_deref().and_then(|id| registry.get(id)) {
             return Ok(Admission::Existing(existing));
@@ -264,16 +292,18 @@ impl Service {
             other => return Err(AdmissionError::NotReady(other)),
         }
         let mut input = request.input;
-        let shown = self
-            .inner
-            .schema
-            .check(&mut input)
+        let shown = telemetry::phase_span(Phase::Validate)
+            .in_scope(|| self.inner.schema.check(&mut input))
             .map_err(AdmissionError::Invalid)?;
         let admit = self.inner.slots.admit().map_err(|refusal| match refusal {
             Refusal::Busy => AdmissionError::Busy,
             Refusal::QueueFull => AdmissionError::QueueFull,
         })?;
-        let id = request.id.unwrap_or_else(generate_id);
+        let id = request.id.unwrap_or_else(|| {
+            let id = generate_id();
+            telemetry::record_prediction_id(&span, &id);
+            id
+        });
         let prediction = Prediction::new(
             id.clone(),
             serde_json::Value::Object(shown),
@@ -300,8 +330,10 @@ impl Service {
             input,
             file_inputs: self.inner.schema.file_inputs(),
             context: request.context,
+            admitted: Instant::now(),
         };
-        tokio::spawn(run.execute(admit));
+        tracing::debug!("prediction accepted");
+        tokio::spawn(run.execute(admit).instrument(span.clone()));
         Ok(Admission::Created(handle))
     }
 
@@ -423,6 +455,8 @@ struct Run {
     /// The inputs that are files, to fetch before the run.
     file_inputs: Vec<String>,
     context: serde_json::Map<String, serde_json::Value>,
+    /// When it was admitted, for the queue wait.
+    admitted: Instant,
 }
 
 /// How a run in a slot ended.
@@ -443,9 +477,13 @@ impl Run {
         };
         let Some(permit) = permit else {
             // Cancelled while it waited for a slot: it never runs.
-            self.finish(Outcome::Canceled);
+            self.finish(Outcome::Canceled, None);
             return;
         };
+        let started = Instant::now();
+        self.inner
+            .metrics
+            .observe_queue_wait(started - self.admitted);
         let dir = self
             .inner
             .config
@@ -471,7 +509,7 @@ impl Run {
         } else {
             drop(permit);
         }
-        self.finish(ended.outcome);
+        self.finish(ended.outcome, Some(started));
     }
 
     /// Publishes the whole prediction as a stream event.
@@ -482,12 +520,36 @@ impl Run {
         }
     }
 
-    fn finish(&self, outcome: Outcome) {
-        self.handle.update(|p| p.finish(outcome));
+    /// Moves the prediction to its terminal state; `started` is when it got
+    /// its slot (`None`: it never did).
+    fn finish(&self, outcome: Outcome, started: Option<Instant>) {
+        let mut ended = None;
+        self.handle.update(|p| {
+            let changed = p.finish(outcome);
+            ended = Some((p.status, p.error.clone()));
+            changed
+        });
         self.publish_state("completed");
         self.inner.unfinished.send_modify(|n| *n -= 1);
         self.inner.lock_registry().finished(&self.id);
-        tracing::debug!(prediction_id = %self.id, "prediction finished");
+        let (status, error) = ended.expect("update runs its closure");
+        let metrics = &self.inner.metrics;
+        metrics.prediction_finished(status);
+        let run_seconds = started.map(|started| {
+            let time = started.elapsed();
+            metrics.observe_run(time);
+            time.as_secs_f64()
+        });
+        telemetry::record_outcome(&tracing::Span::current(), status, error.as_deref());
+        // The one line per prediction at info: a server under load logs
+        // nothing else per request.
+        tracing::info!(
+            status = status.as_str(),
+            run_seconds,
+            queue_seconds = (started.unwrap_or_else(Instant::now) - self.admitted).as_secs_f64(),
+            error = error.as_deref(),
+            "prediction finished"
+        );
     }
 
     async fn run_in_slot(&self, slot: usize, output_dir: PathBuf) -> Ended {
@@ -497,6 +559,11 @@ impl Run {
         };
         let mut input = self.input.clone();
         let inputs_dir = output_dir.join("inputs");
+        let download = if self.file_inputs.is_empty() {
+            tracing::Span::none()
+        } else {
+            telemetry::phase_span(Phase::Download)
+        };
         let fetch =
             self.inner
                 .outbound
@@ -506,6 +573,7 @@ impl Run {
             fetched = fetch => fetched,
             () = self.handle.cancelled() => return ended(Outcome::Canceled),
         };
+        drop(download);
         if let Err(error) = fetched {
             return ended(Outcome::Failed(error));
         }
@@ -535,6 +603,8 @@ impl Run {
             output_dir,
             context: self.context.clone(),
         };
+        // Lasts until the run's final event: every return below ends it.
+        let _run_span = telemetry::phase_span(Phase::Run);
         let mut events = match self.inner.supervisor.run(slot, &request).await {
             Ok(events) => events,
             Err(e) => return ended(Outcome::Failed(e.to_string())),

@@ -134,6 +134,12 @@ impl SlotPool {
     pub(crate) fn healthy(&self) -> usize {
         self.inner.healthy.load(Ordering::SeqCst)
     }
+
+    /// Usable slots running a prediction now.
+    pub(crate) fn busy(&self) -> usize {
+        self.healthy()
+            .saturating_sub(self.inner.semaphore.available_permits())
+    }
 }
 
 /// A place in the admission queue.
@@ -233,9 +239,11 @@ mod tests {
         assert_ne!(a.slot(), b.slot());
         assert!(pool.all_busy());
         assert_eq!(pool.admit().unwrap_err(), Refusal::Busy);
+        assert_eq!(pool.busy(), 2);
         let freed = a.slot();
         drop(a);
         assert!(!pool.all_busy());
+        assert_eq!(pool.busy(), 1);
         assert_eq!(now(pool.admit()).slot(), freed);
     }
 

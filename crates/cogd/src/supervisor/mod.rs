@@ -31,6 +31,7 @@ use crate::ipc::{
     encode_line, ControlRequest, ControlResponse, LineDecoder, LogSource, MetricMode, Mode,
     SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
+use crate::telemetry::Metrics;
 use healthcheck::Healthchecks;
 
 /// How the worker is started.
@@ -206,6 +207,8 @@ struct Inner {
     healthchecks: Healthchecks,
     /// Set when the server asked the worker to stop, so its exit is no failure.
     stopping: std::sync::atomic::AtomicBool,
+    /// Counts restarts and times setups.
+    metrics: Metrics,
 }
 
 struct Slot {
@@ -216,7 +219,7 @@ struct Slot {
 
 impl Supervisor {
     /// Starts the worker in the background; watch [`Supervisor::state`].
-    pub fn start(config: WorkerConfig) -> Self {
+    pub fn start(config: WorkerConfig, metrics: Metrics) -> Self {
         let inner = Arc::new(Inner {
             config,
             state: watch::Sender::new(WorkerState::Starting),
@@ -237,6 +240,7 @@ impl Supervisor {
             has_healthcheck: false.into(),
             healthchecks: Healthchecks::default(),
             stopping: false.into(),
+            metrics,
         });
         let task = Arc::clone(&inner);
         tokio::spawn(async move {
@@ -524,6 +528,7 @@ impl Inner {
                         let mut setup = self.lock_setup();
                         setup.completed_at = Some(Utc::now());
                         setup.status = "succeeded";
+                        self.record_setup_time(&setup);
                     }
                     self.state.send_if_modified(|s| {
                         let starting = *s == WorkerState::Starting;
@@ -658,6 +663,7 @@ impl Inner {
             if setup.status == "starting" {
                 setup.status = "failed";
                 setup.completed_at = Some(Utc::now());
+                self.record_setup_time(&setup);
             }
             if !setup.logs.contains(reason) {
                 if !setup.logs.is_empty() && !setup.logs.ends_with('\n') {
@@ -669,6 +675,14 @@ impl Inner {
         }
         tracing::error!(%reason, "setup failed");
         self.state.send_replace(WorkerState::SetupFailed);
+    }
+
+    /// Reports how long the setup in `record` took, once it has finished.
+    fn record_setup_time(&self, record: &SetupRecord) {
+        if let Some(completed) = record.completed_at {
+            let time = (completed - record.started_at).to_std().unwrap_or_default();
+            self.metrics.setup_finished(time);
+        }
     }
 
     fn on_exit(self: Arc<Self>, reason: String) {
@@ -683,6 +697,7 @@ impl Inner {
             WorkerState::Ready if !stopping => match self.restart_delay() {
                 Some(delay) => {
                     tracing::error!(%reason, "the worker died; restarting it");
+                    self.metrics.worker_restarted();
                     self.state.send_replace(WorkerState::Starting);
                     restart = Some(delay);
                 }
