@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::ipc::Mode;
 use crate::service::{AdmissionError, Health};
 
 /// An error answer.
@@ -40,6 +41,28 @@ pub enum ApiError {
     /// No prediction has this id.
     #[error("no prediction with id {0:?}")]
     NotFound(String),
+    /// A route of the mode this server does not run (`/trainings` on a
+    /// server that runs the predictor, or the other way round).
+    /// Holds the mode the route belongs to.
+    #[error("{}", not_served(*.0))]
+    NotServed(Mode),
+    /// A training asked for an event stream: trainings answer with JSON only.
+    #[error("trainings cannot answer with text/event-stream")]
+    TrainingStream,
+}
+
+/// Why a route of the other mode is not served, and how to get it served.
+fn not_served(asked: Mode) -> &'static str {
+    match asked {
+        Mode::Train => {
+            "this server runs the model's predictor, not its training function: \
+             start it with `cogd serve --train` (or `--x-mode train`) to serve /trainings"
+        }
+        Mode::Predict => {
+            "this server runs the model's training function (train mode): \
+             use /trainings, or start it without --train to serve /predictions"
+        }
+    }
 }
 
 impl ApiError {
@@ -93,7 +116,10 @@ impl IntoResponse for ApiError {
             Self::Body { status, message } => (status, json!(message)),
             e @ Self::Unauthorized => (StatusCode::UNAUTHORIZED, json!(e.to_string())),
             e @ Self::NotStreaming => (StatusCode::NOT_ACCEPTABLE, json!(e.to_string())),
-            e @ Self::NotFound(_) => (StatusCode::NOT_FOUND, json!(e.to_string())),
+            e @ (Self::NotFound(_) | Self::NotServed(_)) => {
+                (StatusCode::NOT_FOUND, json!(e.to_string()))
+            }
+            e @ Self::TrainingStream => (StatusCode::NOT_ACCEPTABLE, json!(e.to_string())),
             Self::Admission(AdmissionError::NotReady(health)) => {
                 let why = match health {
                     Health::Starting => "the model is not ready yet: setup is still running",
