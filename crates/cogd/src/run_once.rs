@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::ipc::Mode;
+use crate::schema::{InputError, PathSegment};
 use crate::service::{Admission, AdmissionError, Health, NewPrediction};
 
 /// How long the worker gets to exit once the run is over.
@@ -194,25 +195,7 @@ async fn predict(
         Err(AdmissionError::Invalid(errors)) => {
             let lines: Vec<String> = errors
                 .iter()
-                .map(|e| {
-                    let loc = serde_json::to_value(e)
-                        .ok()
-                        .and_then(|v| v.get("loc").cloned())
-                        .and_then(|loc| loc.as_array().cloned())
-                        .map(|parts| {
-                            parts
-                                .iter()
-                                .skip(2)
-                                .map(|p| match p {
-                                    Value::String(s) => s.clone(),
-                                    other => other.to_string(),
-                                })
-                                .collect::<Vec<_>>()
-                                .join(".")
-                        })
-                        .unwrap_or_else(|| e.field.clone());
-                    format!("  {loc}: {} ({})", e.msg, e.kind)
-                })
+                .map(|e| format!("  {}: {} ({})", location(e), e.msg, e.kind))
                 .collect();
             return Err(Failure::Usage(format!(
                 "the input is invalid:\n{}",
@@ -255,6 +238,21 @@ async fn predict(
                 .unwrap_or("no error given")
         ))),
     }
+}
+
+/// Where an input problem is: `steps`, `tags[1]`, `point.x`.
+fn location(error: &InputError) -> String {
+    let mut loc = error.field.clone();
+    for segment in &error.path {
+        match segment {
+            PathSegment::Key(key) => {
+                loc.push('.');
+                loc.push_str(key);
+            }
+            PathSegment::Index(index) => loc.push_str(&format!("[{index}]")),
+        }
+    }
+    loc
 }
 
 /// Splits `NAME=VALUE`; a value starting with `@` names a file.
