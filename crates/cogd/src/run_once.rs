@@ -22,6 +22,9 @@ use crate::ipc::Mode;
 use crate::schema::{InputError, PathSegment};
 use crate::service::{Admission, AdmissionError, Health, NewPrediction};
 
+/// How often a setup that takes a while says it is still running.
+const SETUP_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// How long the worker gets to exit once the run is over.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -140,11 +143,20 @@ async fn wait_for_setup(
     let mut shown = 0;
     let settled = service.settled();
     tokio::pin!(settled);
+    // A long, quiet setup (weights loading) still shows that it is alive.
+    let mut progress = tokio::time::interval_at(
+        tokio::time::Instant::now() + SETUP_PROGRESS_EVERY,
+        SETUP_PROGRESS_EVERY,
+    );
     let health = loop {
         shown = show_new(&supervisor.setup_record().logs, shown);
         tokio::select! {
             health = &mut settled => break health,
             changed = logs.changed() => if changed.is_err() { break service.health() },
+            _ = progress.tick() => eprintln!(
+                "cogd: setup still running ({:.0} s)…",
+                started.elapsed().as_secs_f64()
+            ),
         }
     };
     show_new(&supervisor.setup_record().logs, shown);
