@@ -69,11 +69,19 @@ def _overrides(cls: type, name: str, base: type) -> bool:
     return attr is not None and attr is not getattr(base, name, None)
 
 
-def find_run_method(predictor: Any) -> tuple[Any, Callable[..., Any]]:
-    """Return ``(instance or None, run callable)`` for a predictor class or function."""
+def find_run_method(predictor: Any, mode: str = "predict") -> tuple[Any, Callable[..., Any]]:
+    """Return ``(instance or None, run callable)`` for a predictor class or function.
+
+    In ``train`` mode the class is a trainer: any class with ``train()`` (and
+    an optional ``setup()``), as Cog's training interface has it.
+    """
     if inspect.isclass(predictor):
         instance = predictor()
         cls = type(instance)
+        if mode == "train":
+            if not callable(getattr(instance, "train", None)):
+                raise LoadError(f"{cls.__name__} defines no train() method")
+            return instance, instance.train
         if _overrides(cls, "run", BaseRunner):
             return instance, instance.run
         if _overrides(cls, "predict", BasePredictor):
@@ -170,7 +178,7 @@ class Runner:
         ``healthcheck()``."""
         try:
             predictor = load_predictor(self.predictor_ref)
-            self._instance, self._run = find_run_method(predictor)
+            self._instance, self._run = find_run_method(predictor, self.mode)
             targets = (self._run, getattr(self._run, "__func__", None), predictor)
             streaming = declared_streaming(*targets)
             # Before the model's setup: a signature the schema cannot express

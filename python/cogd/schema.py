@@ -967,9 +967,11 @@ def _load(ref: str) -> Any:
     return load_predictor(ref)
 
 
-def configured_train_ref(model_dir: str = ".") -> str | None:
-    """The training function: ``COG_TRAIN_TYPE_STUB``, else ``train:`` in cog.yaml."""
-    ref = os.environ.get("COG_TRAIN_TYPE_STUB", "").strip()
+def configured_ref(mode: str, model_dir: str = ".") -> str | None:
+    """What runs in ``mode``: ``COG_PREDICT_TYPE_STUB``/``COG_TRAIN_TYPE_STUB``,
+    else ``predict:``/``train:`` in cog.yaml."""
+    key = "train" if mode == "train" else "predict"
+    ref = os.environ.get(f"COG_{key.upper()}_TYPE_STUB", "").strip()
     if ref:
         return ref
     try:
@@ -980,31 +982,37 @@ def configured_train_ref(model_dir: str = ".") -> str | None:
     try:
         import yaml  # type: ignore[import-untyped]
 
-        value = (yaml.safe_load(text) or {}).get("train")
+        value = (yaml.safe_load(text) or {}).get(key)
         return value if isinstance(value, str) and value.strip() else None
     except ImportError:
         # PyYAML is not a dependency: a top-level `train: "FILE.py:NAME"` line
         # is all this needs to read.
-        match = re.search(r"""^train:\s*["']?([^"'#\s]+)["']?\s*(?:#.*)?$""", text, re.M)
+        match = re.search(rf"""^{key}:\s*["']?([^"'#\s]+)["']?\s*(?:#.*)?$""", text, re.M)
         return match.group(1) if match else None
     except Exception:  # noqa: BLE001 - a broken cog.yaml is reported by the server itself
         return None
 
 
-def _training_signature(predictor_ref: str) -> Signature | None:
-    """The training function's signature when ``train:`` is configured, else ``None``.
+def _other_signature(mode: str, served_ref: str) -> Signature | None:
+    """The signature of the other mode's function when it is configured.
 
-    A training function that cannot be loaded or described costs the document
-    its training part, with a warning, never the predictions.
+    One document describes both, as the one Cog builds into an image does: a
+    predictor's document carries the training schemas and a training
+    function's the prediction ones. A function that cannot be loaded or
+    described costs the document that part, with a warning, never the runs
+    being served.
     """
-    ref = configured_train_ref()
-    if not ref or ref == predictor_ref:
+    other = "predict" if mode == "train" else "train"
+    ref = configured_ref(other)
+    if not ref or ref == served_ref:
         return None
+    names = ("train",) if other == "train" else ("run", "predict")
     try:
-        fn, skip_self = run_callable(_load(ref), ("train",))
+        fn, skip_self = run_callable(_load(ref), names)
         return signature_of(fn, skip_self=skip_self)
-    except Exception as e:  # noqa: BLE001 - any failure only drops the training schemas
-        print(f"cogd: leaving trainings out of the schema: {ref}: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - any failure only drops that part
+        noun = "trainings" if other == "train" else "predictions"
+        print(f"cogd: leaving {noun} out of the schema: {ref}: {e}", file=sys.stderr)
         return None
 
 
@@ -1061,9 +1069,9 @@ def prepare(
     if prebuilt is not None:
         return signature, prebuilt
     if mode == "train":
-        document = openapi_document(None, signature)
+        document = openapi_document(_other_signature(mode, predictor_ref), signature)
     else:
-        document = openapi_document(signature, _training_signature(predictor_ref))
+        document = openapi_document(signature, _other_signature(mode, predictor_ref))
         if streaming:
             document["paths"]["/predictions"]["post"][STREAMING_EXTENSION] = True
     return signature, json.dumps(document)

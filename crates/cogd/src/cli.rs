@@ -1,5 +1,7 @@
 //! The `cogd` command line, shared by the standalone binary and the `cogd`
-//! command of the Python package (which passes its own interpreter).
+//! command of the Python package (which passes its own interpreter):
+//! `serve` (the HTTP server), `predict` (one run, `run_once.rs`) and
+//! `schema`. `--train` on each selects the model's training function.
 
 use std::path::PathBuf;
 
@@ -41,6 +43,10 @@ enum Command {
         /// installed in, else python3).
         #[arg(long, env = "COGD_PYTHON")]
         python: Option<PathBuf>,
+        /// Serve the model's training function (`train:` in cog.yaml, or
+        /// COG_TRAIN_TYPE_STUB) on /trainings instead of its predictor.
+        #[arg(long)]
+        train: bool,
     },
     /// Print the model's OpenAPI schema (what /openapi.json serves) without serving it.
     Schema {
@@ -49,6 +55,32 @@ enum Command {
         model_dir: PathBuf,
         /// The Python interpreter that imports the model (default: the one
         /// cogd is installed in, else python3).
+        #[arg(long, env = "COGD_PYTHON")]
+        python: Option<PathBuf>,
+        /// The schema a training server (`serve --train`) serves.
+        #[arg(long)]
+        train: bool,
+    },
+    /// Run one prediction (or, with --train, one training) and print its
+    /// output; file outputs are written to the current directory.
+    Predict {
+        /// The model directory, with cog.yaml and the predictor.
+        #[arg(default_value = ".")]
+        model_dir: PathBuf,
+        /// An input: NAME=VALUE (typed by the model's schema: numbers,
+        /// booleans, JSON lists and objects), or NAME=@FILE (a file input, or
+        /// the file's text). Repeat for more inputs, or for more list items.
+        #[arg(short = 'i', long = "input", value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// The whole input as a JSON object, or @FILE holding one; -i values
+        /// are added to it.
+        #[arg(long, value_name = "JSON|@FILE")]
+        json: Option<String>,
+        /// Run the model's training function instead of its predictor.
+        #[arg(long)]
+        train: bool,
+        /// The Python interpreter for the worker (default: the one cogd is
+        /// installed in, else python3).
         #[arg(long, env = "COGD_PYTHON")]
         python: Option<PathBuf>,
     },
@@ -77,19 +109,53 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
     };
     let telemetry = {
         let _context = runtime.enter();
-        crate::telemetry::init()
+        if matches!(cli.command, Command::Predict { .. }) {
+            // A command for a terminal: the server's own log only when it matters.
+            crate::telemetry::init_with("warn", true)
+        } else {
+            crate::telemetry::init()
+        }
+    };
+    let python = |flag: Option<PathBuf>| {
+        flag.or(python.clone())
+            .unwrap_or_else(|| PathBuf::from("python3"))
     };
     let code = match cli.command {
         Command::Schema {
             model_dir,
             python: python_flag,
+            train,
         } => print_schema(Flags {
             model_dir,
-            python: python_flag
-                .or(python)
-                .unwrap_or_else(|| PathBuf::from("python3")),
+            python: python(python_flag),
+            train,
             ..Flags::default()
         }),
+        Command::Predict {
+            model_dir,
+            inputs,
+            json,
+            train,
+            python: python_flag,
+        } => {
+            let flags = Flags {
+                model_dir,
+                python: python(python_flag),
+                train,
+                ..Flags::default()
+            };
+            match Config::resolve(flags, |k| std::env::var(k).ok()) {
+                Ok(config) => crate::run_once::run(
+                    &runtime,
+                    config,
+                    crate::run_once::InputArgs { inputs, json },
+                ),
+                Err(e) => {
+                    eprintln!("cogd: {e}");
+                    2
+                }
+            }
+        }
         Command::Serve {
             model_dir,
             host,
@@ -97,6 +163,7 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
             upload_url,
             await_explicit_shutdown,
             python: python_flag,
+            train,
         } => {
             let flags = Flags {
                 model_dir,
@@ -104,9 +171,8 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
                 port,
                 upload_url,
                 await_explicit_shutdown,
-                python: python_flag
-                    .or(python)
-                    .unwrap_or_else(|| PathBuf::from("python3")),
+                python: python(python_flag),
+                train,
             };
             let config = match Config::resolve(flags, |k| std::env::var(k).ok()) {
                 Ok(config) => config,

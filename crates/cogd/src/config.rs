@@ -84,6 +84,8 @@ pub struct Flags {
     pub await_explicit_shutdown: bool,
     /// `--python` / `COGD_PYTHON`, or the interpreter the `cogd` command runs in.
     pub python: PathBuf,
+    /// `--train` (the launcher's `--x-mode train`): run the training function.
+    pub train: bool,
 }
 
 /// A configuration the server cannot start with.
@@ -103,6 +105,9 @@ pub enum ConfigError {
     /// Nothing says what to run.
     #[error("no predictor: set `predict: \"predict.py:Predictor\"` in {0}/cog.yaml or COG_PREDICT_TYPE_STUB")]
     NoPredictor(PathBuf),
+    /// Training mode, and nothing says what trains.
+    #[error("no training function: set `train: \"train.py:train\"` in {0}/cog.yaml or COG_TRAIN_TYPE_STUB")]
+    NoTrainer(PathBuf),
     /// An environment variable has a value that makes no sense.
     #[error("{name}={value:?}: {message}")]
     BadEnv {
@@ -119,7 +124,6 @@ pub enum ConfigError {
 #[derive(Debug, Default, Deserialize)]
 struct CogYaml {
     predict: Option<String>,
-    #[allow(dead_code)]
     train: Option<String>,
     concurrency: Option<Concurrency>,
 }
@@ -140,10 +144,21 @@ impl Config {
             return Err(ConfigError::NoModelDir(model_dir));
         }
         let cog_yaml = read_cog_yaml(&model_dir)?;
-        let predictor_ref = env("COG_PREDICT_TYPE_STUB")
-            .filter(|s| !s.trim().is_empty())
-            .or(cog_yaml.predict)
-            .ok_or_else(|| ConfigError::NoPredictor(model_dir.clone()))?;
+        // Training mode runs `train:` where predict mode runs `predict:`;
+        // each has its own variable, which wins over cog.yaml.
+        let (mode, predictor_ref) = if flags.train {
+            let train = env("COG_TRAIN_TYPE_STUB")
+                .filter(|s| !s.trim().is_empty())
+                .or(cog_yaml.train)
+                .ok_or_else(|| ConfigError::NoTrainer(model_dir.clone()))?;
+            (Mode::Train, train)
+        } else {
+            let predict = env("COG_PREDICT_TYPE_STUB")
+                .filter(|s| !s.trim().is_empty())
+                .or(cog_yaml.predict)
+                .ok_or_else(|| ConfigError::NoPredictor(model_dir.clone()))?;
+            (Mode::Predict, predict)
+        };
         let slots_override = match number::<usize>(&env, "COG_MAX_CONCURRENCY", AT_LEAST_ONE)? {
             Some(0) => {
                 return Err(ConfigError::BadEnv {
@@ -215,7 +230,7 @@ impl Config {
         Ok(Config {
             model_dir,
             predictor_ref,
-            mode: Mode::Predict,
+            mode,
             slots_override,
             slots_default,
             queue_size,
@@ -342,6 +357,43 @@ mod tests {
         .unwrap();
         assert_eq!(config.predictor_ref, "run.py:Runner");
         assert_eq!(config.slots_override, Some(2));
+    }
+
+    #[test]
+    fn training_mode_runs_the_train_reference_and_its_variable_wins() {
+        let dir = model("predict: predict.py:Predictor\ntrain: train.py:train\n");
+        let train = |env: &[(&str, &str)]| {
+            let env: HashMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Config::resolve(
+                Flags {
+                    model_dir: dir.path().to_path_buf(),
+                    train: true,
+                    ..Flags::default()
+                },
+                |k| env.get(k).cloned(),
+            )
+        };
+        let config = train(&[]).unwrap();
+        assert_eq!(config.mode, Mode::Train);
+        assert_eq!(config.predictor_ref, "train.py:train");
+        let config = train(&[("COG_TRAIN_TYPE_STUB", "other.py:Trainer")]).unwrap();
+        assert_eq!(config.predictor_ref, "other.py:Trainer");
+        assert_eq!(resolve(dir.path(), &[]).unwrap().mode, Mode::Predict);
+
+        let untrained = model("predict: predict.py:Predictor\n");
+        let err = Config::resolve(
+            Flags {
+                model_dir: untrained.path().to_path_buf(),
+                train: true,
+                ..Flags::default()
+            },
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::NoTrainer(_)), "{err}");
     }
 
     #[test]

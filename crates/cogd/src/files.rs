@@ -218,7 +218,7 @@ fn file_name(url: &reqwest::Url, content_type: Option<&reqwest::header::HeaderVa
 }
 
 /// Keeps letters, digits, `.`, `-` and `_`; no leading dots; at most 128 bytes.
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     let decoded = percent_decode(name);
     let kept: String = String::from_utf8_lossy(&decoded)
         .chars()
@@ -233,22 +233,44 @@ fn sanitize(name: &str) -> String {
     kept.trim_start_matches('.').chars().take(128).collect()
 }
 
-/// A file extension for common media types.
-fn extension(mime: &str) -> &'static str {
-    match mime.split(';').next().unwrap_or("").trim() {
-        "image/png" => ".png",
-        "image/jpeg" => ".jpg",
-        "image/gif" => ".gif",
-        "image/webp" => ".webp",
-        "audio/wav" | "audio/x-wav" => ".wav",
-        "audio/mpeg" => ".mp3",
-        "video/mp4" => ".mp4",
-        "text/plain" => ".txt",
-        "application/json" => ".json",
-        "application/pdf" => ".pdf",
-        "application/zip" => ".zip",
-        _ => "",
-    }
+/// Common media types and the file extension each is written with.
+const MEDIA_TYPES: &[(&str, &str)] = &[
+    ("image/png", ".png"),
+    ("image/jpeg", ".jpg"),
+    ("image/gif", ".gif"),
+    ("image/webp", ".webp"),
+    ("audio/wav", ".wav"),
+    ("audio/x-wav", ".wav"),
+    ("audio/mpeg", ".mp3"),
+    ("video/mp4", ".mp4"),
+    ("text/plain", ".txt"),
+    ("application/json", ".json"),
+    ("application/pdf", ".pdf"),
+    ("application/zip", ".zip"),
+];
+
+/// A file extension for common media types (`""` for others).
+pub(crate) fn extension(mime: &str) -> &'static str {
+    let essence = mime.split(';').next().unwrap_or("").trim();
+    MEDIA_TYPES
+        .iter()
+        .find(|(m, _)| *m == essence)
+        .map_or("", |(_, ext)| ext)
+}
+
+/// The media type of a file, from its extension; `application/octet-stream`
+/// when the extension is not a common one.
+pub(crate) fn media_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| format!(".{}", e.to_ascii_lowercase()))
+        .unwrap_or_default();
+    let ext = if ext == ".jpeg" { ".jpg" } else { ext.as_str() };
+    MEDIA_TYPES
+        .iter()
+        .find(|(_, e)| *e == ext)
+        .map_or("application/octet-stream", |(m, _)| m)
 }
 
 /// Decodes `data:[<type>][;base64],<data>` (without its `data:`) to a file.

@@ -12,6 +12,7 @@ pub mod files;
 pub mod ipc;
 pub mod metrics;
 pub mod prediction;
+pub mod run_once;
 pub mod schema;
 pub mod server;
 pub mod service;

@@ -67,25 +67,14 @@ fn remove_ready_file() {
     }
 }
 
-/// Serves the model until a shutdown request or signal.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
-    // Everything on disk lives under one directory removed on exit:
-    // the slot sockets, and a directory per prediction while it runs.
-    let temp = tempfile::Builder::new()
-        .prefix("cogd-")
-        .tempdir()
-        .map_err(ServeError::TempDir)?;
-    let predictions_dir = temp.path().join("predictions");
-    std::fs::create_dir_all(&predictions_dir).map_err(ServeError::TempDir)?;
-
-    let addr = format!("{}:{}", config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-
+/// Starts the worker and the service that runs predictions on it, as the
+/// server and `cogd predict` both do: slot sockets go in `socket_dir`, each
+/// prediction's files in `predictions_dir`.
+pub(crate) fn start_model(
+    config: &Config,
+    socket_dir: &std::path::Path,
+    predictions_dir: std::path::PathBuf,
+) -> (Supervisor, Service) {
     let metrics = Metrics::new();
     let supervisor = Supervisor::start(
         WorkerConfig {
@@ -96,7 +85,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             slots_override: config.slots_override,
             slots_default: config.slots_default,
             setup_timeout: config.setup_timeout,
-            socket_dir: temp.path().to_path_buf(),
+            socket_dir: socket_dir.to_path_buf(),
             max_restarts: config.max_restarts,
             restart_window: config.restart_window,
         },
@@ -130,6 +119,29 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         },
         metrics,
     );
+    (supervisor, service)
+}
+
+/// Serves the model until a shutdown request or signal.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    // Everything on disk lives under one directory removed on exit:
+    // the slot sockets, and a directory per prediction while it runs.
+    let temp = tempfile::Builder::new()
+        .prefix("cogd-")
+        .tempdir()
+        .map_err(ServeError::TempDir)?;
+    let predictions_dir = temp.path().join("predictions");
+    std::fs::create_dir_all(&predictions_dir).map_err(ServeError::TempDir)?;
+
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+
+    let (supervisor, service) = start_model(&config, temp.path(), predictions_dir);
     let (shutdown, mut stop) = watch::channel(false);
     tokio::spawn(watch_signals(
         shutdown.clone(),
@@ -140,6 +152,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         %addr,
         model_dir = %config.model_dir.display(),
         predictor = %config.predictor_ref,
+        mode = ?config.mode,
         "serving"
     );
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {

@@ -2,7 +2,8 @@
 
 It accepts Cog's flags and starts cogd on the model in the current directory;
 the predictor comes from ``COG_PREDICT_TYPE_STUB`` or ``cog.yaml``, the port
-from ``PORT``.
+from ``PORT``. ``--x-mode train`` serves the training function instead
+(``COG_TRAIN_TYPE_STUB`` or ``train:`` in ``cog.yaml``) on ``/trainings``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def parse_args(argv: list[str]) -> list[str]:
     if args.await_explicit_shutdown:
         out.append("--await-explicit-shutdown")
     if args.x_mode == "train":
-        parser.error("--x-mode train: training models are not supported by this cogd yet")
+        out.append("--train")
     return out
 
 

@@ -40,6 +40,15 @@ pub enum ApiError {
     /// No prediction has this id.
     #[error("no prediction with id {0:?}")]
     NotFound(String),
+    /// `/trainings…` on a server that runs the model's predictor.
+    #[error(
+        "this server runs the model's predictor, not its training function: \
+         start it with `cogd serve --train` (or `--x-mode train`) to serve /trainings"
+    )]
+    TrainingNotServed,
+    /// A training asked for an event stream: trainings answer with JSON only.
+    #[error("trainings cannot answer with text/event-stream")]
+    TrainingStream,
 }
 
 impl ApiError {
@@ -93,7 +102,10 @@ impl IntoResponse for ApiError {
             Self::Body { status, message } => (status, json!(message)),
             e @ Self::Unauthorized => (StatusCode::UNAUTHORIZED, json!(e.to_string())),
             e @ Self::NotStreaming => (StatusCode::NOT_ACCEPTABLE, json!(e.to_string())),
-            e @ Self::NotFound(_) => (StatusCode::NOT_FOUND, json!(e.to_string())),
+            e @ (Self::NotFound(_) | Self::TrainingNotServed) => {
+                (StatusCode::NOT_FOUND, json!(e.to_string()))
+            }
+            e @ Self::TrainingStream => (StatusCode::NOT_ACCEPTABLE, json!(e.to_string())),
             Self::Admission(AdmissionError::NotReady(health)) => {
                 let why = match health {
                     Health::Starting => "the model is not ready yet: setup is still running",

@@ -1,6 +1,13 @@
 //! The HTTP API of SPEC §3: routes, and the mapping of service results to
 //! answers. Handlers parse, call one service method, and map the result; the
 //! rules live in the service.
+//!
+//! Predictions and trainings are one kind of run under two names: the same
+//! handlers serve `/predictions…` and `/trainings…`, parametrised by the
+//! [`Mode`] the route belongs to. A server runs one mode (its worker loaded
+//! either the predictor or the training function). A training server also
+//! takes its trainings at `/predictions…`, as Cog's does (checked against the
+//! training input); a prediction server answers `/trainings…` with 404.
 
 mod error;
 mod request;
@@ -18,6 +25,7 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 
+use crate::ipc::Mode;
 use crate::service::{Admission, Health, Service};
 
 /// What every handler can reach.
@@ -40,12 +48,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
-        .route("/predictions", post(create_prediction))
-        .route(
-            "/predictions/{id}",
-            put(create_prediction_idempotent).get(get_prediction),
-        )
-        .route("/predictions/{id}/cancel", post(cancel_prediction))
+        .merge(run_routes(Mode::Predict))
+        .merge(run_routes(Mode::Train))
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -103,16 +107,90 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "status": health }))).into_response()
 }
 
-async fn root() -> Json<serde_json::Value> {
-    Json(json!({
+/// The discovery document: the routes this server serves (`predictions_*`,
+/// and `trainings_*` when it runs the training function).
+async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let mut body = json!({
         "cog_version": crate::VERSION,
         "openapi_url": "/openapi.json",
         "shutdown_url": "/shutdown",
         "healthcheck_url": "/health-check",
-        "predictions_url": "/predictions",
-        "predictions_idempotent_url": "/predictions/{prediction_id}",
-        "predictions_cancel_url": "/predictions/{prediction_id}/cancel",
-    }))
+    });
+    for mode in [Mode::Predict, Mode::Train] {
+        if serves(&state, mode) {
+            let (collection, noun) = names(mode);
+            body[format!("{collection}_url")] = format!("/{collection}").into();
+            body[format!("{collection}_idempotent_url")] =
+                format!("/{collection}/{{{noun}_id}}").into();
+            body[format!("{collection}_cancel_url")] =
+                format!("/{collection}/{{{noun}_id}}/cancel").into();
+        }
+    }
+    Json(body)
+}
+
+/// The URL collection and the noun of a mode's runs.
+fn names(mode: Mode) -> (&'static str, &'static str) {
+    match mode {
+        Mode::Predict => ("predictions", "prediction"),
+        Mode::Train => ("trainings", "training"),
+    }
+}
+
+/// The create, idempotent create, poll and cancel routes of one mode's runs.
+fn run_routes(mode: Mode) -> Router<AppState> {
+    let (collection, _) = names(mode);
+    Router::new()
+        .route(
+            &format!("/{collection}"),
+            post(
+                move |State(state): State<AppState>,
+                      headers: HeaderMap,
+                      body: Result<Bytes, BytesRejection>| async move {
+                    create(&state, mode, &headers, body, None).await
+                },
+            ),
+        )
+        .route(
+            &format!("/{collection}/{{id}}"),
+            put(
+                move |State(state): State<AppState>,
+                      Path(id): Path<String>,
+                      headers: HeaderMap,
+                      body: Result<Bytes, BytesRejection>| async move {
+                    create(&state, mode, &headers, body, Some(&id)).await
+                },
+            )
+            .get(
+                move |State(state): State<AppState>, Path(id): Path<String>| async move {
+                    get_run(&state, mode, id)
+                },
+            ),
+        )
+        .route(
+            &format!("/{collection}/{{id}}/cancel"),
+            post(
+                move |State(state): State<AppState>, Path(id): Path<String>| async move {
+                    cancel_run(&state, mode, id)
+                },
+            ),
+        )
+}
+
+/// Whether the routes of `mode` run here: a server's own mode's do, and a
+/// training server's `/predictions…` too (they run the training).
+fn serves(state: &AppState, mode: Mode) -> bool {
+    let running = state.service.mode();
+    running == mode || running == Mode::Train
+}
+
+/// Refuses the routes of the mode this server does not run.
+fn served(state: &AppState, mode: Mode) -> Result<(), ApiError> {
+    if serves(state, mode) {
+        Ok(())
+    } else {
+        Err(ApiError::TrainingNotServed)
+    }
 }
 
 async fn health_check(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -143,34 +221,23 @@ async fn openapi(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn create_prediction(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    create(&state, &headers, body, None).await
-}
-
-async fn create_prediction_idempotent(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    create(&state, &headers, body, Some(&id)).await
-}
-
-/// Creates (or finds, by id) a prediction and answers as the client asked:
-/// an event stream, 202 at once, or the finished prediction.
+/// Creates (or finds, by id) a prediction or training and answers as the
+/// client asked: an event stream, 202 at once, or the finished run.
 async fn create(
     state: &AppState,
+    mode: Mode,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     path_id: Option<&str>,
 ) -> Result<Response, ApiError> {
+    served(state, mode)?;
     let body = body.map_err(ApiError::from_body)?;
     let request = request::parse_prediction(headers, &body, path_id)?;
     if stream::wanted(headers) {
+        // Cog's trainings answer only with JSON.
+        if state.service.mode() == Mode::Train {
+            return Err(ApiError::TrainingStream);
+        }
         return stream::respond(&state.service, request);
     }
     respond(state.service.create(request)?, headers).await
@@ -215,18 +282,18 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn get_prediction(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+fn get_run(state: &AppState, mode: Mode, id: String) -> Result<Response, ApiError> {
+    served(state, mode)?;
     let handle = state.service.get(&id).ok_or(ApiError::NotFound(id))?;
     Ok(Json(handle.snapshot()).into_response())
 }
 
-async fn cancel_prediction(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+fn cancel_run(
+    state: &AppState,
+    mode: Mode,
+    id: String,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    served(state, mode)?;
     if state.service.cancel(&id) {
         Ok(Json(json!({})))
     } else {

@@ -4,7 +4,8 @@
 //! The worker builds the document from the run method's type hints
 //! (`python/cogd/schema.py`); the supervisor keeps it and serves it as
 //! `/openapi.json`. [`LiveSchema`] follows the worker's state and, each time
-//! it becomes ready, compiles that document's `Input` schema into an
+//! it becomes ready, compiles that document's `Input` schema (`TrainingInput`
+//! for a worker that runs the training function) into an
 //! [`InputValidator`], once. The service asks it to check every request's
 //! input before a slot is taken ([`LiveSchema::check`]): a bad input costs a
 //! 422 and never a run. A model whose document has no `Input` schema (or one
@@ -22,11 +23,19 @@ use std::sync::{Arc, RwLock};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use crate::ipc::Mode;
 use crate::supervisor::WorkerState;
 pub use validate::{CompileError, InputError, InputValidator, PathSegment, REDACTED};
 
-/// The component of the document that describes a prediction's input.
-pub const INPUT_COMPONENT: &str = "Input";
+/// The component of the document that describes the input of the runs a
+/// worker in `mode` serves: `Input` for predictions, `TrainingInput` for
+/// trainings (Cog's names; one document may hold both).
+pub fn input_component(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Predict => "Input",
+        Mode::Train => "TrainingInput",
+    }
+}
 
 /// The validator of whichever worker is ready now; cheap to clone.
 #[derive(Clone)]
@@ -42,23 +51,28 @@ struct Live {
     /// (and so nothing is admitted), set when one becomes ready. Behind an
     /// `Arc` so a request holds it without holding the lock.
     current: RwLock<Option<Arc<Compiled>>>,
+    /// The component validated: [`input_component`] of the worker's mode.
+    component: &'static str,
     /// Reads the document the ready worker sent (`Supervisor::schema`).
     document: Box<dyn Fn() -> Value + Send + Sync>,
 }
 
 impl LiveSchema {
     /// Follows `states` (the supervisor's worker state) and compiles the
-    /// document `document` returns each time the worker becomes ready.
+    /// `component` of the document `document` returns each time the worker
+    /// becomes ready.
     ///
     /// Needs a tokio runtime to follow the state; without one it compiles on
     /// the first check instead.
     pub fn follow(
         states: watch::Receiver<WorkerState>,
+        component: &'static str,
         document: impl Fn() -> Value + Send + Sync + 'static,
     ) -> Self {
         let live = Self {
             inner: Arc::new(Live {
                 current: RwLock::new(None),
+                component,
                 document: Box::new(document),
             }),
         };
@@ -73,7 +87,8 @@ impl LiveSchema {
     async fn watch(self, mut states: watch::Receiver<WorkerState>) {
         loop {
             let ready = *states.borrow_and_update() == WorkerState::Ready;
-            let compiled = ready.then(|| Arc::new(compile((self.inner.document)())));
+            let compiled =
+                ready.then(|| Arc::new(compile((self.inner.document)(), self.inner.component)));
             *self
                 .inner
                 .current
@@ -91,7 +106,7 @@ impl LiveSchema {
         if let Some(compiled) = &*self.inner.current.read().unwrap_or_else(|e| e.into_inner()) {
             return Arc::clone(compiled);
         }
-        let compiled = Arc::new(compile((self.inner.document)()));
+        let compiled = Arc::new(compile((self.inner.document)(), self.inner.component));
         *self
             .inner
             .current
@@ -125,17 +140,20 @@ impl LiveSchema {
     }
 }
 
-/// Compiles `document`'s input schema, or says (once per worker) why there is
-/// nothing to validate with.
-fn compile(document: Value) -> Compiled {
+/// Compiles `document`'s input schema `component`, or says (once per worker)
+/// why there is nothing to validate with.
+fn compile(document: Value, component: &str) -> Compiled {
     let started = std::time::Instant::now();
-    match InputValidator::compile(&document, INPUT_COMPONENT) {
+    match InputValidator::compile(&document, component) {
         Ok(Some(validator)) => {
             tracing::debug!(elapsed = ?started.elapsed(), "compiled the input schema");
             Some(validator)
         }
         Ok(None) => {
-            tracing::warn!("the model's schema has no Input: inputs are not validated");
+            tracing::warn!(
+                component,
+                "the model's schema has no input schema: inputs are not validated"
+            );
             None
         }
         Err(e) => {
@@ -164,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn it_compiles_when_the_worker_becomes_ready_and_forgets_when_it_stops() {
         let (states, receiver) = watch::channel(WorkerState::Starting);
-        let live = LiveSchema::follow(receiver, document);
+        let live = LiveSchema::follow(receiver, "Input", document);
         tokio::task::yield_now().await;
         assert!(live.inner.current.read().unwrap().is_none());
 
@@ -201,16 +219,38 @@ mod tests {
     #[test]
     fn without_a_runtime_it_compiles_on_first_use() {
         let (_states, receiver) = watch::channel(WorkerState::Ready);
-        let live = LiveSchema::follow(receiver, document);
+        let live = LiveSchema::follow(receiver, "Input", document);
         let mut input = Map::new();
         let errors = live.check(&mut input).unwrap_err();
         assert_eq!(errors[0].field, "name");
     }
 
     #[test]
+    fn a_training_worker_validates_the_training_input() {
+        let (_states, receiver) = watch::channel(WorkerState::Ready);
+        let live = LiveSchema::follow(receiver, input_component(Mode::Train), || {
+            json!({"components": {"schemas": {
+                "Input": {"type": "object", "properties": {"name": {"type": "string"}}},
+                "TrainingInput": {"type": "object", "required": ["steps"],
+                    "properties": {"steps": {"type": "integer"}}},
+            }}})
+        });
+        let mut input = json!({"name": "x"}).as_object().unwrap().clone();
+        let fields: Vec<_> = live
+            .check(&mut input)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert!(fields.contains(&"steps".to_string()), "{fields:?}");
+        let mut input = json!({"steps": 3}).as_object().unwrap().clone();
+        assert!(live.check(&mut input).is_ok());
+    }
+
+    #[test]
     fn a_document_without_input_passes_everything() {
         let (_states, receiver) = watch::channel(WorkerState::Ready);
-        let live = LiveSchema::follow(receiver, || Value::Null);
+        let live = LiveSchema::follow(receiver, "Input", || Value::Null);
         let mut input = json!({"anything": [1, 2]}).as_object().unwrap().clone();
         assert_eq!(live.check(&mut input).unwrap(), input);
     }

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::files::Fetcher;
-use crate::ipc::SlotRequest;
+use crate::ipc::{Mode, SlotRequest};
 use crate::prediction::{Outcome, Prediction, PredictionHandle};
 use crate::schema::{InputError, LiveSchema};
 use crate::supervisor::{SetupRecord, SlotEvent, Supervisor, WorkerState};
@@ -172,6 +172,9 @@ struct Inner {
     schema: LiveSchema,
     /// The operator metrics: predictions by status, run and queue times.
     metrics: Metrics,
+    /// Bumped each time a ready worker's slots are opened, so
+    /// [`Service::settled`] can wait for it.
+    opened: Arc<watch::Sender<u64>>,
 }
 
 impl Service {
@@ -187,16 +190,20 @@ impl Service {
         let mut state = supervisor.subscribe_state();
         let pool = slots.clone();
         let ready = supervisor.clone();
+        let opened = Arc::new(watch::Sender::new(0u64));
+        let announce = Arc::clone(&opened);
         // Each worker (the first, and any restarted one) brings its own slots.
         tokio::spawn(async move {
             while state.wait_for(|s| *s == WorkerState::Ready).await.is_ok() {
                 pool.open(ready.slots());
+                announce.send_modify(|n| *n += 1);
                 if state.wait_for(|s| *s != WorkerState::Ready).await.is_err() {
                     return;
                 }
             }
         });
-        let schema = LiveSchema::follow(supervisor.subscribe_state(), {
+        let component = crate::schema::input_component(supervisor.mode());
+        let schema = LiveSchema::follow(supervisor.subscribe_state(), component, {
             let supervisor = supervisor.clone();
             move || supervisor.schema()
         });
@@ -208,10 +215,17 @@ impl Service {
                 outbound,
                 config,
                 unfinished: watch::Sender::new(0),
+                opened,
                 schema,
                 metrics,
             }),
         }
+    }
+
+    /// What this service runs: predictions, or trainings (the model's
+    /// training function). Runs of the other kind are not served.
+    pub fn mode(&self) -> Mode {
+        self.inner.supervisor.mode()
     }
 
     /// The model's health now.
@@ -224,6 +238,23 @@ impl Service {
             WorkerState::Ready => Health::Ready,
             WorkerState::SetupFailed => Health::SetupFailed,
             WorkerState::Defunct => Health::Defunct,
+        }
+    }
+
+    /// Waits while the model is starting (setup running, or slots not yet
+    /// opened) and returns the health it settles in.
+    pub async fn settled(&self) -> Health {
+        let mut opened = self.inner.opened.subscribe();
+        let mut state = self.inner.supervisor.subscribe_state();
+        loop {
+            let health = self.health();
+            if health != Health::Starting {
+                return health;
+            }
+            tokio::select! {
+                changed = opened.changed() => if changed.is_err() { return self.health() },
+                changed = state.changed() => if changed.is_err() { return self.health() },
+            }
         }
     }
 

@@ -178,6 +178,9 @@ struct Inner {
     config: WorkerConfig,
     state: watch::Sender<WorkerState>,
     setup: Mutex<SetupRecord>,
+    /// Bumped each time the setup logs grow, so a reader (`cogd predict`)
+    /// can show them as they come instead of polling the record.
+    setup_logs: watch::Sender<u64>,
     /// The schema and runtime versions the worker sent in `ready`.
     ready_info: Mutex<(
         serde_json::Value,
@@ -229,6 +232,7 @@ impl Supervisor {
                 status: "starting",
                 logs: String::new(),
             }),
+            setup_logs: watch::Sender::new(0),
             ready_info: Mutex::new((serde_json::Value::Null, serde_json::Map::new())),
             control: tokio::sync::Mutex::new(None),
             slots: std::sync::RwLock::new(Arc::new(Vec::new())),
@@ -257,6 +261,11 @@ impl Supervisor {
         self.inner.slots().len()
     }
 
+    /// What the worker runs: the predictor or the training function.
+    pub fn mode(&self) -> Mode {
+        self.inner.config.mode
+    }
+
     /// The worker's current state.
     pub fn state(&self) -> WorkerState {
         *self.inner.state.borrow()
@@ -270,6 +279,12 @@ impl Supervisor {
     /// Setup's record for the health check.
     pub fn setup_record(&self) -> SetupRecord {
         self.inner.lock_setup().clone()
+    }
+
+    /// Changes each time setup's logs grow; read them with
+    /// [`Supervisor::setup_record`].
+    pub fn subscribe_setup_logs(&self) -> watch::Receiver<u64> {
+        self.inner.setup_logs.subscribe()
     }
 
     /// The model's schema (`null` until ready or when the worker has none).
@@ -539,7 +554,10 @@ impl Inner {
                     });
                     tracing::info!(slots, "setup succeeded; the model is ready");
                 }
-                ControlResponse::Log { data, .. } => self.lock_setup().logs.push_str(&data),
+                ControlResponse::Log { data, .. } => {
+                    self.lock_setup().logs.push_str(&data);
+                    self.setup_logs.send_modify(|n| *n += 1);
+                }
                 ControlResponse::WorkerLog {
                     target,
                     level,
@@ -673,6 +691,7 @@ impl Inner {
                 setup.logs.push('\n');
             }
         }
+        self.setup_logs.send_modify(|n| *n += 1);
         tracing::error!(%reason, "setup failed");
         self.state.send_replace(WorkerState::SetupFailed);
     }

@@ -49,14 +49,20 @@ impl Telemetry {
 /// inside the tokio runtime the server will run on: the trace exporter, when
 /// configured, sends on that runtime.
 pub fn init() -> Telemetry {
+    init_with("info", false)
+}
+
+/// [`init`] with other defaults, for commands people read in a terminal
+/// (`cogd predict`: warnings only, in console form). The environment still wins.
+pub fn init_with(default_level: &str, default_console: bool) -> Telemetry {
     let directive = std::env::var("COG_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
+        .unwrap_or_else(|_| default_level.to_string());
     let filter = EnvFilter::try_new(directive.to_ascii_lowercase())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let console = std::env::var("LOG_FORMAT")
         .map(|f| f.eq_ignore_ascii_case("console"))
-        .unwrap_or(false);
+        .unwrap_or(default_console);
     let logs = if console {
         tracing_subscriber::fmt::layer()
             .with_target(false)
