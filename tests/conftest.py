@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MODELS, Gate, Server, WebhookReceiver, launch
+from harness import MODELS, Gate, Server, UploadReceiver, WebhookReceiver, launch
 
 _SERVERS = pytest.StashKey[list]()
 
@@ -113,5 +113,13 @@ def short_tmpdir() -> Iterator[Path]:
 def webhook_receiver() -> Iterator[WebhookReceiver]:
     """A local HTTP server that records the webhooks sent to it (see harness)."""
     receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def upload_receiver() -> Iterator[UploadReceiver]:
+    """A local HTTP server that takes file-output uploads (see harness)."""
+    receiver = UploadReceiver()
     yield receiver
     receiver.close()

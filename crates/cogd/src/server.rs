@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::files::outputs::OutputSender;
 use crate::files::Fetcher;
 use crate::service::{Outbound, Service, ServiceConfig};
 use crate::supervisor::{Supervisor, WorkerConfig, WorkerState};
@@ -110,6 +111,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             config.download_max_bytes,
             &user_agent,
         ),
+        outputs: OutputSender::new(config.upload_url.clone(), &user_agent),
     };
     let service = Service::new(
         supervisor.clone(),

@@ -29,11 +29,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use crate::files::outputs::{OutputSender, OutputTarget};
 use crate::files::Fetcher;
 use crate::ipc::SlotRequest;
 use crate::prediction::{Outcome, Prediction, PredictionHandle};
 use crate::schema::{InputError, LiveSchema};
-use crate::supervisor::{SetupRecord, SlotEvent, Supervisor, WorkerState};
+use crate::supervisor::{OutputValue, SetupRecord, SlotEvent, Supervisor, WorkerState};
 use crate::webhook::{Subscription, WebhookSender};
 use registry::Registry;
 use slots::{Admit, Refusal, SlotPool};
@@ -95,6 +96,9 @@ pub struct NewPrediction {
     pub created_at: Option<DateTime<Utc>>,
     /// Where to send webhooks, if anywhere.
     pub webhook: Option<Subscription>,
+    /// The request's `output_file_prefix`: upload file outputs here (wins
+    /// over `--upload-url`).
+    pub output_file_prefix: Option<String>,
 }
 
 /// The result of admission.
@@ -147,6 +151,8 @@ pub struct Outbound {
     pub webhooks: WebhookSender,
     /// Fetches file inputs.
     pub fetcher: Fetcher,
+    /// Sends file outputs (inline, or uploaded).
+    pub outputs: OutputSender,
 }
 
 /// The service; cheap to clone.
@@ -300,6 +306,7 @@ impl Service {
             input,
             file_inputs: self.inner.schema.file_inputs(),
             context: request.context,
+            output_file_prefix: request.output_file_prefix,
         };
         tokio::spawn(run.execute(admit));
         Ok(Admission::Created(handle))
@@ -405,6 +412,8 @@ struct Run {
     /// The inputs that are files, to fetch before the run.
     file_inputs: Vec<String>,
     context: serde_json::Map<String, serde_json::Value>,
+    /// The request's `output_file_prefix`.
+    output_file_prefix: Option<String>,
 }
 
 /// How a run in a slot ended.
@@ -520,7 +529,7 @@ impl Run {
             id: self.id.clone(),
             input,
             input_file,
-            output_dir,
+            output_dir: output_dir.clone(),
             context: self.context.clone(),
         };
         let mut events = match self.inner.supervisor.run(slot, &request).await {
@@ -534,6 +543,9 @@ impl Run {
         let timeout_at = time_limit.map(|limit| tokio::time::Instant::now() + limit);
         // Why a cancelled run ends: canceled by a client, or failed by time.
         let mut stopped = Outcome::Canceled;
+        // Set when a chunk's files could not be sent: the run is being stopped
+        // and fails whatever it does next.
+        let mut unsent = false;
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
@@ -596,6 +608,26 @@ impl Run {
                     }
                 }
                 SlotEvent::Output { output, index } => {
+                    // Each chunk's files are sent as it comes, before it is shown.
+                    let output = tokio::select! {
+                        sent = self.send_output(output, &output_dir) => sent,
+                        () = self.handle.cancelled(), if deadline.is_none() => continue,
+                    };
+                    let output = match output {
+                        Ok(output) => output,
+                        Err(error) => {
+                            // The run cannot succeed: stop it, and fail.
+                            if deadline.is_none() {
+                                unsent = true;
+                                stopped = Outcome::Failed(error);
+                                self.inner.supervisor.cancel(slot).await;
+                                deadline = Some(
+                                    tokio::time::Instant::now() + self.inner.config.cancel_grace,
+                                );
+                            }
+                            continue;
+                        }
+                    };
                     if self.handle.has_stream() {
                         let event = format!(r#"{{"chunk":{},"index":{index}}}"#, output.get());
                         self.handle.publish("output", event);
@@ -610,11 +642,22 @@ impl Run {
                     is_stream,
                     output,
                 } => {
+                    if unsent {
+                        // A chunk could not be sent: the run cannot succeed.
+                        return ended(stopped);
+                    }
                     if let Some(output) = output {
-                        self.handle.update(|p| {
-                            p.push_output(output);
-                            false
-                        });
+                        let sent = tokio::select! {
+                            sent = self.send_output(output, &output_dir) => sent,
+                            () = self.handle.cancelled() => return ended(Outcome::Canceled),
+                        };
+                        match sent {
+                            Ok(output) => self.handle.update(|p| {
+                                p.push_output(output);
+                                false
+                            }),
+                            Err(error) => return ended(Outcome::Failed(error)),
+                        }
                     }
                     return ended(Outcome::Succeeded {
                         predict_time,
@@ -630,6 +673,27 @@ impl Run {
                 SlotEvent::Died(reason) => return ended(Outcome::Failed(reason)),
             }
         }
+    }
+}
+
+impl Run {
+    /// An output with its files sent: inline, or uploaded to the request's
+    /// prefix or `--upload-url`.
+    async fn send_output(
+        &self,
+        output: OutputValue,
+        dir: &std::path::Path,
+    ) -> Result<Box<serde_json::value::RawValue>, String> {
+        let target = OutputTarget {
+            dir,
+            prefix: self.output_file_prefix.as_deref(),
+        };
+        self.inner
+            .outbound
+            .outputs
+            .finish(output, target)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
