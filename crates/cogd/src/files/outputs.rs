@@ -326,7 +326,10 @@ async fn splice_with_capacity(
     extra: u64,
     resolved: &[Resolved<'_>],
 ) -> Result<String, OutputError> {
-    let size = usize::try_from(text.len() as u64 + extra).map_err(|_| OutputError::Read {
+    // The markers go; what replaces them is `extra` bytes long. An exact
+    // capacity means the text is never moved, nor its spare room trimmed.
+    let kept = text.len() - markers.iter().map(String::len).sum::<usize>();
+    let size = usize::try_from(kept as u64 + extra).map_err(|_| OutputError::Read {
         path: resolved[0].file.path.clone(),
         reason: "too large to inline; use --upload-url".into(),
     })?;
