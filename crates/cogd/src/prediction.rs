@@ -631,7 +631,11 @@ mod tests {
         whole(&p);
         let big = p.output.clone().unwrap();
         let shared = p.envelope_pieces()[1].clone();
-        assert_eq!(shared.as_ptr(), big.get().as_ptr(), "the output is not copied");
+        assert_eq!(
+            shared.as_ptr(),
+            big.get().as_ptr(),
+            "the output is not copied"
+        );
     }
 
     #[test]

@@ -194,10 +194,12 @@ impl OutputSender {
         let mut delay = FIRST_RETRY_DELAY;
         let mut attempt = 1;
         loop {
-            let file = tokio::fs::File::open(&r.real).await.map_err(|e| OutputError::Read {
-                path: r.file.path.clone(),
-                reason: e.to_string(),
-            })?;
+            let file = tokio::fs::File::open(&r.real)
+                .await
+                .map_err(|e| OutputError::Read {
+                    path: r.file.path.clone(),
+                    reason: e.to_string(),
+                })?;
             let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
                 file,
                 256 * 1024,
@@ -412,10 +414,7 @@ fn put_url(base: &str, filename: &str) -> Option<reqwest::Url> {
     if !matches!(url.scheme(), "http" | "https") {
         return None;
     }
-    url.path_segments_mut()
-        .ok()?
-        .pop_if_empty()
-        .push(filename);
+    url.path_segments_mut().ok()?.pop_if_empty().push(filename);
     Some(url)
 }
 
@@ -497,7 +496,10 @@ mod tests {
                 "\u{0}cogd"
             ])
         );
-        assert!(!a.exists(), "a file in the prediction's directory is removed");
+        assert!(
+            !a.exists(),
+            "a file in the prediction's directory is removed"
+        );
         assert!(b.exists(), "a file elsewhere is the run's own");
     }
 

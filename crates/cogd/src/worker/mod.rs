@@ -672,9 +672,10 @@ fn slot_loop(
                     files,
                 });
                 // An output that cannot be sent fails the prediction, not the slot.
-                match done.map_err(|e| e.to_string()).and_then(|done| {
-                    encode_line(&done).map_err(|e| e.to_string())
-                }) {
+                match done
+                    .map_err(|e| e.to_string())
+                    .and_then(|done| encode_line(&done).map_err(|e| e.to_string()))
+                {
                     Ok(frame) => writer.send_frame(&frame),
                     Err(e) => writer.send(&SlotResponse::Failed {
                         id,
