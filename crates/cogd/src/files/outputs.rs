@@ -133,10 +133,7 @@ impl OutputSender {
             OutputJson::File(path) => read_spilled(&path, target.dir).await?,
         };
         if files.is_empty() {
-            return RawValue::from_string(text).map_err(|e| OutputError::Spill {
-                path: PathBuf::from("output"),
-                reason: e.to_string(),
-            });
+            return RawValue::from_string(text).map_err(|e| OutputError::Malformed(e.to_string()));
         }
         let base = target.prefix.or(self.upload_url.as_deref());
         let dir = tokio::fs::canonicalize(target.dir)

@@ -608,10 +608,16 @@ impl Run {
                     }
                 }
                 SlotEvent::Output { output, index } => {
+                    if deadline.is_some() {
+                        // Being stopped: what it yields now is not sent.
+                        continue;
+                    }
                     // Each chunk's files are sent as it comes, before it is shown.
                     let output = tokio::select! {
                         sent = self.send_output(output, &output_dir) => sent,
+                        // Back to the loop, which acts on the cancel or the time limit.
                         () = self.handle.cancelled(), if deadline.is_none() => continue,
+                        () = sleep_until(timeout_at), if deadline.is_none() => continue,
                     };
                     let output = match output {
                         Ok(output) => output,
@@ -649,7 +655,17 @@ impl Run {
                     if let Some(output) = output {
                         let sent = tokio::select! {
                             sent = self.send_output(output, &output_dir) => sent,
-                            () = self.handle.cancelled() => return ended(Outcome::Canceled),
+                            () = self.handle.cancelled(), if deadline.is_none() => {
+                                return ended(Outcome::Canceled)
+                            }
+                            () = sleep_until(timeout_at), if deadline.is_none() => {
+                                let limit = time_limit.unwrap_or_default().as_secs_f64();
+                                return ended(Outcome::Failed(format!(
+                                    "the prediction took longer than {limit} s (COG_PREDICT_TIMEOUT) while its files were sent"
+                                )));
+                            }
+                            // Stopped while its files were being sent.
+                            () = sleep_until(deadline) => return ended(stopped),
                         };
                         match sent {
                             Ok(output) => self.handle.update(|p| {
