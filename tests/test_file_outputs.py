@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -150,6 +151,28 @@ def test_transient_503s_are_retried(start_server, upload_receiver):
     assert got["status"] == "succeeded", got
     assert got["output"] == upload_receiver.url("/r/x.txt")
     assert upload_receiver.attempts == 3
+
+
+def test_a_cancel_during_a_slow_upload_ends_the_prediction_at_once(start_server, upload_receiver):
+    arrived = threading.Event()
+    release = threading.Event()
+
+    def hold(upload) -> None:
+        arrived.set()
+        release.wait(30)
+
+    upload_receiver.on_upload = hold
+    server = serve(start_server, "one_path", "--upload-url", upload_receiver.url("/slow"))
+    try:
+        held = in_background(server.put, "/predictions/slow", json={"input": {}}, timeout=30)
+        assert arrived.wait(15), "the upload never arrived"
+        began = time.monotonic()
+        assert server.post("/predictions/slow/cancel").status_code == 200
+        got = held.result(timeout=30).json()
+        assert got["status"] == "canceled", got
+        assert time.monotonic() - began < 3
+    finally:
+        release.set()
 
 
 def test_a_symlinked_output_is_read_through_its_link_and_devices_are_refused(start_server):
