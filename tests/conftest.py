@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MODELS, Gate, OtlpCollector, Server, WebhookReceiver, launch
+from harness import MODELS, Gate, OtlpCollector, Server, UploadReceiver, WebhookReceiver, launch
 
 _SERVERS = pytest.StashKey[list]()
 
@@ -123,3 +123,11 @@ def otlp_collector() -> Iterator[OtlpCollector]:
     collector = OtlpCollector()
     yield collector
     collector.close()
+
+
+@pytest.fixture
+def upload_receiver() -> Iterator[UploadReceiver]:
+    """A local HTTP server that takes file-output uploads (see harness)."""
+    receiver = UploadReceiver()
+    yield receiver
+    receiver.close()

@@ -7,6 +7,7 @@ conftest.py.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -694,6 +695,134 @@ class OtlpCollector:
                     raise AssertionError(f"timed out after {timeout}s; spans so far: {names}")
                 self._cond.wait(left)
             return [span for _, span in self.spans]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# -- file uploads -----------------------------------------------------------------
+
+
+class Upload:
+    """One PUT the upload receiver took: its path, media type, size, digest,
+    and (for small ones) its body."""
+
+    def __init__(self, path: str, content_type: str, size: int, sha256: str, body: bytes) -> None:
+        self.path = path
+        self.content_type = content_type
+        self.size = size
+        self.sha256 = sha256
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"Upload({self.path!r}, {self.content_type!r}, {self.size} bytes)"
+
+
+class UploadReceiver:
+    """A threaded HTTP server on 127.0.0.1 that takes PUTs as `--upload-url`
+    uploads do, and records each one it accepted.
+
+    `location(path)` gives the `Location` header of the reply (None: no
+    header); `fail_first(n)` answers the next n PUTs with `status` (503);
+    `respond(path)` may return a status to answer instead of 201 (after
+    reading the body); `on_upload(upload)` runs before the reply is sent.
+    Bodies are read as they arrive (length and SHA-256 kept, bytes kept up to
+    1 MiB), so a large upload does not sit in the test's memory.
+    """
+
+    KEEP_BODY = 1024 * 1024
+
+    def __init__(self) -> None:
+        self.uploads: list[Upload] = []
+        self.attempts = 0
+        self.location: Callable[[str], str | None] = lambda path: None
+        self.respond: Callable[[str], int | None] = lambda path: None
+        self.on_upload: Callable[[Upload], None] = lambda upload: None
+        self._failures = 0
+        self._failure_status = 503
+        self._cond = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _chunks(self) -> Iterable[bytes]:
+                length = self.headers.get("Content-Length")
+                if length is not None:
+                    left = int(length)
+                    while left:
+                        chunk = self.rfile.read(min(left, 1 << 20))
+                        if not chunk:
+                            return
+                        left -= len(chunk)
+                        yield chunk
+                    return
+                # Transfer-Encoding: chunked
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return
+                    yield self.rfile.read(size)
+                    self.rfile.readline()
+
+            def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+                digest = hashlib.sha256()
+                size = 0
+                kept = bytearray()
+                for chunk in self._chunks():
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if len(kept) < receiver.KEEP_BODY:
+                        kept += chunk[: receiver.KEEP_BODY - len(kept)]
+                with receiver._cond:
+                    receiver.attempts += 1
+                    failing = receiver._failures > 0
+                    if failing:
+                        receiver._failures -= 1
+                status = receiver._failure_status if failing else receiver.respond(self.path)
+                if status is not None and status >= 300:
+                    self._reply(status, None)
+                    return
+                upload = Upload(
+                    self.path,
+                    self.headers.get("Content-Type", ""),
+                    size,
+                    digest.hexdigest(),
+                    bytes(kept),
+                )
+                receiver.on_upload(upload)
+                with receiver._cond:
+                    receiver.uploads.append(upload)
+                    receiver._cond.notify_all()
+                self._reply(status or 201, receiver.location(self.path))
+
+            def _reply(self, status: int, location: str | None) -> None:
+                self.send_response(status)
+                if location is not None:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.base_url = f"http://{host}:{port}"
+
+    def url(self, path: str = "/uploads") -> str:
+        return self.base_url + path
+
+    def fail_first(self, count: int, status: int = 503) -> None:
+        """Answer the next `count` PUTs with `status` (without keeping them)."""
+        with self._cond:
+            self._failures = count
+            self._failure_status = status
 
     def close(self) -> None:
         self._server.shutdown()

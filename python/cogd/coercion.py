@@ -8,15 +8,15 @@ specific member of a union). :func:`encode_output` walks the same type tree
 (``cogd.schema``) the other way: it turns what the run returned into JSON and
 fails, saying what was returned, when it does not match the declared type.
 
-Files are the one place this module stands in for a later step: a file input
-given as a URL stays that URL (:func:`path_input`, :func:`file_input`) and a
-file output is inlined as a ``data:`` URI (:func:`file_output`). Each is one
-function so that the files step can replace it whole.
+A file input arrives as a local path (the server downloaded it). A file
+output is not read here: :func:`file_output` stands a :class:`FileRef` in for
+it, and :func:`output_json` lists those with where they sit in the value, so
+the server can read each file from disk and send it (inline as a ``data:``
+URI, or uploaded) without the bytes ever crossing the worker protocol.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import dataclasses
 import enum
@@ -28,6 +28,7 @@ import math
 import mimetypes
 import os
 import reprlib
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Coroutine, Mapping
@@ -53,7 +54,7 @@ RunAsync = Callable[[Callable[[], Coroutine[Any, Any, Any]]], Any]
 _URL_SCHEMES = ("http", "https", "data")
 
 
-# -- files (replaced by the files step) -----------------------------------------
+# -- files ----------------------------------------------------------------------
 
 
 def path_input(value: str) -> Path:
@@ -77,25 +78,80 @@ def file_input(value: str) -> Any:
     return open(value, "rb")  # noqa: SIM115 - handed to the run, which owns it
 
 
-def file_output(value: Any) -> str:
-    """A file output (a path, or an object with ``read()``) as a ``data:`` URI.
+@dataclasses.dataclass(frozen=True)
+class FileRef:
+    """A file the run returned, to be sent by the server: where it is, the name
+    it is uploaded under, and its media type."""
 
-    The mime type is guessed from the file name. A ``URLPath`` is still a URL
-    and is returned as one.
+    path: str
+    filename: str
+    mime_type: str
+
+
+def _mime_type(filename: str) -> str:
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+
+def file_output(value: Any, output_dir: str | None = None) -> FileRef | str:
+    """A file output (a path, or an object with ``read()``) as a :class:`FileRef`.
+
+    A path stays where it is (the server resolves symlinks before reading it);
+    its name is what it is uploaded under, as Cog does. A file object is
+    copied into ``output_dir`` (the prediction's directory, removed after the
+    run), named after its ``name`` or ``file``. A ``URLPath`` is still a URL
+    and is returned as one. Raises ``ValueError`` for a path that is not a file.
     """
     if isinstance(value, URLPath):
         return str(value)
     if isinstance(value, (str, os.PathLike)):
-        name = os.fspath(value)
-        with open(name, "rb") as f:
-            data = f.read()
-    else:
-        name = str(getattr(value, "name", "") or "")
-        data = value.read()
-        if isinstance(data, str):
-            data = data.encode()
-    mime = mimetypes.guess_type(os.path.basename(name))[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        path = os.path.abspath(os.fspath(value))
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} is not a file")
+        filename = os.path.basename(path)
+        return FileRef(path, filename, _mime_type(filename))
+    filename = os.path.basename(str(getattr(value, "name", "") or "")) or "file"
+    if callable(getattr(value, "seek", None)):
+        try:
+            value.seek(0)
+        except (OSError, ValueError):
+            pass  # not seekable: send what is left, as it reads
+    if output_dir:
+        # The server makes a run's directory only when it needs one itself.
+        os.makedirs(output_dir, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="file-", suffix=f"-{filename}", dir=output_dir)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := value.read(1024 * 1024):
+            out.write(chunk.encode() if isinstance(chunk, str) else chunk)
+    return FileRef(path, filename, _mime_type(filename))
+
+
+def _pointer_token(key: Any) -> str:
+    return str(key).replace("~", "~0").replace("/", "~1")
+
+
+def extract_files(data: Any, pointer: str = "") -> tuple[Any, list[dict[str, str]]]:
+    """``data`` with each :class:`FileRef` replaced by ``None``, and the list of
+    those files with their RFC 6901 pointers, as the worker protocol sends them."""
+    files: list[dict[str, str]] = []
+
+    def walk(value: Any, at: str) -> Any:
+        if isinstance(value, FileRef):
+            files.append(
+                {
+                    "pointer": at,
+                    "path": value.path,
+                    "filename": value.filename,
+                    "mime_type": value.mime_type,
+                }
+            )
+            return None
+        if isinstance(value, list):
+            return [walk(v, f"{at}/{i}") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: walk(v, f"{at}/{_pointer_token(k)}") for k, v in value.items()}
+        return value
+
+    return walk(data, pointer), files
 
 
 # -- inputs ---------------------------------------------------------------------
@@ -239,19 +295,32 @@ class OutputTypeError(TypeError):
     """What the run returned does not match its declared output type."""
 
 
-def output_json(node: Node, value: Any, run_async: RunAsync | None = None) -> str:
-    """The run's return value as JSON text (see :func:`encode_output`)."""
-    return json.dumps(encode_output(node, value, run_async), allow_nan=False)
+def output_json(
+    node: Node,
+    value: Any,
+    run_async: RunAsync | None = None,
+    output_dir: str | None = None,
+) -> tuple[str, str]:
+    """The run's return value as JSON text (see :func:`encode_output`), with
+    ``null`` where files go, and the list of those files as JSON text."""
+    data, files = extract_files(encode_output(node, value, run_async, output_dir))
+    return json.dumps(data, allow_nan=False), json.dumps(files)
 
 
-def encode_output(node: Node, value: Any, run_async: RunAsync | None = None) -> Any:
-    """The run's return value as JSON-ready data, checked against ``node``.
+def encode_output(
+    node: Node,
+    value: Any,
+    run_async: RunAsync | None = None,
+    output_dir: str | None = None,
+) -> Any:
+    """The run's return value as JSON-ready data, checked against ``node``;
+    files are :class:`FileRef` values (see :func:`extract_files`).
 
-    Iterators and generators are drained into a list (streaming them is a
-    later step); async ones through ``run_async`` on the worker's event loop.
-    Raises :class:`OutputTypeError` saying what was returned where.
+    Iterators and generators are drained into a list; async ones through
+    ``run_async`` on the worker's event loop. File objects are copied into
+    ``output_dir``. Raises :class:`OutputTypeError` saying what was returned where.
     """
-    return _Encoder(run_async).encode(node, value, "output")
+    return _Encoder(run_async, output_dir).encode(node, value, "output")
 
 
 def _describe(value: Any) -> str:
@@ -274,8 +343,15 @@ class _Encoder:
     """One output's walk down its type tree; ``where`` names the spot for errors
     (``output.items[2]``)."""
 
-    def __init__(self, run_async: RunAsync | None) -> None:
+    def __init__(self, run_async: RunAsync | None, output_dir: str | None = None) -> None:
         self.run_async = run_async
+        self.output_dir = output_dir
+
+    def file(self, value: Any, where: str) -> FileRef | str:
+        try:
+            return file_output(value, self.output_dir)
+        except ValueError as e:
+            raise OutputTypeError(f"{where} should be a file, but {e}") from None
 
     def mismatch(self, node: Node | str, value: Any, where: str) -> OutputTypeError:
         expected = node if isinstance(node, str) else type_name(node)
@@ -350,7 +426,7 @@ class _Encoder:
         if kind in ("path", "file"):
             readable = kind == "file" and callable(getattr(value, "read", None))
             if isinstance(value, (str, os.PathLike)) or readable:
-                return file_output(value)
+                return self.file(value, where)
             raise self.mismatch(node, value, where)
         # dict (and Opaque): any JSON object
         if isinstance(value, Mapping):
@@ -391,7 +467,7 @@ class _Encoder:
         if isinstance(value, Secret):
             return value.get_secret_value()
         if isinstance(value, os.PathLike) or callable(getattr(value, "read", None)):
-            return file_output(value)
+            return self.file(value, where)
         if isinstance(value, Mapping):
             return {str(k): self.anything(v, f"{where}.{k}") for k, v in value.items()}
         dump = getattr(value, "model_dump", None) or getattr(value, "dict", None)
@@ -422,11 +498,13 @@ async def _collect(iterator: Any) -> list[Any]:
 
 
 __all__ = [
+    "FileRef",
     "InputCoercionError",
     "OutputTypeError",
     "coerce",
     "coerce_inputs",
     "encode_output",
+    "extract_files",
     "file_input",
     "file_output",
     "output_json",

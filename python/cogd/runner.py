@@ -130,8 +130,10 @@ _STREAMED = object()
 class _ActiveRun:
     """What ``cancel`` needs to know about the run in one slot."""
 
-    def __init__(self) -> None:
+    def __init__(self, output_dir: str) -> None:
         self.thread_id = threading.get_ident()
+        # The prediction's directory: file objects the run returns are copied here.
+        self.output_dir = output_dir
         self.task: asyncio.Task[Any] | None = None
         self.cancelled = False
         self.raised = False
@@ -220,16 +222,17 @@ class Runner:
 
     def run(
         self, input_json: str, context_json: str, output_dir: str, slot: int = 0
-    ) -> tuple[str | None, bool]:
+    ) -> tuple[str | None, str, bool]:
         """Run one prediction on ``input_json``.
 
-        Returns ``(output JSON text, False)`` for a plain run, or ``(None, True)``
-        for a generator, whose items were each sent as they were yielded.
-        Raises ``CancelationException`` when the run was cancelled.
+        Returns ``(output JSON text, files JSON text, False)`` for a plain run
+        (the files are those the output refers to, see
+        ``coercion.output_json``), or ``(None, "[]", True)`` for a generator,
+        whose items were each sent as they were yielded. Raises
+        ``CancelationException`` when the run was cancelled.
         """
         assert self._run is not None and self._signature is not None, "run() before load()"
-        del output_dir  # used by a later feature (file outputs)
-        active = _ActiveRun()
+        active = _ActiveRun(output_dir)
         with self._lock:
             self._active[slot] = active
         token = capture.current_slot.set(slot)
@@ -243,8 +246,11 @@ class Runner:
                 # The run swallowed the cancel and returned: it is still cancelled.
                 raise CancelationException()
             if output is _STREAMED:
-                return None, True
-            return coercion.output_json(self._signature.output, output, self._call), False
+                return None, "[]", True
+            text, files = coercion.output_json(
+                self._signature.output, output, self._call, active.output_dir
+            )
+            return text, files, False
         except CancelationException:
             raise
         except BaseException:
@@ -278,7 +284,7 @@ class Runner:
                 if inspect.isasyncgen(result):
                     index = 0
                     async for item in result:
-                        self._send_chunk(slot, index, item)
+                        self._send_chunk(slot, active, index, item)
                         index += 1
                     return _STREAMED
                 return await result
@@ -291,11 +297,11 @@ class Runner:
         output = run(**kwargs)
         if inspect.isgenerator(output):
             for index, item in enumerate(output):
-                self._send_chunk(slot, index, item)
+                self._send_chunk(slot, active, index, item)
             return _STREAMED
         return output
 
-    def _send_chunk(self, slot: int, index: int, item: Any) -> None:
+    def _send_chunk(self, slot: int, active: _ActiveRun, index: int, item: Any) -> None:
         """Send one yielded item to the server now, before the next is produced."""
         from cogd import _native
 
@@ -304,8 +310,8 @@ class Runner:
         # A generator's items are checked against the declared item type.
         if isinstance(node, (schema.IteratorOf, schema.ListOf)):
             node = node.item
-        encoded = coercion.encode_output(node, item, self._call)
-        _native.write_output(slot, index, json.dumps(encoded, allow_nan=False))
+        text, files = coercion.output_json(node, item, self._call, active.output_dir)
+        _native.write_output(slot, index, text, files)
 
     def cancel(self, slot: int) -> None:
         """Stop the run in ``slot``: cancel its task, or raise inside its thread."""

@@ -60,13 +60,27 @@ fn write_log(
     }))
 }
 
-/// Sends one chunk of the streaming run in `slot` (its JSON text) to the
-/// server; false outside a worker or when no run is active in `slot`.
+/// Sends one chunk of the streaming run in `slot` (its JSON text, and the
+/// files it refers to as a JSON list) to the server; false outside a worker
+/// or when no run is active in `slot`.
 #[pyfunction]
-fn write_output(py: Python<'_>, slot: usize, index: u64, output: String) -> PyResult<bool> {
+fn write_output(
+    py: Python<'_>,
+    slot: usize,
+    index: u64,
+    output: String,
+    files: &str,
+) -> PyResult<bool> {
     let output = RawValue::from_string(output)
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("not JSON: {e}")))?;
-    Ok(py.detach(|| cogd::worker::write_output(slot, index, output)))
+    let files = parse_files(files).map_err(pyo3::exceptions::PyValueError::new_err)?;
+    py.detach(|| cogd::worker::write_output(slot, index, output, files))
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot send the output: {e}")))
+}
+
+/// The files an output refers to, as `cogd.coercion` lists them in JSON.
+fn parse_files(files: &str) -> Result<Vec<cogd::ipc::FileOutput>, String> {
+    serde_json::from_str(files).map_err(|e| format!("the file list is not valid: {e}"))
 }
 
 /// Records a custom metric (its value as JSON text) for the run in `slot`
@@ -209,7 +223,7 @@ impl Handler for PyHandler {
                         slot,
                     ),
                 )
-                .and_then(|out| out.extract::<(Option<String>, bool)>())
+                .and_then(|out| out.extract::<(Option<String>, String, bool)>())
                 .map_err(|e| {
                     if e.is_instance(py, self.cancelation.bind(py)) {
                         RunError::Canceled
@@ -219,10 +233,13 @@ impl Handler for PyHandler {
                 })
         })?;
         match output {
-            (Some(json), _) => RawValue::from_string(json)
-                .map(RunOutput::Value)
-                .map_err(|e| RunError::Failed(format!("the output is not valid JSON: {e}"))),
-            (None, _) => Ok(RunOutput::Streamed),
+            (Some(json), files, _) => {
+                let output = RawValue::from_string(json)
+                    .map_err(|e| RunError::Failed(format!("the output is not valid JSON: {e}")))?;
+                let files = parse_files(&files).map_err(RunError::Failed)?;
+                Ok(RunOutput::Value(output, files))
+            }
+            (None, _, _) => Ok(RunOutput::Streamed),
         }
     }
 

@@ -55,7 +55,8 @@ pub struct Config {
     pub host: String,
     /// Port to listen on.
     pub port: u16,
-    /// Base URL for file outputs.
+    /// Base URL file outputs are uploaded to (`PUT BASE/<filename>`);
+    /// without it they are inlined as `data:` URIs.
     pub upload_url: Option<String>,
     /// Ignore SIGTERM until `POST /shutdown`.
     pub await_explicit_shutdown: bool,
@@ -108,6 +109,9 @@ pub enum ConfigError {
     /// Training mode, and nothing says what trains.
     #[error("no training function: set `train: \"train.py:train\"` in {0}/cog.yaml or COG_TRAIN_TYPE_STUB")]
     NoTrainer(PathBuf),
+    /// `--upload-url` is not an http(s) URL.
+    #[error("--upload-url {0:?} is not an http:// or https:// URL")]
+    BadUploadUrl(String),
     /// An environment variable has a value that makes no sense.
     #[error("{name}={value:?}: {message}")]
     BadEnv {
@@ -227,6 +231,12 @@ impl Config {
             },
             None => None,
         };
+        if let Some(url) = &flags.upload_url {
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("http" | "https")) {
+                return Err(ConfigError::BadUploadUrl(url.clone()));
+            }
+        }
         Ok(Config {
             model_dir,
             predictor_ref,

@@ -7,6 +7,10 @@
 //! scheme (`file://`, `ftp://`, a bare path) is refused: a client must not be
 //! able to make the model read the server's own files. A failure names the
 //! input and the URL, with credentials and query string left out.
+//!
+//! File outputs, the other direction, are in [`outputs`].
+
+pub mod outputs;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

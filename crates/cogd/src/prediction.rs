@@ -73,6 +73,36 @@ pub enum Outcome {
     Canceled,
 }
 
+/// A JSON value's text, shared: cloning it (as every snapshot of a
+/// prediction does) never copies it, however large it is.
+#[derive(Debug, Clone)]
+pub struct JsonText(Arc<Box<RawValue>>);
+
+impl JsonText {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl From<Box<RawValue>> for JsonText {
+    fn from(value: Box<RawValue>) -> Self {
+        Self(Arc::new(value))
+    }
+}
+
+impl AsRef<[u8]> for JsonText {
+    fn as_ref(&self) -> &[u8] {
+        self.get().as_bytes()
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
 /// The state of one prediction, serialised as Cog's response envelope.
 #[derive(Debug, Clone)]
 pub struct Prediction {
@@ -84,9 +114,9 @@ pub struct Prediction {
     pub status: Status,
     /// Outputs received so far: a stream's chunks, or a plain run's one value
     /// (added just before it finishes).
-    pub outputs: Vec<Box<RawValue>>,
+    pub outputs: Vec<JsonText>,
     /// The final output, set when the prediction succeeds.
-    pub output: Option<Box<RawValue>>,
+    pub output: Option<JsonText>,
     /// Everything the run wrote, in order.
     pub logs: String,
     /// Why it failed.
@@ -165,7 +195,7 @@ impl Prediction {
     /// Records one output (or chunk); ignored once terminal.
     pub fn push_output(&mut self, output: Box<RawValue>) {
         if !self.status.is_terminal() {
-            self.outputs.push(output);
+            self.outputs.push(output.into());
         }
     }
 
@@ -207,11 +237,13 @@ impl Prediction {
 }
 
 /// A plain run's output is its one value; a stream's is the list of its chunks.
-fn final_output(outputs: &mut Vec<Box<RawValue>>, is_stream: bool) -> Box<RawValue> {
+fn final_output(outputs: &mut Vec<JsonText>, is_stream: bool) -> JsonText {
     if !is_stream && outputs.len() <= 1 {
-        return outputs
-            .pop()
-            .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"));
+        return outputs.pop().unwrap_or_else(|| {
+            RawValue::from_string("null".into())
+                .expect("null is JSON")
+                .into()
+        });
     }
     let mut text = String::from("[");
     for (i, chunk) in outputs.iter().enumerate() {
@@ -221,7 +253,9 @@ fn final_output(outputs: &mut Vec<Box<RawValue>>, is_stream: bool) -> Box<RawVal
         text.push_str(chunk.get());
     }
     text.push(']');
-    RawValue::from_string(text).expect("a list of JSON values is JSON")
+    RawValue::from_string(text)
+        .expect("a list of JSON values is JSON")
+        .into()
 }
 
 fn timestamp(t: &DateTime<Utc>) -> String {
@@ -248,6 +282,41 @@ impl Serialize for Prediction {
         map.serialize_entry("started_at", &self.started_at.as_ref().map(timestamp))?;
         map.serialize_entry("completed_at", &self.completed_at.as_ref().map(timestamp))?;
         map.end()
+    }
+}
+
+impl Prediction {
+    /// The envelope's JSON (the same text as serialising it) in three
+    /// pieces: what comes before the output, the output, and what comes
+    /// after. The output piece shares the stored output's memory, so a reply
+    /// carrying a huge output never copies it.
+    pub fn envelope_pieces(&self) -> [bytes::Bytes; 3] {
+        fn json<T: Serialize + ?Sized>(value: &T) -> String {
+            serde_json::to_string(value).expect("the envelope's fields are JSON")
+        }
+        let head = format!(
+            r#"{{"id":{},"status":{},"input":{},"output":"#,
+            json(&self.id),
+            json(&self.status),
+            json(&self.input)
+        );
+        let output = match &self.output {
+            None if !self.status.is_terminal() && !self.outputs.is_empty() => {
+                bytes::Bytes::from(json(&self.outputs))
+            }
+            None => bytes::Bytes::from_static(b"null"),
+            Some(output) => bytes::Bytes::from_owner(output.clone()),
+        };
+        let tail = format!(
+            r#","logs":{},"error":{},"metrics":{},"created_at":{},"started_at":{},"completed_at":{}}}"#,
+            json(&self.logs),
+            json(&self.error),
+            json(&self.metrics),
+            json(&timestamp(&self.created_at)),
+            json(&self.started_at.as_ref().map(timestamp)),
+            json(&self.completed_at.as_ref().map(timestamp)),
+        );
+        [head.into(), output, tail.into()]
     }
 }
 
@@ -547,6 +616,37 @@ mod tests {
         assert_eq!(v["status"], "succeeded");
         assert_eq!(v["output"], "hello");
         assert!(v["created_at"].as_str().unwrap().ends_with("+00:00"));
+    }
+
+    #[test]
+    fn the_envelope_in_pieces_is_the_envelope() {
+        let mut p = Prediction::new("p1".into(), serde_json::json!({"name": "x"}), None);
+        let whole = |p: &Prediction| {
+            let pieces = p.envelope_pieces();
+            assert_eq!(
+                pieces.concat(),
+                serde_json::to_vec(p).unwrap(),
+                "{:?}",
+                String::from_utf8_lossy(&pieces.concat())
+            );
+        };
+        whole(&p);
+        p.start();
+        p.append_log("a \"line\"\n");
+        p.push_output(raw("\"chunk\""));
+        whole(&p);
+        p.finish(Outcome::Succeeded {
+            predict_time: 0.5,
+            is_stream: false,
+        });
+        whole(&p);
+        let big = p.output.clone().unwrap();
+        let shared = p.envelope_pieces()[1].clone();
+        assert_eq!(
+            shared.as_ptr(),
+            big.get().as_ptr(),
+            "the output is not copied"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::files::outputs::OutputSender;
 use crate::files::Fetcher;
 use crate::service::{Outbound, Service, ServiceConfig};
 use crate::supervisor::{Supervisor, WorkerConfig, WorkerState};
@@ -105,6 +106,7 @@ pub(crate) fn start_model(
             config.download_max_bytes,
             &user_agent,
         ),
+        outputs: OutputSender::new(config.upload_url.clone(), &user_agent),
     };
     let service = Service::new(
         supervisor.clone(),

@@ -261,12 +261,36 @@ async fn respond(admission: Admission, headers: &HeaderMap) -> Result<Response, 
         Admission::Existing(handle) => (handle, false),
     };
     if respond_async(headers) {
-        return Ok((StatusCode::ACCEPTED, Json(handle.snapshot())).into_response());
+        return Ok(prediction_response(
+            StatusCode::ACCEPTED,
+            &handle.snapshot(),
+        ));
     }
     let mut guard = CancelOnDrop(created.then(|| handle.clone()));
     let prediction = handle.finished().await;
     guard.0 = None;
-    Ok(Json(prediction).into_response())
+    Ok(prediction_response(StatusCode::OK, &prediction))
+}
+
+/// A prediction as a JSON reply. The body is sent in pieces, the output
+/// straight from where the prediction keeps it, so an output of hundreds of
+/// megabytes (a large file inlined as a `data:` URI) is never copied.
+fn prediction_response(status: StatusCode, prediction: &crate::prediction::Prediction) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let pieces = prediction.envelope_pieces();
+    let length: usize = pieces.iter().map(Bytes::len).sum();
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(
+        pieces.map(Ok::<_, std::convert::Infallible>),
+    ));
+    (
+        status,
+        [
+            (CONTENT_TYPE, "application/json".to_string()),
+            (CONTENT_LENGTH, length.to_string()),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Cancels a synchronous prediction whose client went away: axum drops the
@@ -285,7 +309,7 @@ impl Drop for CancelOnDrop {
 fn get_run(state: &AppState, mode: Mode, id: String) -> Result<Response, ApiError> {
     served(state, mode)?;
     let handle = state.service.get(&id).ok_or(ApiError::NotFound(id))?;
-    Ok(Json(handle.snapshot()).into_response())
+    Ok(prediction_response(StatusCode::OK, &handle.snapshot()))
 }
 
 fn cancel_run(

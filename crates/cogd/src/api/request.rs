@@ -157,6 +157,20 @@ pub fn parse_prediction(
             WebhookEvent::all()
         }
     };
+    let output_file_prefix = match body.remove("output_file_prefix") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(url)
+        }
+        Some(_) => {
+            entry(
+                &["body", "output_file_prefix"],
+                "output_file_prefix must be an http:// or https:// URL",
+                "url_parsing",
+            );
+            None
+        }
+    };
     let id = match (path_id, id) {
         (Some(path), Some(body_id)) if path != body_id => {
             entry(
@@ -191,6 +205,7 @@ pub fn parse_prediction(
         created_at,
         webhook,
         trace_headers,
+        output_file_prefix,
     })
 }
 
@@ -246,6 +261,21 @@ mod tests {
             panic!("expected 422");
         };
         assert_eq!(errors.len(), 2);
+    }
+
+    #[test]
+    fn an_output_file_prefix_must_be_an_http_url() {
+        let body = br#"{"output_file_prefix":"https://example.com/up/"}"#;
+        let p = parse_prediction(&json_headers(), body, None).unwrap();
+        assert_eq!(
+            p.output_file_prefix.as_deref(),
+            Some("https://example.com/up/")
+        );
+        let body = br#"{"output_file_prefix":"file:///tmp/"}"#;
+        assert!(matches!(
+            parse_prediction(&json_headers(), body, None),
+            Err(ApiError::Invalid(_))
+        ));
     }
 
     #[test]

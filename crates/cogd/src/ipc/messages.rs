@@ -12,7 +12,7 @@ pub use crate::metrics::MetricMode;
 
 /// The protocol version both sides must agree on; the worker reports its own in
 /// the first message of every slot socket.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Whether the worker serves `predict:` or `train:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +178,26 @@ pub enum SlotRequest {
     },
 }
 
+/// A file a run returned (a `Path`, a `File`, or one inside a list, an
+/// object or a stream chunk). The output value holds `null` where the file
+/// goes; the server reads the file, turns it into a URL (a `data:` URI, or
+/// where it uploaded it) and puts that at `pointer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutput {
+    /// Where the file's URL goes in the output value (RFC 6901: `""` is the
+    /// whole value, `/2/image` the field `image` of its third item).
+    pub pointer: String,
+    /// The file, as an absolute path. The server resolves symlinks before it
+    /// reads it, and removes it after sending when it is in the prediction's
+    /// directory.
+    pub path: PathBuf,
+    /// The name it is uploaded under (the file's own name, as Cog does).
+    pub filename: String,
+    /// Its media type, the upload's `Content-Type` and the `data:` URI's type.
+    pub mime_type: String,
+}
+
 /// Worker -> server, on a slot socket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -196,19 +216,19 @@ pub enum SlotResponse {
     },
     /// One chunk of a streaming run, sent the moment it was yielded.
     Output {
-        /// The JSON value, passed through without re-parsing.
-        output: Box<RawValue>,
-        /// The chunk's position (0 for a plain run's single output).
+        /// The JSON value, passed through without re-parsing; `None` when it
+        /// was too large for a frame and is in `output_file` instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Box<RawValue>>,
+        /// A file in the prediction's directory holding the value's JSON,
+        /// for values too large for one frame.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_file: Option<PathBuf>,
+        /// The chunk's position.
         index: u64,
-    },
-    /// A file the run produced, in the prediction's output directory.
-    FileOutput {
-        /// The file's name inside the output directory.
-        filename: String,
-        /// What the file stands for in the output.
-        kind: String,
-        /// Its media type, when the worker knows it.
-        mime_type: Option<String>,
+        /// The files this value refers to: each goes where its pointer says.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<FileOutput>,
     },
     /// A custom metric the run recorded, sent the moment it was recorded.
     /// The worker has already checked it against the run's metrics; the
@@ -232,6 +252,13 @@ pub enum SlotResponse {
         /// A plain run's output (a stream's chunks came as `output` messages).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<Box<RawValue>>,
+        /// A plain run's output too large for one frame, in a file in the
+        /// prediction's directory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_file: Option<PathBuf>,
+        /// The files a plain run's output refers to.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<FileOutput>,
     },
     /// The run raised.
     Failed {
@@ -263,8 +290,13 @@ impl SlotResponse {
         struct OutputFrame {
             #[serde(rename = "type")]
             _kind: serde::de::IgnoredAny,
-            output: Box<RawValue>,
+            #[serde(default, deserialize_with = "present")]
+            output: Option<Box<RawValue>>,
+            #[serde(default)]
+            output_file: Option<PathBuf>,
             index: u64,
+            #[serde(default)]
+            files: Vec<FileOutput>,
         }
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -274,13 +306,33 @@ impl SlotResponse {
             id: String,
             predict_time: f64,
             is_stream: bool,
-            #[serde(default)]
+            #[serde(default, deserialize_with = "present")]
             output: Option<Box<RawValue>>,
+            #[serde(default)]
+            output_file: Option<PathBuf>,
+            #[serde(default)]
+            files: Vec<FileOutput>,
         }
         match serde_json::from_slice::<Tag<'_>>(frame)?.kind.as_ref() {
             "output" => {
-                let OutputFrame { output, index, .. } = serde_json::from_slice(frame)?;
-                Ok(Self::Output { output, index })
+                let OutputFrame {
+                    output,
+                    output_file,
+                    index,
+                    files,
+                    ..
+                } = serde_json::from_slice(frame)?;
+                if output.is_none() == output_file.is_none() {
+                    return Err(serde::de::Error::custom(
+                        "an output carries exactly one of `output` and `output_file`",
+                    ));
+                }
+                Ok(Self::Output {
+                    output,
+                    output_file,
+                    index,
+                    files,
+                })
             }
             "done" => {
                 let DoneFrame {
@@ -288,6 +340,8 @@ impl SlotResponse {
                     predict_time,
                     is_stream,
                     output,
+                    output_file,
+                    files,
                     ..
                 } = serde_json::from_slice(frame)?;
                 Ok(Self::Done {
@@ -295,11 +349,20 @@ impl SlotResponse {
                     predict_time,
                     is_stream,
                     output,
+                    output_file,
+                    files,
                 })
             }
             _ => serde_json::from_slice(frame),
         }
     }
+}
+
+/// A field that is there, even as `null`, is `Some`: an output may be JSON `null`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
 impl PartialEq for SlotResponse {
@@ -405,13 +468,35 @@ mod tests {
             data: "x\n".into(),
         });
         slot_round_trip(&SlotResponse::Output {
-            output: RawValue::from_string("{\"a\":[1,2]}".into()).unwrap(),
+            output: Some(RawValue::from_string("{\"a\":[1,2]}".into()).unwrap()),
+            output_file: None,
             index: 4,
+            files: Vec::new(),
         });
-        slot_round_trip(&SlotResponse::FileOutput {
-            filename: "out.png".into(),
-            kind: "path".into(),
-            mime_type: Some("image/png".into()),
+        slot_round_trip(&SlotResponse::Output {
+            output: Some(RawValue::from_string("[null,{\"image\":null}]".into()).unwrap()),
+            output_file: None,
+            index: 0,
+            files: vec![
+                FileOutput {
+                    pointer: "/0".into(),
+                    path: "/tmp/out/a.png".into(),
+                    filename: "a.png".into(),
+                    mime_type: "image/png".into(),
+                },
+                FileOutput {
+                    pointer: "/1/image".into(),
+                    path: "/tmp/elsewhere/b.txt".into(),
+                    filename: "b.txt".into(),
+                    mime_type: "text/plain".into(),
+                },
+            ],
+        });
+        slot_round_trip(&SlotResponse::Output {
+            output: None,
+            output_file: Some("/tmp/out/output-7.json".into()),
+            index: 7,
+            files: Vec::new(),
         });
         for mode in [MetricMode::Replace, MetricMode::Incr, MetricMode::Append] {
             slot_round_trip(&SlotResponse::Metric {
@@ -425,12 +510,29 @@ mod tests {
             predict_time: 0.25,
             is_stream: false,
             output: Some(RawValue::from_string("\"hello\"".into()).unwrap()),
+            output_file: None,
+            files: Vec::new(),
         });
         slot_round_trip(&SlotResponse::Done {
             id: "p2".into(),
             predict_time: 0.5,
             is_stream: true,
             output: None,
+            output_file: None,
+            files: Vec::new(),
+        });
+        slot_round_trip(&SlotResponse::Done {
+            id: "p3".into(),
+            predict_time: 0.5,
+            is_stream: false,
+            output: None,
+            output_file: Some("/tmp/out/output.json".into()),
+            files: vec![FileOutput {
+                pointer: String::new(),
+                path: "/tmp/out/x.bin".into(),
+                filename: "x.bin".into(),
+                mime_type: "application/octet-stream".into(),
+            }],
         });
         slot_round_trip(&SlotResponse::Failed {
             id: "p1".into(),
@@ -473,6 +575,31 @@ mod tests {
             br#"{"type":"metric","name":"a","value":1,"mode":"decr"}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn an_output_names_exactly_one_of_its_value_and_its_file() {
+        assert!(SlotResponse::from_frame(br#"{"type":"output","index":0}"#).is_err());
+        assert!(SlotResponse::from_frame(
+            br#"{"type":"output","output":1,"output_file":"/x","index":0}"#
+        )
+        .is_err());
+        let text = serde_json::to_string(&SlotResponse::Output {
+            output: Some(RawValue::from_string("null".into()).unwrap()),
+            output_file: None,
+            index: 0,
+            files: vec![FileOutput {
+                pointer: String::new(),
+                path: "/o/a.png".into(),
+                filename: "a.png".into(),
+                mime_type: "image/png".into(),
+            }],
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"output","output":null,"index":0,"files":[{"pointer":"","path":"/o/a.png","filename":"a.png","mime_type":"image/png"}]}"#
+        );
     }
 
     #[test]

@@ -10,6 +10,6 @@ mod messages;
 
 pub use codec::{encode_line, FrameError, FrameReader, LineDecoder, MAX_FRAME_BYTES};
 pub use messages::{
-    ControlRequest, ControlResponse, HealthcheckStatus, LogSource, MetricMode, Mode, SlotRequest,
-    SlotResponse, PROTOCOL_VERSION,
+    ControlRequest, ControlResponse, FileOutput, HealthcheckStatus, LogSource, MetricMode, Mode,
+    SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };

@@ -30,11 +30,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::files::outputs::{OutputSender, OutputTarget};
 use crate::files::Fetcher;
 use crate::ipc::{Mode, SlotRequest};
 use crate::prediction::{Outcome, Prediction, PredictionHandle};
 use crate::schema::{InputError, LiveSchema};
-use crate::supervisor::{SetupRecord, SlotEvent, Supervisor, WorkerState};
+use crate::supervisor::{OutputValue, SetupRecord, SlotEvent, Supervisor, WorkerState};
 use crate::telemetry::{self, Metrics, Phase, SlotCounts};
 use crate::webhook::{Subscription, WebhookSender};
 use registry::Registry;
@@ -100,6 +101,9 @@ pub struct NewPrediction {
     /// The W3C trace context (`traceparent`, `tracestate`) of the creating
     /// request, which the prediction's trace continues.
     pub trace_headers: Vec<(String, String)>,
+    /// The request's `output_file_prefix`: upload file outputs here (wins
+    /// over `--upload-url`).
+    pub output_file_prefix: Option<String>,
 }
 
 /// The result of admission.
@@ -152,6 +156,8 @@ pub struct Outbound {
     pub webhooks: WebhookSender,
     /// Fetches file inputs.
     pub fetcher: Fetcher,
+    /// Sends file outputs (inline, or uploaded).
+    pub outputs: OutputSender,
 }
 
 /// The service; cheap to clone.
@@ -362,6 +368,7 @@ impl Service {
             file_inputs: self.inner.schema.file_inputs(),
             context: request.context,
             admitted: Instant::now(),
+            output_file_prefix: request.output_file_prefix,
         };
         tracing::debug!("prediction accepted");
         tokio::spawn(run.execute(admit).instrument(span.clone()));
@@ -488,6 +495,8 @@ struct Run {
     context: serde_json::Map<String, serde_json::Value>,
     /// When it was admitted, for the queue wait.
     admitted: Instant,
+    /// The request's `output_file_prefix`.
+    output_file_prefix: Option<String>,
 }
 
 /// How a run in a slot ended.
@@ -631,7 +640,7 @@ impl Run {
             id: self.id.clone(),
             input,
             input_file,
-            output_dir,
+            output_dir: output_dir.clone(),
             context: self.context.clone(),
         };
         // Lasts until the run's final event: every return below ends it.
@@ -647,6 +656,9 @@ impl Run {
         let timeout_at = time_limit.map(|limit| tokio::time::Instant::now() + limit);
         // Why a cancelled run ends: canceled by a client, or failed by time.
         let mut stopped = Outcome::Canceled;
+        // Set when a chunk's files could not be sent: the run is being stopped
+        // and fails whatever it does next.
+        let mut unsent = false;
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
@@ -709,6 +721,32 @@ impl Run {
                     }
                 }
                 SlotEvent::Output { output, index } => {
+                    if deadline.is_some() {
+                        // Being stopped: what it yields now is not sent.
+                        continue;
+                    }
+                    // Each chunk's files are sent as it comes, before it is shown.
+                    let output = tokio::select! {
+                        sent = self.send_output(output, &output_dir) => sent,
+                        // Back to the loop, which acts on the cancel or the time limit.
+                        () = self.handle.cancelled(), if deadline.is_none() => continue,
+                        () = sleep_until(timeout_at), if deadline.is_none() => continue,
+                    };
+                    let output = match output {
+                        Ok(output) => output,
+                        Err(error) => {
+                            // The run cannot succeed: stop it, and fail.
+                            if deadline.is_none() {
+                                unsent = true;
+                                stopped = Outcome::Failed(error);
+                                self.inner.supervisor.cancel(slot).await;
+                                deadline = Some(
+                                    tokio::time::Instant::now() + self.inner.config.cancel_grace,
+                                );
+                            }
+                            continue;
+                        }
+                    };
                     if self.handle.has_stream() {
                         let event = format!(r#"{{"chunk":{},"index":{index}}}"#, output.get());
                         self.handle.publish("output", event);
@@ -723,11 +761,32 @@ impl Run {
                     is_stream,
                     output,
                 } => {
+                    if unsent {
+                        // A chunk could not be sent: the run cannot succeed.
+                        return ended(stopped);
+                    }
                     if let Some(output) = output {
-                        self.handle.update(|p| {
-                            p.push_output(output);
-                            false
-                        });
+                        let sent = tokio::select! {
+                            sent = self.send_output(output, &output_dir) => sent,
+                            () = self.handle.cancelled(), if deadline.is_none() => {
+                                return ended(Outcome::Canceled)
+                            }
+                            () = sleep_until(timeout_at), if deadline.is_none() => {
+                                let limit = time_limit.unwrap_or_default().as_secs_f64();
+                                return ended(Outcome::Failed(format!(
+                                    "the prediction took longer than {limit} s (COG_PREDICT_TIMEOUT) while its files were sent"
+                                )));
+                            }
+                            // Stopped while its files were being sent.
+                            () = sleep_until(deadline) => return ended(stopped),
+                        };
+                        match sent {
+                            Ok(output) => self.handle.update(|p| {
+                                p.push_output(output);
+                                false
+                            }),
+                            Err(error) => return ended(Outcome::Failed(error)),
+                        }
                     }
                     return ended(Outcome::Succeeded {
                         predict_time,
@@ -743,6 +802,27 @@ impl Run {
                 SlotEvent::Died(reason) => return ended(Outcome::Failed(reason)),
             }
         }
+    }
+}
+
+impl Run {
+    /// An output with its files sent: inline, or uploaded to the request's
+    /// prefix or `--upload-url`.
+    async fn send_output(
+        &self,
+        output: OutputValue,
+        dir: &std::path::Path,
+    ) -> Result<Box<serde_json::value::RawValue>, String> {
+        let target = OutputTarget {
+            dir,
+            prefix: self.output_file_prefix.as_deref(),
+        };
+        self.inner
+            .outbound
+            .outputs
+            .finish(output, target)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 
 use crate::ipc::{
-    encode_line, ControlRequest, ControlResponse, LineDecoder, LogSource, MetricMode, Mode,
-    SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    encode_line, ControlRequest, ControlResponse, FileOutput, LineDecoder, LogSource, MetricMode,
+    Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
 use healthcheck::Healthchecks;
@@ -120,10 +120,10 @@ pub enum SlotEvent {
         /// How it combines with the metric's current value.
         mode: MetricMode,
     },
-    /// An output value or stream chunk.
+    /// A stream chunk.
     Output {
         /// The value.
-        output: Box<RawValue>,
+        output: OutputValue,
         /// Its index.
         index: u64,
     },
@@ -134,7 +134,7 @@ pub enum SlotEvent {
         /// Whether the outputs are stream chunks.
         is_stream: bool,
         /// A plain run's output.
-        output: Option<Box<RawValue>>,
+        output: Option<OutputValue>,
     },
     /// The run raised.
     Failed(String),
@@ -142,6 +142,41 @@ pub enum SlotEvent {
     Cancelled,
     /// The worker (or this slot) died under the run.
     Died(String),
+}
+
+/// An output value as the worker sent it: its JSON (inline, or in a file
+/// when it was too large for one frame), and the files it refers to, which
+/// the service still has to send.
+#[derive(Debug)]
+pub struct OutputValue {
+    /// The JSON, with `null` where files go.
+    pub json: OutputJson,
+    /// The files, each with where it goes in the value.
+    pub files: Vec<FileOutput>,
+}
+
+/// Where an output's JSON is.
+#[derive(Debug)]
+pub enum OutputJson {
+    /// In the message.
+    Inline(Box<RawValue>),
+    /// In this file, in the prediction's directory.
+    File(PathBuf),
+}
+
+impl OutputValue {
+    fn new(
+        inline: Option<Box<RawValue>>,
+        file: Option<PathBuf>,
+        files: Vec<FileOutput>,
+    ) -> Option<Self> {
+        let json = match (inline, file) {
+            (Some(value), _) => OutputJson::Inline(value),
+            (None, Some(path)) => OutputJson::File(path),
+            (None, None) => return None,
+        };
+        Some(Self { json, files })
+    }
 }
 
 impl SlotEvent {
@@ -623,21 +658,31 @@ impl Inner {
                 }
             };
             let event = match message {
-                SlotResponse::ProtocolVersion { .. } | SlotResponse::FileOutput { .. } => continue,
+                SlotResponse::ProtocolVersion { .. } => continue,
                 SlotResponse::Metric { name, value, mode } => {
                     SlotEvent::Metric { name, value, mode }
                 }
                 SlotResponse::Log { source, data } => SlotEvent::Log { source, data },
-                SlotResponse::Output { output, index } => SlotEvent::Output { output, index },
+                SlotResponse::Output {
+                    output,
+                    output_file,
+                    index,
+                    files,
+                } => match OutputValue::new(output, output_file, files) {
+                    Some(output) => SlotEvent::Output { output, index },
+                    None => continue,
+                },
                 SlotResponse::Done {
                     predict_time,
                     is_stream,
                     output,
+                    output_file,
+                    files,
                     ..
                 } => SlotEvent::Done {
                     predict_time,
                     is_stream,
-                    output,
+                    output: OutputValue::new(output, output_file, files),
                 },
                 SlotResponse::Failed { error, .. } => SlotEvent::Failed(error),
                 SlotResponse::Cancelled { .. } => SlotEvent::Cancelled,

@@ -21,8 +21,8 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 
 use crate::ipc::{
-    encode_line, ControlRequest, ControlResponse, FrameReader, HealthcheckStatus, LogSource,
-    MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    encode_line, ControlRequest, ControlResponse, FileOutput, FrameReader, HealthcheckStatus,
+    LogSource, MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
 use crate::metrics::MetricError;
 use capture::LogRouter;
@@ -74,8 +74,8 @@ pub struct RunRequest {
 /// What a successful run produced.
 #[derive(Debug)]
 pub enum RunOutput {
-    /// One value: the run's return value.
-    Value(Box<RawValue>),
+    /// One value: the run's return value, and the files it refers to.
+    Value(Box<RawValue>, Vec<FileOutput>),
     /// A stream: every chunk has been sent with [`write_output`] already.
     Streamed,
 }
@@ -146,11 +146,58 @@ pub fn write_detached_log(data: &str) -> bool {
 }
 
 /// Sends one chunk of a streaming run in `slot` to the server now, after
-/// whatever output the run wrote before it. False when no such run is active.
-pub fn write_output(slot: usize, index: u64, output: Box<RawValue>) -> bool {
-    ROUTER
+/// whatever output the run wrote before it, with the files it refers to. A
+/// chunk too large for one frame goes through a file in the run's directory.
+/// Err when it cannot be written there; false when no such run is active.
+pub fn write_output(
+    slot: usize,
+    index: u64,
+    output: Box<RawValue>,
+    files: Vec<FileOutput>,
+) -> std::io::Result<bool> {
+    let Some(dir) = run_dir(slot) else {
+        return Ok(false);
+    };
+    let (output, output_file) = spill(output, &dir, &format!("output-{index}.json"))?;
+    let message = SlotResponse::Output {
+        output,
+        output_file,
+        index,
+        files,
+    };
+    Ok(ROUTER
         .get()
-        .is_some_and(|router| router.send_to_run(slot, SlotResponse::Output { output, index }))
+        .is_some_and(|router| router.send_to_run(slot, message)))
+}
+
+/// Outputs larger than this (as JSON) reach the server through a file, so
+/// frames stay under [`crate::ipc::MAX_FRAME_BYTES`] with room for the rest
+/// of the message.
+pub const SPILL_OUTPUT_BYTES: usize = 6 * 1024 * 1024;
+
+/// The output inline, or, past [`SPILL_OUTPUT_BYTES`], written to `name` in
+/// `dir` and sent by reference.
+fn spill(
+    output: Box<RawValue>,
+    dir: &std::path::Path,
+    name: &str,
+) -> std::io::Result<(Option<Box<RawValue>>, Option<PathBuf>)> {
+    if output.get().len() <= SPILL_OUTPUT_BYTES {
+        return Ok((Some(output), None));
+    }
+    // The server makes a run's directory only when it needs one itself.
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    std::fs::write(&path, output.get())?;
+    Ok((None, Some(path)))
+}
+
+/// Each slot's current run's directory (where large outputs are spilled).
+static RUN_DIRS: Mutex<BTreeMap<usize, PathBuf>> = Mutex::new(BTreeMap::new());
+
+fn run_dir(slot: usize) -> Option<PathBuf> {
+    let dirs = RUN_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    dirs.get(&slot).cloned()
 }
 
 /// The custom metrics of each slot's current run: the worker's copy, which
@@ -584,6 +631,10 @@ fn slot_loop(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(slot, Arc::default());
+        RUN_DIRS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot, output_dir.clone());
         let started = Instant::now();
         let result = input_json.and_then(|input_json| {
             handler.run(
@@ -601,19 +652,32 @@ fn slot_loop(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&slot);
+        let dir = RUN_DIRS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&slot);
         // The run's last lines must reach its logs before its result does.
         router.sync();
         router.end_run(slot);
         let sent = match result {
-            Ok(RunOutput::Value(output)) => {
-                let done = SlotResponse::Done {
+            Ok(RunOutput::Value(output, files)) => {
+                let spilled = match &dir {
+                    Some(dir) => spill(output, dir, "output.json"),
+                    None => Ok((Some(output), None)),
+                };
+                let done = spilled.map(|(output, output_file)| SlotResponse::Done {
                     id: id.clone(),
                     predict_time,
                     is_stream: false,
-                    output: Some(output),
-                };
-                // An output too large for one frame fails the prediction, not the slot.
-                match encode_line(&done) {
+                    output,
+                    output_file,
+                    files,
+                });
+                // An output that cannot be sent fails the prediction, not the slot.
+                match done
+                    .map_err(|e| e.to_string())
+                    .and_then(|done| encode_line(&done).map_err(|e| e.to_string()))
+                {
                     Ok(frame) => writer.send_frame(&frame),
                     Err(e) => writer.send(&SlotResponse::Failed {
                         id,
@@ -626,6 +690,8 @@ fn slot_loop(
                 predict_time,
                 is_stream: true,
                 output: None,
+                output_file: None,
+                files: Vec::new(),
             }),
             Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed { id, error }),
             Err(RunError::Canceled) => writer.send(&SlotResponse::Cancelled { id }),

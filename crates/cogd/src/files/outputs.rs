@@ -1,0 +1,563 @@
+//! File outputs and large outputs: the server's half of sending what a run
+//! returned. The service calls [`OutputSender::finish`] for each output value
+//! (a plain run's, or each stream chunk as it comes) before the prediction
+//! shows it.
+//!
+//! The worker never reads or encodes a file the run returned: it sends the
+//! value with `null` where each file goes, plus a list of the files and where
+//! they go (`FileOutput`). Here each file is resolved (symlinks followed, so
+//! the path read is the real one; it must be a regular file), then either
+//! inlined as a `data:<mime>;base64,…` URI, encoded straight from disk into
+//! the final JSON text, or, with an upload base URL (`--upload-url`, or the
+//! request's `output_file_prefix`), sent with `PUT BASE/<filename>`, the body
+//! streamed from disk and retried on connection failures, 5xx and 429; the
+//! value is then the reply's `Location` (query string dropped) or the PUT URL.
+//! A file inside the prediction's directory is removed once it is sent.
+//!
+//! A value too large for one protocol frame arrives as a file of JSON in the
+//! prediction's directory; it is read from there and removed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::future::try_join_all;
+use serde_json::value::RawValue;
+use tokio::io::AsyncReadExt;
+
+use super::{redact, sanitize, without_url};
+use crate::ipc::FileOutput;
+use crate::supervisor::{OutputJson, OutputValue};
+
+/// How many times an upload is tried before the prediction fails.
+const UPLOAD_ATTEMPTS: u32 = 5;
+/// The wait before the second attempt; it doubles after each failure.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts (also caps `Retry-After`).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Files of one output uploaded at the same time.
+const PARALLEL_UPLOADS: usize = 4;
+/// Bytes read from disk at a time while encoding; a multiple of 3, so each
+/// piece encodes to base64 without padding.
+const ENCODE_CHUNK: usize = 3 * 256 * 1024;
+
+/// Why an output could not be sent. Each names the file (and the URL, with
+/// credentials and query left out) so the prediction's error says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The spilled JSON of a large output could not be read.
+    #[error("cannot read the output from {path}: {reason}")]
+    Spill {
+        /// The spill file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An output file could not be read.
+    #[error("cannot read output file {path}: {reason}")]
+    Read {
+        /// The file, as the run gave it.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The upload failed, for good or after every retry.
+    #[error("cannot upload output file {filename} to {url}: {reason}")]
+    Upload {
+        /// The file's upload name.
+        filename: String,
+        /// The PUT URL, redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The upload base URL is not an http(s) URL.
+    #[error("cannot upload output file {filename}: {url} is not an http(s) URL")]
+    BadBase {
+        /// The file's upload name.
+        filename: String,
+        /// The base URL, redacted where it parses.
+        url: String,
+    },
+    /// The worker sent a value that does not fit its file list.
+    #[error("the worker sent an output that does not fit its files: {0}")]
+    Malformed(String),
+}
+
+/// Sends file outputs; one per server, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OutputSender {
+    client: reqwest::Client,
+    /// `--upload-url`: where files go when the request names no prefix.
+    upload_url: Option<String>,
+}
+
+/// What one prediction's outputs need to be sent.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputTarget<'a> {
+    /// The prediction's directory: spill files and files the run wrote there
+    /// are removed once sent, and spill files must be inside it.
+    pub dir: &'a Path,
+    /// The request's `output_file_prefix`, which wins over `--upload-url`.
+    pub prefix: Option<&'a str>,
+}
+
+/// One file, resolved: where it really is and how big.
+struct Resolved<'a> {
+    file: &'a FileOutput,
+    real: PathBuf,
+    len: u64,
+}
+
+impl OutputSender {
+    /// A sender that uploads to `upload_url` when set, else inlines files.
+    pub fn new(upload_url: Option<String>, user_agent: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(user_agent)
+            .build()
+            .expect("the HTTP client configuration is valid");
+        Self { client, upload_url }
+    }
+
+    /// The output's final JSON: its files sent and their URLs in place.
+    pub async fn finish(
+        &self,
+        output: OutputValue,
+        target: OutputTarget<'_>,
+    ) -> Result<Box<RawValue>, OutputError> {
+        let OutputValue { json, files } = output;
+        let text = match json {
+            OutputJson::Inline(value) if files.is_empty() => return Ok(value),
+            OutputJson::Inline(value) => String::from(Box::<str>::from(value)),
+            OutputJson::File(path) => read_spilled(&path, target.dir).await?,
+        };
+        if files.is_empty() {
+            return RawValue::from_string(text).map_err(|e| OutputError::Malformed(e.to_string()));
+        }
+        let base = target.prefix.or(self.upload_url.as_deref());
+        let dir = tokio::fs::canonicalize(target.dir)
+            .await
+            .unwrap_or_else(|_| target.dir.to_path_buf());
+        let mut resolved = Vec::with_capacity(files.len());
+        for file in &files {
+            resolved.push(resolve(file).await?);
+        }
+        let (text, markers) = place_markers(&text, &files)?;
+        let result = match base {
+            Some(base) => {
+                // A few at a time; each URL goes to its file's place, so the
+                // order the uploads finish in does not matter.
+                let mut urls = Vec::with_capacity(resolved.len());
+                for batch in resolved.chunks(PARALLEL_UPLOADS) {
+                    urls.extend(try_join_all(batch.iter().map(|r| self.upload(base, r))).await?);
+                }
+                let quoted: Vec<String> = urls
+                    .iter()
+                    .map(|u| serde_json::to_string(u).expect("a string is JSON"))
+                    .collect();
+                splice(&text, &markers, |i, out| out.push_str(&quoted[i]))?
+            }
+            None => {
+                let extra: u64 = resolved
+                    .iter()
+                    .map(|r| data_uri_prefix(&r.file.mime_type).len() as u64 + 1 + b64_len(r.len))
+                    .sum();
+                splice_with_capacity(&text, &markers, extra, &resolved).await?
+            }
+        };
+        for r in &resolved {
+            if r.real.starts_with(&dir) {
+                let _ = tokio::fs::remove_file(&r.real).await;
+            }
+        }
+        RawValue::from_string(result).map_err(|e| OutputError::Malformed(e.to_string()))
+    }
+
+    /// PUTs one file to `base`/its name; returns the URL it can be found at.
+    async fn upload(&self, base: &str, r: &Resolved<'_>) -> Result<String, OutputError> {
+        let filename = upload_name(&r.file.filename);
+        let url = put_url(base, &filename).ok_or_else(|| OutputError::BadBase {
+            filename: filename.clone(),
+            url: reqwest::Url::parse(base)
+                .map(|u| redact(&u))
+                .unwrap_or_else(|_| "the upload URL".into()),
+        })?;
+        let failed = |reason: String| OutputError::Upload {
+            filename: filename.clone(),
+            url: redact(&url),
+            reason,
+        };
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut attempt = 1;
+        loop {
+            let file = tokio::fs::File::open(&r.real)
+                .await
+                .map_err(|e| OutputError::Read {
+                    path: r.file.path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                file,
+                256 * 1024,
+            ));
+            let sent = self
+                .client
+                .put(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, &r.file.mime_type)
+                .header(reqwest::header::CONTENT_LENGTH, r.len)
+                .body(body)
+                .send()
+                .await;
+            let (reason, retry_after) = match sent {
+                Ok(reply) if reply.status().is_success() => return Ok(location(&url, &reply)),
+                Ok(reply) => {
+                    let status = reply.status();
+                    let reason = format!("HTTP {status}");
+                    if !(status.is_server_error() || status.as_u16() == 429) {
+                        return Err(failed(reason));
+                    }
+                    (reason, retry_after(&reply))
+                }
+                Err(e) if e.is_connect() => (without_url(&e), None),
+                Err(e) => return Err(failed(without_url(&e))),
+            };
+            if attempt == UPLOAD_ATTEMPTS {
+                return Err(failed(format!("{reason} (after {attempt} attempts)")));
+            }
+            tracing::warn!(file = %filename, url = %redact(&url), %reason, attempt, "upload failed; retrying");
+            tokio::time::sleep(retry_after.unwrap_or(delay).min(MAX_RETRY_DELAY)).await;
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+            attempt += 1;
+        }
+    }
+}
+
+/// Reads a large output's JSON from its spill file (which must be in the
+/// prediction's directory), then removes the file.
+async fn read_spilled(path: &Path, dir: &Path) -> Result<String, OutputError> {
+    let failed = |reason: String| OutputError::Spill {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let real = tokio::fs::canonicalize(path)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let dir = tokio::fs::canonicalize(dir)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if !real.starts_with(&dir) {
+        return Err(failed("it is not in the prediction's directory".into()));
+    }
+    let text = tokio::fs::read_to_string(&real)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let _ = tokio::fs::remove_file(&real).await;
+    Ok(text)
+}
+
+/// Follows symlinks to the real file, which must be a regular one (never a
+/// device or a directory).
+async fn resolve(file: &FileOutput) -> Result<Resolved<'_>, OutputError> {
+    let failed = |reason: String| OutputError::Read {
+        path: file.path.clone(),
+        reason,
+    };
+    let real = tokio::fs::canonicalize(&file.path)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let meta = tokio::fs::metadata(&real)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(failed(format!("{} is not a regular file", real.display())));
+    }
+    Ok(Resolved {
+        file,
+        real,
+        len: meta.len(),
+    })
+}
+
+/// The value serialised with a unique marker string where each file goes,
+/// and those markers (as they appear in the text) in file order.
+fn place_markers(text: &str, files: &[FileOutput]) -> Result<(String, Vec<String>), OutputError> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| OutputError::Malformed(e.to_string()))?;
+    // A NUL, which JSON text always escapes, plus a fresh id: no string the
+    // run returned can look like a marker.
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let mut markers = Vec::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let marker = format!("\u{0}cogd-file-{token}-{i}");
+        let slot = value.pointer_mut(&file.pointer).ok_or_else(|| {
+            OutputError::Malformed(format!("no place {:?} in the value", file.pointer))
+        })?;
+        *slot = serde_json::Value::String(marker.clone());
+        markers.push(serde_json::to_string(&marker).expect("a string is JSON"));
+    }
+    let text = serde_json::to_string(&value).map_err(|e| OutputError::Malformed(e.to_string()))?;
+    Ok((text, markers))
+}
+
+/// `text` with each marker replaced by what `write` appends for it.
+fn splice(
+    text: &str,
+    markers: &[String],
+    mut write: impl FnMut(usize, &mut String),
+) -> Result<String, OutputError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (i, at) in marker_positions(text, markers)? {
+        out.push_str(&text[rest..at]);
+        write(i, &mut out);
+        rest = at + markers[i].len();
+    }
+    out.push_str(&text[rest..]);
+    Ok(out)
+}
+
+/// Like [`splice`] for inline files: the text is allocated once, at its
+/// final size, and each file is base64-encoded straight from disk into it.
+async fn splice_with_capacity(
+    text: &str,
+    markers: &[String],
+    extra: u64,
+    resolved: &[Resolved<'_>],
+) -> Result<String, OutputError> {
+    // The markers go; what replaces them is `extra` bytes long. An exact
+    // capacity means the text is never moved, nor its spare room trimmed.
+    let kept = text.len() - markers.iter().map(String::len).sum::<usize>();
+    let size = usize::try_from(kept as u64 + extra).map_err(|_| OutputError::Read {
+        path: resolved[0].file.path.clone(),
+        reason: "too large to inline; use --upload-url".into(),
+    })?;
+    let mut out = String::with_capacity(size);
+    let mut rest = 0;
+    for (i, at) in marker_positions(text, markers)? {
+        out.push_str(&text[rest..at]);
+        let r = &resolved[i];
+        out.push_str(&data_uri_prefix(&r.file.mime_type));
+        encode_file(&r.real, &mut out)
+            .await
+            .map_err(|e| OutputError::Read {
+                path: r.file.path.clone(),
+                reason: e.to_string(),
+            })?;
+        out.push('"');
+        rest = at + markers[i].len();
+    }
+    out.push_str(&text[rest..]);
+    Ok(out)
+}
+
+/// Where each marker is in `text`, in text order, with its file's index.
+fn marker_positions(text: &str, markers: &[String]) -> Result<Vec<(usize, usize)>, OutputError> {
+    let mut found = Vec::with_capacity(markers.len());
+    for (i, marker) in markers.iter().enumerate() {
+        let at = text
+            .find(marker.as_str())
+            .ok_or_else(|| OutputError::Malformed("a file's place was lost".into()))?;
+        found.push((i, at));
+    }
+    found.sort_by_key(|&(_, at)| at);
+    Ok(found)
+}
+
+/// `"data:<mime>;base64,` as JSON text: the opening quote and the URI's head.
+fn data_uri_prefix(mime: &str) -> String {
+    let quoted = serde_json::to_string(&format!("data:{mime};base64,")).expect("a string is JSON");
+    quoted[..quoted.len() - 1].to_string()
+}
+
+/// The length of `n` bytes in padded base64.
+fn b64_len(n: u64) -> u64 {
+    n.div_ceil(3) * 4
+}
+
+/// Appends the base64 of the file at `path` to `out`, reading it in pieces.
+async fn encode_file(path: &Path, out: &mut String) -> std::io::Result<()> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut buf = vec![0u8; ENCODE_CHUNK];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        base64::engine::general_purpose::STANDARD.encode_string(&buf[..filled], out);
+        if filled < buf.len() {
+            return Ok(());
+        }
+    }
+}
+
+/// The name a file is uploaded under: its own, made safe for a URL path.
+fn upload_name(filename: &str) -> String {
+    let name = sanitize(filename);
+    if name.is_empty() {
+        "file".into()
+    } else {
+        name
+    }
+}
+
+/// `base` with `filename` appended to its path (its query, if any, kept).
+fn put_url(base: &str, filename: &str) -> Option<reqwest::Url> {
+    let mut url = reqwest::Url::parse(base).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    url.path_segments_mut().ok()?.pop_if_empty().push(filename);
+    Some(url)
+}
+
+/// Where an uploaded file can be found: the reply's `Location` (resolved
+/// against the PUT URL when relative), else the PUT URL; without query or
+/// fragment either way, as signing parameters must not leak into outputs.
+fn location(put: &reqwest::Url, reply: &reqwest::Response) -> String {
+    let mut url = reply
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| put.join(v).ok())
+        .unwrap_or_else(|| put.clone());
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
+}
+
+/// A `Retry-After` in seconds, when the reply has one.
+fn retry_after(reply: &reqwest::Response) -> Option<Duration> {
+    reply
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(pointer: &str, path: &Path, mime: &str) -> FileOutput {
+        FileOutput {
+            pointer: pointer.into(),
+            path: path.to_path_buf(),
+            filename: path.file_name().unwrap().to_string_lossy().into_owned(),
+            mime_type: mime.into(),
+        }
+    }
+
+    fn inline(text: &str, files: Vec<FileOutput>) -> OutputValue {
+        OutputValue {
+            json: OutputJson::Inline(RawValue::from_string(text.into()).unwrap()),
+            files,
+        }
+    }
+
+    #[tokio::test]
+    async fn files_become_data_uris_in_place_and_files_in_the_directory_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.txt");
+        let b = elsewhere.path().join("b.bin");
+        std::fs::write(&a, b"hello").unwrap();
+        std::fs::write(&b, [0u8, 1, 2, 3]).unwrap();
+        let sender = OutputSender::new(None, "test");
+        let value = inline(
+            r#"[null,{"file":null,"n":1},"\u0000cogd"]"#,
+            vec![
+                file("/0", &a, "text/plain"),
+                file("/1/file", &b, "application/octet-stream"),
+            ],
+        );
+        let target = OutputTarget {
+            dir: dir.path(),
+            prefix: None,
+        };
+        let out = sender.finish(value, target).await.unwrap();
+        let got: serde_json::Value = serde_json::from_str(out.get()).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!([
+                "data:text/plain;base64,aGVsbG8=",
+                {"file": "data:application/octet-stream;base64,AAECAw==", "n": 1},
+                "\u{0}cogd"
+            ])
+        );
+        assert!(
+            !a.exists(),
+            "a file in the prediction's directory is removed"
+        );
+        assert!(b.exists(), "a file elsewhere is the run's own");
+    }
+
+    #[tokio::test]
+    async fn symlinks_are_followed_and_only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.txt");
+        std::fs::write(&real, b"x").unwrap();
+        let link = dir.path().join("link.txt");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let link_file = file("", &link, "text/plain");
+        let resolved = resolve(&link_file).await.unwrap();
+        assert_eq!(resolved.real, std::fs::canonicalize(&real).unwrap());
+        let device = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &device).unwrap();
+        let device_file = file("", &device, "x");
+        let err = resolve(&device_file).await.err().unwrap();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_spill_file_must_be_in_the_prediction_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let outside = other.path().join("output.json");
+        std::fs::write(&outside, b"1").unwrap();
+        assert!(read_spilled(&outside, dir.path()).await.is_err());
+        let inside = dir.path().join("output.json");
+        std::fs::write(&inside, b"\"big\"").unwrap();
+        assert_eq!(read_spilled(&inside, dir.path()).await.unwrap(), "\"big\"");
+        assert!(!inside.exists());
+    }
+
+    #[test]
+    fn put_urls_append_the_name_and_locations_lose_their_query() {
+        let url = put_url("http://h:1/up", "a.png").unwrap();
+        assert_eq!(url.as_str(), "http://h:1/up/a.png");
+        let url = put_url("http://h:1/up/?sig=1", "a b.png").unwrap();
+        assert_eq!(url.as_str(), "http://h:1/up/a%20b.png?sig=1");
+        assert!(put_url("ftp://h/x", "a").is_none());
+        assert_eq!(upload_name("../x y.png"), "_x_y.png");
+        assert_eq!(upload_name(".."), "file");
+    }
+
+    #[test]
+    fn base64_lengths_are_exact() {
+        for n in 0..10u64 {
+            let data = vec![7u8; n as usize];
+            let text = base64::engine::general_purpose::STANDARD.encode(&data);
+            assert_eq!(text.len() as u64, b64_len(n));
+        }
+    }
+
+    #[tokio::test]
+    async fn encoding_from_disk_matches_encoding_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..(ENCODE_CHUNK * 2 + 5)).map(|i| i as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut out = String::new();
+        encode_file(&path, &mut out).await.unwrap();
+        assert_eq!(out, base64::engine::general_purpose::STANDARD.encode(&data));
+    }
+}
