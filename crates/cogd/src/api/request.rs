@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::limits::id_problem;
 use crate::service::NewPrediction;
 use crate::webhook::{Subscription, WebhookEvent};
 
@@ -32,11 +33,15 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parses a create request; `path_id` is the id of `PUT /predictions/{id}`.
+/// An id (in the path or the body) must pass [`id_problem`], else 422.
 pub fn parse_prediction(
     headers: &HeaderMap,
     body: &[u8],
     path_id: Option<&str>,
 ) -> Result<NewPrediction, ApiError> {
+    if let Some(problem) = path_id.and_then(id_problem) {
+        return Err(ApiError::invalid(&["path", "id"], problem, "value_error"));
+    }
     check_content_type(headers)?;
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
@@ -73,11 +78,17 @@ pub fn parse_prediction(
     };
     let id = match body.remove("id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(id)) if !id.is_empty() => Some(id),
+        Some(Value::String(id)) => match id_problem(&id) {
+            None => Some(id),
+            Some(problem) => {
+                entry(&["body", "id"], &problem, "value_error");
+                None
+            }
+        },
         Some(_) => {
             entry(
                 &["body", "id"],
-                "id must be a non-empty string",
+                "id must be a string",
                 "string_type",
             );
             None
