@@ -6,6 +6,8 @@
 //! `docs/architecture.md` for the map.
 
 pub mod api;
+#[cfg(test)]
+mod arbitrary;
 pub mod cli;
 pub mod config;
 pub mod files;
