@@ -534,7 +534,10 @@ impl Inner {
                     });
                     tracing::info!(slots, "setup succeeded; the model is ready");
                 }
-                ControlResponse::Log { data, .. } => self.lock_setup().logs.push_str(&data),
+                ControlResponse::Log { data, .. } => {
+                    // Capped like a prediction's logs: setup may print forever.
+                    crate::logs::append_capped(&mut self.lock_setup().logs, &data);
+                }
                 ControlResponse::WorkerLog {
                     target,
                     level,

@@ -77,7 +77,17 @@ fn redirect_to_pipe(target: RawFd) -> std::io::Result<File> {
 }
 
 /// Starts every sync marker; NUL and ESC make it unlikely in real output.
-const MARKER: &[u8] = b"\x00\x1bcogd-sync:";
+const MARKER_PREFIX: &[u8] = b"\x00\x1bcogd-sync-";
+/// The length of a marker's start: the prefix, a 16-digit nonce and `:`.
+const MARKER_LEN: usize = MARKER_PREFIX.len() + 17;
+
+/// This process's marker start. The nonce keeps output that happens to hold
+/// the prefix (binary garbage, or a model printing it) from passing for a
+/// marker and letting a run's result overtake its last lines.
+fn new_marker() -> Vec<u8> {
+    let nonce = uuid::Uuid::new_v4().as_u128() as u64;
+    [MARKER_PREFIX, format!("{nonce:016x}:").as_bytes()].concat()
+}
 /// Output without a newline is sent in pieces of at most this many bytes.
 const MAX_LINE: usize = 64 * 1024;
 /// How long [`LogRouter::sync`] waits for the reader before giving up, so a
@@ -93,6 +103,8 @@ pub(crate) struct LogRouter {
 
 struct Inner {
     control: Sender,
+    /// How every sync marker of this process starts ([`new_marker`]).
+    marker: Vec<u8>,
     state: Mutex<RouteState>,
     /// Signalled whenever the reader passes a sync marker.
     synced: Condvar,
@@ -123,6 +135,7 @@ impl LogRouter {
         let router = Self {
             inner: Arc::new(Inner {
                 control,
+                marker: new_marker(),
                 state: Mutex::new(RouteState {
                     in_setup: true,
                     active: Vec::new(),
@@ -207,7 +220,9 @@ impl LogRouter {
 
     /// Sends text written by code that belongs to no run to the server's log.
     pub(crate) fn write_detached(&self, data: &str) {
-        super::worker_log(&self.inner.control, "info", data.to_string());
+        for piece in pieces(data, MAX_LINE) {
+            super::worker_log(&self.inner.control, "info", piece.to_string());
+        }
     }
 
     /// Waits until everything written to fd 1 and 2 before this call has been
@@ -220,7 +235,7 @@ impl LogRouter {
         };
         // Not under the lock: a full pipe blocks this write until the reader,
         // which needs the lock to route, has drained it.
-        let marker = [MARKER, number.to_string().as_bytes(), b"\n"].concat();
+        let marker = [&self.inner.marker, number.to_string().as_bytes(), b"\n"].concat();
         for (index, fd) in [1, 2].into_iter().enumerate() {
             if !write_all(fd, &marker) {
                 let mut state = self.lock();
@@ -243,11 +258,14 @@ impl LogRouter {
         self.inner.synced.notify_all();
     }
 
+    /// Routes `data` (lossily decoded: binary output becomes U+FFFD) in
+    /// pieces of at most [`MAX_LINE`] bytes, so no write, however large or
+    /// however many escapes its JSON needs, makes a frame over the limit.
     fn emit(&self, source: LogSource, data: &[u8], slot: Option<usize>) {
         if data.is_empty() {
             return;
         }
-        let data = String::from_utf8_lossy(data).into_owned();
+        let text = String::from_utf8_lossy(data);
         let target = {
             let state = self.lock();
             let named = slot.and_then(|slot| state.active.iter().find(|(s, _)| *s == slot));
@@ -258,18 +276,24 @@ impl LogRouter {
                 _ => {
                     drop(state);
                     // Output outside any single run: the server logs it.
-                    super::worker_log(&self.inner.control, "info", data);
+                    self.write_detached(&text);
                     return;
                 }
             }
         };
-        let _ = match target {
-            Some(socket) => socket.send(&SlotResponse::Log { source, data }),
-            None => self
-                .inner
-                .control
-                .send(&ControlResponse::Log { source, data }),
-        };
+        for piece in pieces(&text, MAX_LINE) {
+            let data = piece.to_string();
+            let sent = match &target {
+                Some(socket) => socket.send(&SlotResponse::Log { source, data }),
+                None => self
+                    .inner
+                    .control
+                    .send(&ControlResponse::Log { source, data }),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
     }
 
     fn read_loop(self, fds: [RawFd; 2]) {
@@ -336,11 +360,11 @@ impl LogRouter {
         while let Some(offset) = stream.pending[start..].iter().position(|&b| b == b'\n') {
             let end = start + offset + 1;
             let line = &stream.pending[start..end];
-            match find(line, MARKER) {
+            match find(line, &self.inner.marker) {
                 Some(at) => {
                     // What precedes a marker is the end of a line left unfinished.
                     self.emit(stream.source, &line[..at], None);
-                    let number = std::str::from_utf8(&line[at + MARKER.len()..line.len() - 1])
+                    let number = std::str::from_utf8(&line[at + MARKER_LEN..line.len() - 1])
                         .ok()
                         .and_then(|n| n.parse().ok());
                     if let Some(number) = number {
@@ -378,11 +402,29 @@ fn piece_end(piece: &[u8]) -> usize {
         Err(e) if e.error_len().is_none() => e.valid_up_to(),
         Err(_) => piece.len(),
     };
-    let tail_start = end.saturating_sub(MARKER.len());
+    let tail_start = end.saturating_sub(MARKER_LEN);
     match piece[tail_start..end].iter().position(|&b| b == 0) {
         Some(nul) if tail_start + nul > 0 => tail_start + nul,
         _ => end,
     }
+}
+
+/// `text` in pieces of at most `max` (at least 4) bytes, cut between
+/// characters.
+fn pieces(text: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len().min(max);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -438,9 +480,35 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_write_goes_out_in_frames_under_the_limit() {
+        // NULs take six bytes each in JSON; even so each piece fits a frame.
+        let text = "\0".repeat(3 * MAX_LINE + 5) + &"é".repeat(MAX_LINE);
+        let mut total = 0;
+        for piece in pieces(&text, MAX_LINE) {
+            assert!(!piece.is_empty() && piece.len() <= MAX_LINE);
+            let frame = crate::ipc::encode_line(&SlotResponse::Log {
+                source: LogSource::Stdout,
+                data: piece.to_string(),
+            })
+            .unwrap();
+            assert!(frame.len() <= crate::ipc::MAX_FRAME_BYTES);
+            total += piece.len();
+        }
+        assert_eq!(total, text.len());
+    }
+
+    #[test]
+    fn markers_are_their_prefix_a_nonce_and_a_colon() {
+        let (a, b) = (new_marker(), new_marker());
+        assert_eq!(a.len(), MARKER_LEN);
+        assert!(a.starts_with(MARKER_PREFIX) && a.ends_with(b":"));
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn a_marker_arriving_at_the_cut_is_kept_whole() {
         let mut data = b"abcdef".to_vec();
-        data.extend_from_slice(&MARKER[..4]);
+        data.extend_from_slice(&new_marker()[..4]);
         assert_eq!(piece_end(&data), 6);
     }
 }
