@@ -80,9 +80,7 @@ def test_ids_of_the_usual_shapes_are_accepted(start_server):
         assert resp.json()["id"] == good
 
 
-def test_streams_past_the_cap_get_429_and_a_place_frees_when_a_client_leaves(
-    start_server, gate
-):
+def test_streams_past_the_cap_get_429_and_a_place_frees_when_a_client_leaves(start_server, gate):
     server = start_server("streamer", env={"COG_MAX_STREAMS": "1"})
     body = {"input": {"chunks": 3, "gate": str(gate), "hold_at": 1}}
     first = SseStream(server, "PUT", "/predictions/held-stream", body)

@@ -224,7 +224,9 @@ def test_soak(start_server, short_tmpdir, webhook_receiver, capsys):
 
     # Warm-up: every slot has run, connections have come and gone.
     with ThreadPoolExecutor(CLIENTS) as pool:
-        warm = list(pool.map(lambda j: client.create(f"warm-{j}", {"input": {}}, wait=True), range(64)))
+        warm = list(
+            pool.map(lambda j: client.create(f"warm-{j}", {"input": {}}, wait=True), range(64))
+        )
     assert all(r.status_code == 200 for r in warm), [r.status_code for r in warm]
     fds_before = fd_count(pid)
     rss_before = rss_bytes(pid)

@@ -29,7 +29,9 @@ pub(crate) fn json_value() -> impl Strategy<Value = Value> {
 /// A JSON object whose keys are mostly drawn from `known` (with values of
 /// any type), plus some unknown ones: the inputs a schema-aware decoder must
 /// sort out without panicking.
-pub(crate) fn json_object_with_keys(known: &'static [&'static str]) -> impl Strategy<Value = Value> {
+pub(crate) fn json_object_with_keys(
+    known: &'static [&'static str],
+) -> impl Strategy<Value = Value> {
     let key = prop_oneof![
         4 => prop::sample::select(known).prop_map(str::to_string),
         1 => any::<String>(),

@@ -468,7 +468,6 @@ mod tests {
         assert!(p.logs.ends_with("after\n"));
     }
 
-
     #[test]
     fn custom_metrics_sit_beside_predict_time_and_stop_changing_once_terminal() {
         use crate::metrics::MetricMode;

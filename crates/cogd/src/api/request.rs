@@ -86,11 +86,7 @@ pub fn parse_prediction(
             }
         },
         Some(_) => {
-            entry(
-                &["body", "id"],
-                "id must be a string",
-                "string_type",
-            );
+            entry(&["body", "id"], "id must be a string", "string_type");
             None
         }
     };

@@ -298,10 +298,7 @@ mod tests {
         /// Bytes with many newlines, so lines of every length up to past the
         /// limit occur.
         fn line_bytes() -> impl Strategy<Value = Vec<u8>> {
-            prop::collection::vec(
-                prop_oneof![3 => any::<u8>(), 1 => Just(b'\n')],
-                0..200,
-            )
+            prop::collection::vec(prop_oneof![3 => any::<u8>(), 1 => Just(b'\n')], 0..200)
         }
 
         proptest! {

@@ -509,13 +509,54 @@ mod tests {
 
         /// Every `type` and field name of the worker's messages.
         const NAMES: &[&str] = &[
-            "type", "protocol_version", "version", "log", "source", "data", "output", "index",
-            "file_output", "filename", "kind", "mime_type", "metric", "name", "value", "mode",
-            "done", "id", "predict_time", "is_stream", "failed", "error", "cancelled", "ready",
-            "slots", "schema", "versions", "streaming", "healthcheck", "worker_log", "target",
-            "level", "message", "idle", "slot", "fatal", "reason", "dropped_logs", "count",
-            "interval_millis", "healthcheck_result", "status", "shutting_down", "stdout",
-            "stderr", "replace", "incr", "append",
+            "type",
+            "protocol_version",
+            "version",
+            "log",
+            "source",
+            "data",
+            "output",
+            "index",
+            "file_output",
+            "filename",
+            "kind",
+            "mime_type",
+            "metric",
+            "name",
+            "value",
+            "mode",
+            "done",
+            "id",
+            "predict_time",
+            "is_stream",
+            "failed",
+            "error",
+            "cancelled",
+            "ready",
+            "slots",
+            "schema",
+            "versions",
+            "streaming",
+            "healthcheck",
+            "worker_log",
+            "target",
+            "level",
+            "message",
+            "idle",
+            "slot",
+            "fatal",
+            "reason",
+            "dropped_logs",
+            "count",
+            "interval_millis",
+            "healthcheck_result",
+            "status",
+            "shutting_down",
+            "stdout",
+            "stderr",
+            "replace",
+            "incr",
+            "append",
         ];
 
         fn raw_json() -> impl Strategy<Value = Box<RawValue>> {
@@ -550,15 +591,25 @@ mod tests {
                         Just(MetricMode::Append)
                     ]
                 )
-                    .prop_map(|(name, value, mode)| SlotResponse::Metric { name, value, mode }),
-                (any::<String>(), seconds, any::<bool>(), prop::option::of(raw_json())).prop_map(
-                    |(id, predict_time, is_stream, output)| SlotResponse::Done {
-                        id,
-                        predict_time,
-                        is_stream,
-                        output
-                    }
-                ),
+                    .prop_map(|(name, value, mode)| SlotResponse::Metric {
+                        name,
+                        value,
+                        mode
+                    }),
+                (
+                    any::<String>(),
+                    seconds,
+                    any::<bool>(),
+                    prop::option::of(raw_json())
+                )
+                    .prop_map(|(id, predict_time, is_stream, output)| {
+                        SlotResponse::Done {
+                            id,
+                            predict_time,
+                            is_stream,
+                            output,
+                        }
+                    }),
                 (any::<String>(), any::<String>())
                     .prop_map(|(id, error)| SlotResponse::Failed { id, error }),
                 any::<String>().prop_map(|id| SlotResponse::Cancelled { id }),
@@ -604,10 +655,8 @@ mod tests {
                     ],
                     any::<Option<String>>()
                 )
-                    .prop_map(|(id, status, error)| ControlResponse::HealthcheckResult {
-                        id,
-                        status,
-                        error
+                    .prop_map(|(id, status, error)| {
+                        ControlResponse::HealthcheckResult { id, status, error }
                     }),
                 Just(ControlResponse::ShuttingDown),
             ]
