@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 pub use error::ApiError;
-pub use limits::{StreamLimit, MAX_HEADER_BYTES, MAX_ID_BYTES, MAX_URI_BYTES};
+pub use limits::StreamLimit;
 
 use crate::service::{Admission, Health, Service};
 
