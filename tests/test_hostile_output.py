@@ -111,3 +111,14 @@ def test_a_10_mb_exception_message_fails_only_that_prediction(start_server):
     assert len(error) < 2 * 1024 * 1024
 
     assert worker_pid(server, "next") == pid, "the worker was restarted"
+
+
+def test_a_chunk_too_large_for_one_message_fails_the_run_saying_so(start_server):
+    server = start_server("hostile", env={"COG_PREDICT_TYPE_STUB": "predict.py:Streamer"})
+    prediction = server.predict_ok({"size": 10_000_000}, timeout=60)
+    assert prediction["status"] == "failed", prediction["status"]
+    assert "too large" in prediction["error"], prediction["error"][:500]
+    # What came before it is kept; nothing was lost without a word.
+    assert prediction["output"] == ["small"], str(prediction["output"])[:200]
+    ok = server.predict_ok({"size": 10})
+    assert ok["status"] == "succeeded" and ok["output"] == ["small", "x" * 10, "after"], ok

@@ -62,11 +62,13 @@ fn write_log(
 
 /// Sends one chunk of the streaming run in `slot` (its JSON text) to the
 /// server; false outside a worker or when no run is active in `slot`.
+/// Raises `ValueError` for a chunk too large for one message.
 #[pyfunction]
 fn write_output(py: Python<'_>, slot: usize, index: u64, output: String) -> PyResult<bool> {
     let output = RawValue::from_string(output)
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("not JSON: {e}")))?;
-    Ok(py.detach(|| cogd::worker::write_output(slot, index, output)))
+    py.detach(|| cogd::worker::write_output(slot, index, output))
+        .map_err(pyo3::exceptions::PyValueError::new_err)
 }
 
 /// Records a custom metric (its value as JSON text) for the run in `slot`

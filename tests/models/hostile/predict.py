@@ -15,6 +15,7 @@
 
 import os
 import sys
+from collections.abc import Iterator
 
 from cog import BasePredictor, Input
 
@@ -66,3 +67,13 @@ class Predictor(BasePredictor):
         if mode == "raise_huge":
             raise ValueError("z" * size)
         raise ValueError(f"unknown mode {mode!r}")
+
+
+class Streamer(BasePredictor):
+    """Serve with COG_PREDICT_TYPE_STUB=predict.py:Streamer: yields "small",
+    then one chunk of `size` characters, then "after"."""
+
+    def predict(self, size: int = 10_000_000) -> Iterator[str]:
+        yield "small"
+        yield "x" * size
+        yield "after"

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::ipc::{
     encode_line, ControlRequest, ControlResponse, FrameReader, HealthcheckStatus, LogSource,
-    MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    MetricMode, Mode, SlotRequest, SlotResponse, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use crate::metrics::MetricError;
 use capture::LogRouter;
@@ -146,11 +146,23 @@ pub fn write_detached_log(data: &str) -> bool {
 }
 
 /// Sends one chunk of a streaming run in `slot` to the server now, after
-/// whatever output the run wrote before it. False when no such run is active.
-pub fn write_output(slot: usize, index: u64, output: Box<RawValue>) -> bool {
-    ROUTER
+/// whatever output the run wrote before it. False when no such run is active;
+/// an error, and nothing sent, when the chunk is too large for one frame, so
+/// the run fails saying so instead of losing the chunk without a word.
+pub fn write_output(slot: usize, index: u64, output: Box<RawValue>) -> Result<bool, String> {
+    // The chunk is JSON text already and is sent verbatim, inside an
+    // envelope of well under 64 bytes.
+    if output.get().len() + 64 > MAX_FRAME_BYTES {
+        return Err(format!(
+            "an output chunk of {} bytes of JSON is too large: at most {} bytes fit one \
+             message to the server",
+            output.get().len(),
+            MAX_FRAME_BYTES - 64
+        ));
+    }
+    Ok(ROUTER
         .get()
-        .is_some_and(|router| router.send_to_run(slot, SlotResponse::Output { output, index }))
+        .is_some_and(|router| router.send_to_run(slot, SlotResponse::Output { output, index })))
 }
 
 /// The custom metrics of each slot's current run: the worker's copy, which
@@ -702,5 +714,15 @@ mod tests {
         });
         assert!(frame.is_ok());
         assert_eq!(clip_message("short".into()), "short");
+    }
+
+    #[test]
+    fn a_chunk_too_large_for_a_frame_is_refused_not_dropped() {
+        let huge = RawValue::from_string(format!("\"{}\"", "x".repeat(MAX_FRAME_BYTES))).unwrap();
+        let error = write_output(0, 0, huge).unwrap_err();
+        assert!(error.contains("too large"), "{error}");
+        // Outside a worker a chunk that fits is simply not sent.
+        let small = RawValue::from_string("1".into()).unwrap();
+        assert_eq!(write_output(0, 0, small), Ok(false));
     }
 }
