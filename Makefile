@@ -10,7 +10,7 @@ MODEL ?= examples/hello
 # Tests run in parallel; 2 workers fit this project's 2-core CI machines.
 PYTEST_WORKERS ?= 2
 
-.PHONY: help serve test install build-dev cargo-test pytest lint fmt check bench clean
+.PHONY: help serve test install build-dev cargo-test pytest lint fmt check bench fuzz soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,17 @@ fmt: $(VENV)/.deps ## format Rust and Python
 	$(BIN)/ruff check --fix python tests bench examples
 
 check: lint test ## lint, then every test
+
+# The property tests run 256 cases each in `cargo-test`; `fuzz` runs many more.
+FUZZ_CASES ?= 100000
+# `soak` runs the soak test (tests/test_soak.py) with this many predictions.
+SOAK_N ?= 10000
+
+fuzz: ## property tests of the protocol codec, messages and request parsing, FUZZ_CASES each
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test -p cogd --release properties
+
+soak: install ## the soak test with SOAK_N predictions, printing its report
+	COGD_SOAK_N=$(SOAK_N) $(BIN)/pytest -p no:xdist -s tests/test_soak.py
 
 bench: install ## cogd side by side with the reference runtime and the floor (bench/README.md)
 	$(PY) bench/suite.py $(BENCH_ARGS)

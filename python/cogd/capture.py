@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import io
+import re
 import sys
 import threading
 from typing import Any
@@ -33,6 +34,9 @@ detached: contextvars.ContextVar[bool] = contextvars.ContextVar("cogd_detached",
 
 #: The key of detached output's unfinished line (slots are never negative).
 _DETACHED = -1
+
+#: What UTF-8 cannot encode in a Python string.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class RunOutput(io.TextIOBase):
@@ -83,6 +87,15 @@ class RunOutput(io.TextIOBase):
         return len(text)
 
     def _send(self, native: Any, text: str, owner: int | None) -> None:
+        try:
+            self._send_text(native, text, owner)
+        except UnicodeEncodeError:
+            # Lone surrogates (a file name decoded with surrogateescape, say)
+            # are not UTF-8: as ``errors`` says, they are replaced, never raised
+            # into the model's print().
+            self._send_text(native, _SURROGATES.sub("\ufffd", text), owner)
+
+    def _send_text(self, native: Any, text: str, owner: int | None) -> None:
         if owner == _DETACHED:
             native.write_log(self._source, text, None, True)
         else:

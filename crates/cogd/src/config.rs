@@ -51,6 +51,9 @@ pub struct Config {
     /// Stream events replayed to SSE readers who attach late
     /// (`COG_STREAM_HISTORY_CAPACITY`, default 1024, 0 for live only).
     pub stream_history: usize,
+    /// Event streams open at once (`COG_MAX_STREAMS`, default 1024); past
+    /// it, 429.
+    pub max_streams: usize,
     /// Address to listen on.
     pub host: String,
     /// Port to listen on.
@@ -186,6 +189,16 @@ impl Config {
             "expected a whole number of events (0 for live only)",
         )?
         .unwrap_or(1024);
+        let max_streams = match number::<usize>(&env, "COG_MAX_STREAMS", AT_LEAST_ONE)? {
+            Some(0) => {
+                return Err(ConfigError::BadEnv {
+                    name: "COG_MAX_STREAMS",
+                    value: "0".into(),
+                    message: AT_LEAST_ONE,
+                })
+            }
+            n => n.unwrap_or(1024),
+        };
         let max_body_bytes =
             number(&env, "COG_MAX_BODY_BYTES", "expected a number of bytes")?.unwrap_or(100 << 20);
         let max_restarts = number(
@@ -247,6 +260,7 @@ impl Config {
             cancel_grace,
             webhook_throttle,
             stream_history,
+            max_streams,
             max_body_bytes,
             predict_timeout,
             max_restarts,
@@ -441,6 +455,22 @@ mod tests {
         for bad in ["0", "-1", "soon"] {
             let err = resolve(dir.path(), &[("COG_HEALTHCHECK_TIMEOUT", bad)]).unwrap_err();
             assert!(err.to_string().contains("COG_HEALTHCHECK_TIMEOUT"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_stream_cap_defaults_to_1024_and_must_be_positive() {
+        let dir = model("predict: predict.py:Predictor\n");
+        assert_eq!(resolve(dir.path(), &[]).unwrap().max_streams, 1024);
+        assert_eq!(
+            resolve(dir.path(), &[("COG_MAX_STREAMS", "2")])
+                .unwrap()
+                .max_streams,
+            2
+        );
+        for bad in ["0", "-1", "many"] {
+            let err = resolve(dir.path(), &[("COG_MAX_STREAMS", bad)]).unwrap_err();
+            assert!(err.to_string().contains("COG_MAX_STREAMS"), "{err}");
         }
     }
 

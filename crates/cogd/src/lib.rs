@@ -6,10 +6,13 @@
 //! `docs/architecture.md` for the map.
 
 pub mod api;
+#[cfg(test)]
+mod arbitrary;
 pub mod cli;
 pub mod config;
 pub mod files;
 pub mod ipc;
+pub mod logs;
 pub mod metrics;
 pub mod prediction;
 pub mod run_once;

@@ -11,11 +11,14 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::logs::append_capped;
 
 /// Where a prediction is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,12 +53,6 @@ impl Status {
         }
     }
 }
-
-/// The most log text one prediction keeps.
-pub const MAX_LOG_BYTES: usize = 16 * 1024 * 1024;
-/// Ends logs that reached [`MAX_LOG_BYTES`].
-pub const LOGS_TRUNCATED: &str =
-    "\n[cogd: logs truncated: this prediction wrote more than 16 MiB]\n";
 
 /// How a run ended, as the worker (or its death) reported it.
 #[derive(Debug)]
@@ -157,23 +154,15 @@ impl Prediction {
         }
     }
 
-    /// Appends run output; ignored once terminal. Past [`MAX_LOG_BYTES`] the
-    /// logs end with [`LOGS_TRUNCATED`] and further output is dropped, so a
+    /// Appends run output; ignored once terminal. Past [`crate::logs::MAX_LOG_BYTES`]
+    /// the logs end with a marker and further output is dropped, so a
     /// model that never stops printing cannot exhaust the server's memory.
-    pub fn append_log(&mut self, data: &str) {
-        if self.status.is_terminal() || self.logs.ends_with(LOGS_TRUNCATED) {
-            return;
+    /// Returns what was added (for stream readers), `None` when nothing was.
+    pub fn append_log<'a>(&mut self, data: &'a str) -> Option<Cow<'a, str>> {
+        if self.status.is_terminal() {
+            return None;
         }
-        if self.logs.len() + data.len() <= MAX_LOG_BYTES {
-            self.logs.push_str(data);
-            return;
-        }
-        let mut keep = MAX_LOG_BYTES.saturating_sub(self.logs.len());
-        while !data.is_char_boundary(keep) {
-            keep -= 1;
-        }
-        self.logs.push_str(&data[..keep]);
-        self.logs.push_str(LOGS_TRUNCATED);
+        append_capped(&mut self.logs, data)
     }
 
     /// Applies one custom metric record to `metrics` ([`crate::metrics::apply`]);
@@ -320,6 +309,20 @@ impl Prediction {
     }
 }
 
+/// A writer that only counts what is written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// One event of a prediction's stream, as server-sent events carry it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamEvent {
@@ -443,6 +446,16 @@ impl PredictionHandle {
         self.state.send_if_modified(change);
     }
 
+    /// About how many bytes the prediction holds: its input, outputs and
+    /// logs, as JSON.
+    pub fn size(&self) -> usize {
+        let state = self.state.borrow();
+        let mut counter = ByteCount(0);
+        let _ = serde_json::to_writer(&mut counter, &state.input);
+        let outputs: usize = state.outputs.iter().map(|o| o.get().len()).sum();
+        counter.0 + outputs + state.output.as_ref().map_or(0, |o| o.get().len()) + state.logs.len()
+    }
+
     /// A copy of the current state.
     pub fn snapshot(&self) -> Prediction {
         self.state.borrow().clone()
@@ -468,6 +481,7 @@ impl PredictionHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logs::{LOGS_TRUNCATED, MAX_LOG_BYTES};
 
     fn raw(text: &str) -> Box<RawValue> {
         RawValue::from_string(text.into()).unwrap()
@@ -521,8 +535,17 @@ mod tests {
         }
         assert!(p.logs.len() <= MAX_LOG_BYTES + LOGS_TRUNCATED.len());
         let before = p.logs.len();
-        p.append_log("more\n");
+        assert_eq!(p.append_log("more\n"), None);
         assert_eq!(p.logs.len(), before, "nothing is added after the marker");
+    }
+
+    #[test]
+    fn output_that_prints_the_marker_text_is_not_cut() {
+        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        p.start();
+        assert!(p.append_log(LOGS_TRUNCATED).is_some());
+        assert_eq!(p.append_log("after\n").as_deref(), Some("after\n"));
+        assert!(p.logs.ends_with("after\n"));
     }
 
     #[test]

@@ -168,6 +168,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 .ok()
                 .filter(|t| !t.is_empty())
                 .map(Into::into),
+            streams: api::StreamLimit::new(config.max_streams),
         },
         config.max_body_bytes,
     );

@@ -49,6 +49,28 @@ pub enum ApiError {
     /// A training asked for an event stream: trainings answer with JSON only.
     #[error("trainings cannot answer with text/event-stream")]
     TrainingStream,
+    /// The request target is longer than the server accepts.
+    #[error("the request URI is {size} bytes long; at most {limit} are accepted")]
+    UriTooLong {
+        /// Its length.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request's headers are larger than the server accepts.
+    #[error("the request headers take {size} bytes; at most {limit} are accepted")]
+    HeadersTooLarge {
+        /// Their size (names and values).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Every place for an event stream is taken (`COG_MAX_STREAMS`).
+    #[error("{limit} event streams are open, as many as this server allows (COG_MAX_STREAMS): try again later")]
+    TooManyStreams {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl ApiError {
@@ -71,14 +93,19 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Admission(AdmissionError::QueueFull) = self {
+        let too_many = match &self {
+            Self::Admission(AdmissionError::QueueFull) => {
+                Some("every slot is busy and the queue is full: try again later".to_string())
+            }
+            e @ Self::TooManyStreams { .. } => Some(e.to_string()),
+            _ => None,
+        };
+        if let Some(detail) = too_many {
             // Retry-After tells well-behaved clients when to come back.
             return (
                 StatusCode::TOO_MANY_REQUESTS,
                 [(axum::http::header::RETRY_AFTER, "1")],
-                Json(
-                    json!({"detail": "every slot is busy and the queue is full: try again later"}),
-                ),
+                Json(json!({ "detail": detail })),
             )
                 .into_response();
         }
@@ -96,9 +123,14 @@ impl IntoResponse for ApiError {
                 StatusCode::CONFLICT,
                 json!("every slot is busy: try again when a prediction finishes"),
             ),
-            Self::Admission(AdmissionError::QueueFull) => {
+            Self::Admission(AdmissionError::QueueFull) | Self::TooManyStreams { .. } => {
                 unreachable!("answered above with its Retry-After header")
             }
+            e @ Self::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, json!(e.to_string())),
+            e @ Self::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                json!(e.to_string()),
+            ),
             Self::Body { status, message } => (status, json!(message)),
             e @ Self::Unauthorized => (StatusCode::UNAUTHORIZED, json!(e.to_string())),
             e @ Self::NotStreaming => (StatusCode::NOT_ACCEPTABLE, json!(e.to_string())),

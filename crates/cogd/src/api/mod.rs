@@ -10,6 +10,7 @@
 //! training input); a prediction server answers `/trainings…` with 404.
 
 mod error;
+mod limits;
 mod request;
 mod stream;
 
@@ -24,6 +25,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use limits::StreamLimit;
 
 use crate::ipc::Mode;
 use crate::service::{Admission, Health, Service};
@@ -37,10 +39,13 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// `COG_API_TOKEN`: when set, every route but the health check needs it.
     pub api_token: Option<std::sync::Arc<str>>,
+    /// `COG_MAX_STREAMS`: the places for event streams open at once.
+    pub streams: StreamLimit,
 }
 
 /// The router with every route of the API; request bodies larger than
-/// `body_limit` bytes are refused with 413.
+/// `body_limit` bytes are refused with 413, and heads over the limits of
+/// [`limits`] with 414 or 431 before anything else looks at them.
 pub fn router(state: AppState, body_limit: usize) -> Router {
     Router::new()
         .route("/", get(root))
@@ -57,6 +62,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             state.clone(),
             require_token,
         ))
+        .layer(axum::middleware::from_fn(limits::check_head))
         .with_state(state)
 }
 
@@ -238,7 +244,7 @@ async fn create(
         if state.service.mode() == Mode::Train {
             return Err(ApiError::TrainingStream);
         }
-        return stream::respond(&state.service, request);
+        return stream::respond(&state.service, &state.streams, request);
     }
     respond(state.service.create(request)?, headers).await
 }

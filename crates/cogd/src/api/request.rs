@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::limits::id_problem;
 use crate::service::NewPrediction;
 use crate::webhook::{Subscription, WebhookEvent};
 
@@ -33,11 +34,15 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parses a create request; `path_id` is the id of `PUT /predictions/{id}`.
+/// An id (in the path or the body) must pass [`id_problem`], else 422.
 pub fn parse_prediction(
     headers: &HeaderMap,
     body: &[u8],
     path_id: Option<&str>,
 ) -> Result<NewPrediction, ApiError> {
+    if let Some(problem) = path_id.and_then(id_problem) {
+        return Err(ApiError::invalid(&["path", "id"], problem, "value_error"));
+    }
     check_content_type(headers)?;
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
@@ -74,13 +79,15 @@ pub fn parse_prediction(
     };
     let id = match body.remove("id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(id)) if !id.is_empty() => Some(id),
+        Some(Value::String(id)) => match id_problem(&id) {
+            None => Some(id),
+            Some(problem) => {
+                entry(&["body", "id"], &problem, "value_error");
+                None
+            }
+        },
         Some(_) => {
-            entry(
-                &["body", "id"],
-                "id must be a non-empty string",
-                "string_type",
-            );
+            entry(&["body", "id"], "id must be a string", "string_type");
             None
         }
     };
@@ -324,5 +331,139 @@ mod tests {
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
         assert!(parse_prediction(&h, b"{}", None).is_ok());
+    }
+
+    mod properties {
+        //! Property tests: no body, header or path id makes parsing panic;
+        //! what is accepted obeys the envelope's rules; a valid envelope's
+        //! parts come back as they were sent.
+
+        use super::*;
+        use crate::arbitrary::{hostile_bytes, json_object_with_keys, json_value};
+        use proptest::prelude::*;
+
+        const ENVELOPE_KEYS: &[&str] = &[
+            "id",
+            "input",
+            "webhook",
+            "webhook_events_filter",
+            "created_at",
+            "output_file_prefix",
+            "context",
+        ];
+
+        fn valid_id() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.-]{1,128}"
+        }
+
+        fn content_type() -> impl Strategy<Value = Option<String>> {
+            prop::option::of(prop_oneof![
+                Just("application/json".to_string()),
+                Just("application/json; charset=utf-8".to_string()),
+                Just("text/plain".to_string()),
+                "[ -~]{0,40}",
+            ])
+        }
+
+        fn headers(content_type: Option<String>) -> HeaderMap {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = content_type.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert(header::CONTENT_TYPE, value);
+            }
+            headers
+        }
+
+        /// What every accepted request must satisfy.
+        fn check_accepted(p: &NewPrediction, path_id: Option<&str>) -> Result<(), TestCaseError> {
+            if let Some(id) = &p.id {
+                prop_assert_eq!(id_problem(id), None);
+            }
+            if let Some(path) = path_id {
+                prop_assert_eq!(p.id.as_deref(), Some(path));
+            }
+            prop_assert!(p.context.values().all(Value::is_string));
+            if let Some(hook) = &p.webhook {
+                prop_assert!(hook.url.starts_with("http://") || hook.url.starts_with("https://"));
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn any_body_is_parsed_or_refused_without_panicking(
+                body in hostile_bytes(),
+                content_type in content_type(),
+                path_id in prop::option::of(any::<String>()),
+            ) {
+                let headers = headers(content_type);
+                if let Ok(p) = parse_prediction(&headers, &body, path_id.as_deref()) {
+                    check_accepted(&p, path_id.as_deref())?;
+                }
+            }
+
+            #[test]
+            fn envelopes_of_any_shape_are_parsed_or_refused_with_422(
+                envelope in json_object_with_keys(ENVELOPE_KEYS),
+                path_id in prop::option::of(prop_oneof![valid_id(), any::<String>()]),
+            ) {
+                let body = serde_json::to_vec(&envelope).unwrap();
+                match parse_prediction(&HeaderMap::new(), &body, path_id.as_deref()) {
+                    Ok(p) => check_accepted(&p, path_id.as_deref())?,
+                    // JSON objects are never "malformed": wrong shapes are 422s.
+                    Err(ApiError::Invalid(entries)) => prop_assert!(!entries.is_empty()),
+                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+
+            #[test]
+            fn a_path_id_is_accepted_exactly_when_it_is_well_formed(id in any::<String>()) {
+                let parsed = parse_prediction(&HeaderMap::new(), b"{}", Some(&id));
+                prop_assert_eq!(parsed.is_ok(), id_problem(&id).is_none());
+            }
+
+            #[test]
+            fn a_valid_envelope_comes_back_as_sent(
+                id in prop::option::of(valid_id()),
+                input in prop::collection::vec((any::<String>(), json_value()), 0..6),
+                context in prop::collection::vec((any::<String>(), any::<String>()), 0..4),
+                created_at in prop::option::of(0i64..4_000_000_000),
+                webhook in prop::option::of("https?://[a-z0-9.]{1,20}(:[0-9]{1,5})?/[ -~]{0,30}"),
+                events in prop::sample::subsequence(
+                    vec!["start", "output", "logs", "completed"], 0..=4),
+            ) {
+                let input: Map<String, Value> = input.into_iter().collect();
+                let context: Map<String, Value> =
+                    context.into_iter().map(|(k, v)| (k, v.into())).collect();
+                let created_at = created_at
+                    .map(|s| DateTime::<Utc>::from_timestamp(s, 0).unwrap());
+                let mut body = serde_json::json!({"input": input, "context": context});
+                if let Some(id) = &id {
+                    body["id"] = id.clone().into();
+                }
+                if let Some(t) = created_at {
+                    body["created_at"] = t.to_rfc3339().into();
+                }
+                if let Some(url) = &webhook {
+                    body["webhook"] = url.clone().into();
+                    body["webhook_events_filter"] = events.clone().into();
+                }
+                let p = parse_prediction(
+                    &json_headers(),
+                    &serde_json::to_vec(&body).unwrap(),
+                    None,
+                )
+                .unwrap();
+                prop_assert_eq!(p.id, id);
+                prop_assert_eq!(p.input, input);
+                prop_assert_eq!(p.context, context);
+                prop_assert_eq!(p.created_at, created_at);
+                prop_assert_eq!(p.webhook.as_ref().map(|h| h.url.clone()), webhook);
+                if let Some(hook) = p.webhook {
+                    let want: std::collections::HashSet<_> =
+                        events.iter().filter_map(|e| WebhookEvent::parse(e)).collect();
+                    prop_assert_eq!(hook.events, want);
+                }
+            }
+        }
     }
 }

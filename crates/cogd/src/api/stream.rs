@@ -4,6 +4,10 @@
 //! events the prediction kept, then follows live ones, and ends after
 //! `completed`. A reader that falls too far behind is sent `error` and dropped,
 //! so it can never slow the run or other readers.
+//!
+//! Each open stream holds a place of the [`StreamLimit`] (`COG_MAX_STREAMS`);
+//! the place goes back when the stream ends or its client goes away, since
+//! either way the stream, and the permit it carries, is dropped.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -14,8 +18,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ApiError;
+use super::limits::StreamLimit;
 use crate::prediction::{PredictionHandle, StreamEvent};
 use crate::service::{Admission, NewPrediction, Service};
 
@@ -29,14 +35,21 @@ pub(super) fn wanted(headers: &HeaderMap) -> bool {
 }
 
 /// Creates (or re-attaches to) the prediction and answers with its stream.
-pub(super) fn respond(service: &Service, request: NewPrediction) -> Result<Response, ApiError> {
+/// The stream's place is taken first, so a refused stream (429) never starts
+/// a prediction.
+pub(super) fn respond(
+    service: &Service,
+    limit: &StreamLimit,
+    request: NewPrediction,
+) -> Result<Response, ApiError> {
     if !service.streaming() {
         return Err(ApiError::NotStreaming);
     }
+    let permit = limit.acquire()?;
     let handle = match service.create(request)? {
         Admission::Created(handle) | Admission::Existing(handle) => handle,
     };
-    Ok(Sse::new(events(handle))
+    Ok(Sse::new(events(handle, permit))
         .keep_alive(KeepAlive::default())
         .into_response())
 }
@@ -61,7 +74,11 @@ fn error(message: &str) -> Result<Event, Infallible> {
     Ok(Event::default().event("error").data(data))
 }
 
-fn events(handle: PredictionHandle) -> impl Stream<Item = Result<Event, Infallible>> {
+/// The stream's events; `permit` lives as long as the stream does.
+fn events(
+    handle: PredictionHandle,
+    permit: OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     let start = match handle.subscribe_stream() {
         None => Phase::Done,
         Some(sub) if sub.truncated => Phase::Fail(
@@ -70,7 +87,7 @@ fn events(handle: PredictionHandle) -> impl Stream<Item = Result<Event, Infallib
         ),
         Some(sub) => Phase::Replay(sub.history.into(), sub.live),
     };
-    stream::unfold((start, handle), |(phase, handle)| async move {
+    let events = stream::unfold((start, handle), |(phase, handle)| async move {
         match phase {
             Phase::Done => None,
             Phase::Fail(message) => Some((error(message), (Phase::Done, handle))),
@@ -99,6 +116,10 @@ fn events(handle: PredictionHandle) -> impl Stream<Item = Result<Event, Infallib
             },
             Phase::Live(live) => next_live(live, handle).await,
         }
+    });
+    futures_util::StreamExt::map(events, move |event| {
+        let _held = &permit;
+        event
     })
 }
 

@@ -235,4 +235,126 @@ mod tests {
         let big = "x".repeat(MAX_FRAME_BYTES);
         assert!(matches!(encode_line(&big), Err(FrameError::TooLong { .. })));
     }
+
+    mod properties {
+        //! Property tests: arbitrary bytes in arbitrary pieces never panic the
+        //! decoder, never yield a frame over the limit, and yield exactly the
+        //! lines a plain split on `\n` gives; encoded messages come back whole.
+
+        use super::*;
+        use crate::ipc::{ControlResponse, LogSource};
+        use proptest::prelude::*;
+
+        /// What the decoder must do with `data` under `limit`: the complete
+        /// lines in order, then an error at the first line (complete or not)
+        /// longer than the limit.
+        fn expected(data: &[u8], limit: usize) -> (Vec<Vec<u8>>, bool) {
+            let mut lines = Vec::new();
+            let mut parts = data.split(|&b| b == b'\n').peekable();
+            while let Some(part) = parts.next() {
+                if part.len() > limit {
+                    return (lines, true);
+                }
+                if parts.peek().is_some() {
+                    lines.push(part.to_vec());
+                }
+            }
+            (lines, false)
+        }
+
+        /// Feeds `data` to a decoder in pieces of the given sizes, as
+        /// `FramedRead` does, until an error.
+        fn decode_in_pieces(data: &[u8], pieces: &[usize], limit: usize) -> (Vec<Vec<u8>>, bool) {
+            let mut decoder = LineDecoder::new(limit);
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            let mut rest = data;
+            let mut sizes = pieces.iter().cycle();
+            loop {
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Some(frame)) => {
+                            assert!(frame.len() <= limit, "a frame over the limit");
+                            assert!(!frame.contains(&b'\n'), "a frame with a newline");
+                            frames.push(frame.to_vec());
+                        }
+                        Ok(None) => break,
+                        Err(FrameError::TooLong { size, .. }) => {
+                            assert!(size > limit);
+                            return (frames, true);
+                        }
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                }
+                if rest.is_empty() {
+                    return (frames, false);
+                }
+                let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+            }
+        }
+
+        /// Bytes with many newlines, so lines of every length up to past the
+        /// limit occur.
+        fn line_bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop::collection::vec(prop_oneof![3 => any::<u8>(), 1 => Just(b'\n')], 0..200)
+        }
+
+        proptest! {
+            #[test]
+            fn the_decoder_yields_exactly_the_lines_within_the_limit(
+                data in line_bytes(),
+                pieces in prop::collection::vec(1usize..40, 1..8),
+                limit in 0usize..48,
+            ) {
+                prop_assert_eq!(decode_in_pieces(&data, &pieces, limit), expected(&data, limit));
+            }
+
+            #[test]
+            fn the_blocking_reader_agrees_with_the_decoder(
+                data in line_bytes(),
+                step in 1usize..40,
+                limit in 0usize..48,
+            ) {
+                let (lines, too_long) = expected(&data, limit);
+                let mut reader = FrameReader::with_limit(Trickle { data: &data, step }, limit);
+                let mut got = Vec::new();
+                let outcome = loop {
+                    match reader.next_frame() {
+                        Ok(Some(frame)) => got.push(frame.to_vec()),
+                        Ok(None) => break "end",
+                        Err(FrameError::TooLong { .. }) => break "too long",
+                        Err(FrameError::Io(_)) => break "cut",
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                };
+                prop_assert_eq!(got, lines);
+                let cut = !data.is_empty() && !data.ends_with(b"\n");
+                let want = if too_long { "too long" } else if cut { "cut" } else { "end" };
+                prop_assert_eq!(outcome, want);
+            }
+
+            #[test]
+            fn encoded_messages_come_back_whole_however_they_are_cut(
+                texts in prop::collection::vec(any::<String>(), 0..6),
+                step in 1usize..64,
+            ) {
+                let messages: Vec<ControlResponse> = texts
+                    .into_iter()
+                    .map(|data| ControlResponse::Log { source: LogSource::Stdout, data })
+                    .collect();
+                let wire: Vec<u8> = messages
+                    .iter()
+                    .flat_map(|m| encode_line(m).unwrap())
+                    .collect();
+                let mut reader = FrameReader::new(Trickle { data: &wire, step });
+                let mut back = Vec::new();
+                while let Some(message) = reader.next_message::<ControlResponse>().unwrap() {
+                    back.push(message);
+                }
+                prop_assert_eq!(back, messages);
+            }
+        }
+    }
 }

@@ -618,4 +618,231 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
+
+    mod properties {
+        //! Property tests: whatever a worker sends, decoding never panics,
+        //! and every message that can be sent decodes to itself.
+
+        use super::*;
+        use crate::arbitrary::{hostile_bytes, json_object_with_keys, json_value};
+        use proptest::prelude::*;
+
+        /// Every `type` and field name of the worker's messages.
+        const NAMES: &[&str] = &[
+            "type",
+            "protocol_version",
+            "version",
+            "log",
+            "source",
+            "data",
+            "output",
+            "index",
+            "file_output",
+            "filename",
+            "kind",
+            "mime_type",
+            "metric",
+            "name",
+            "value",
+            "mode",
+            "done",
+            "id",
+            "predict_time",
+            "is_stream",
+            "failed",
+            "error",
+            "cancelled",
+            "ready",
+            "slots",
+            "schema",
+            "versions",
+            "streaming",
+            "healthcheck",
+            "worker_log",
+            "target",
+            "level",
+            "message",
+            "idle",
+            "slot",
+            "fatal",
+            "reason",
+            "dropped_logs",
+            "count",
+            "interval_millis",
+            "healthcheck_result",
+            "status",
+            "shutting_down",
+            "stdout",
+            "stderr",
+            "replace",
+            "incr",
+            "append",
+        ];
+
+        fn raw_json() -> impl Strategy<Value = Box<RawValue>> {
+            json_value().prop_map(|v| RawValue::from_string(v.to_string()).expect("JSON text"))
+        }
+
+        fn source() -> impl Strategy<Value = LogSource> {
+            prop_oneof![Just(LogSource::Stdout), Just(LogSource::Stderr)]
+        }
+
+        fn slot_response() -> impl Strategy<Value = SlotResponse> {
+            let seconds = any::<f64>().prop_filter("finite", |f| f.is_finite());
+            prop_oneof![
+                any::<u32>().prop_map(|version| SlotResponse::ProtocolVersion { version }),
+                (source(), any::<String>())
+                    .prop_map(|(source, data)| SlotResponse::Log { source, data }),
+                (raw_json(), any::<u64>())
+                    .prop_map(|(output, index)| SlotResponse::Output { output, index }),
+                (any::<String>(), any::<String>(), any::<Option<String>>()).prop_map(
+                    |(filename, kind, mime_type)| SlotResponse::FileOutput {
+                        filename,
+                        kind,
+                        mime_type
+                    }
+                ),
+                (
+                    any::<String>(),
+                    json_value(),
+                    prop_oneof![
+                        Just(MetricMode::Replace),
+                        Just(MetricMode::Incr),
+                        Just(MetricMode::Append)
+                    ]
+                )
+                    .prop_map(|(name, value, mode)| SlotResponse::Metric {
+                        name,
+                        value,
+                        mode
+                    }),
+                (
+                    any::<String>(),
+                    seconds,
+                    any::<bool>(),
+                    prop::option::of(raw_json())
+                )
+                    .prop_map(|(id, predict_time, is_stream, output)| {
+                        SlotResponse::Done {
+                            id,
+                            predict_time,
+                            is_stream,
+                            output,
+                        }
+                    }),
+                (any::<String>(), any::<String>())
+                    .prop_map(|(id, error)| SlotResponse::Failed { id, error }),
+                any::<String>().prop_map(|id| SlotResponse::Cancelled { id }),
+            ]
+        }
+
+        fn control_response() -> impl Strategy<Value = ControlResponse> {
+            prop_oneof![
+                (any::<usize>(), json_value(), any::<bool>(), any::<bool>()).prop_map(
+                    |(slots, schema, streaming, healthcheck)| ControlResponse::Ready {
+                        slots,
+                        schema,
+                        versions: serde_json::Map::new(),
+                        streaming,
+                        healthcheck,
+                    }
+                ),
+                (source(), any::<String>())
+                    .prop_map(|(source, data)| ControlResponse::Log { source, data }),
+                (any::<String>(), any::<String>(), any::<String>()).prop_map(
+                    |(target, level, message)| ControlResponse::WorkerLog {
+                        target,
+                        level,
+                        message
+                    }
+                ),
+                any::<usize>().prop_map(|slot| ControlResponse::Idle { slot }),
+                any::<usize>().prop_map(|slot| ControlResponse::Cancelled { slot }),
+                (any::<usize>(), any::<String>())
+                    .prop_map(|(slot, error)| ControlResponse::Failed { slot, error }),
+                any::<String>().prop_map(|reason| ControlResponse::Fatal { reason }),
+                (any::<u64>(), any::<u64>()).prop_map(|(count, interval_millis)| {
+                    ControlResponse::DroppedLogs {
+                        count,
+                        interval_millis,
+                    }
+                }),
+                (
+                    any::<u64>(),
+                    prop_oneof![
+                        Just(HealthcheckStatus::Healthy),
+                        Just(HealthcheckStatus::Unhealthy)
+                    ],
+                    any::<Option<String>>()
+                )
+                    .prop_map(|(id, status, error)| {
+                        ControlResponse::HealthcheckResult { id, status, error }
+                    }),
+                Just(ControlResponse::ShuttingDown),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_decode_or_fail_without_panicking(bytes in hostile_bytes()) {
+                let _ = SlotResponse::from_frame(&bytes);
+                let _ = serde_json::from_slice::<ControlResponse>(&bytes);
+                let _ = serde_json::from_slice::<ControlRequest>(&bytes);
+                let _ = serde_json::from_slice::<SlotRequest>(&bytes);
+            }
+
+            #[test]
+            fn objects_with_protocol_names_decode_or_fail_without_panicking(
+                value in json_object_with_keys(NAMES),
+                tag in prop::sample::select(NAMES),
+            ) {
+                let mut tagged = value.clone();
+                tagged["type"] = tag.into();
+                for candidate in [value, tagged] {
+                    let bytes = serde_json::to_vec(&candidate).unwrap();
+                    if let Ok(message) = SlotResponse::from_frame(&bytes) {
+                        // What decodes can be sent again and means the same.
+                        let again = serde_json::to_vec(&message).unwrap();
+                        prop_assert_eq!(SlotResponse::from_frame(&again).unwrap(), message);
+                    }
+                    let _ = serde_json::from_slice::<ControlResponse>(&bytes);
+                    let _ = serde_json::from_slice::<ControlRequest>(&bytes);
+                }
+            }
+
+            #[test]
+            fn every_slot_response_round_trips(message in slot_response()) {
+                let line = crate::ipc::encode_line(&message).unwrap();
+                let back = SlotResponse::from_frame(&line[..line.len() - 1]).unwrap();
+                prop_assert_eq!(back, message);
+            }
+
+            #[test]
+            fn every_control_response_round_trips(message in control_response()) {
+                let line = crate::ipc::encode_line(&message).unwrap();
+                let back: ControlResponse = serde_json::from_slice(&line).unwrap();
+                prop_assert_eq!(back, message);
+            }
+
+            #[test]
+            fn predict_requests_round_trip(
+                id in any::<String>(),
+                // `null` and no input are one thing on the wire.
+                input in prop::option::of(json_value().prop_filter("not null", |v| !v.is_null())),
+                output_dir in any::<String>(),
+                context in prop::collection::vec((any::<String>(), any::<String>()), 0..4),
+            ) {
+                let message = SlotRequest::Predict {
+                    id,
+                    input,
+                    input_file: None,
+                    output_dir: output_dir.into(),
+                    context: context.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                };
+                let line = crate::ipc::encode_line(&message).unwrap();
+                let back: SlotRequest = serde_json::from_slice(&line).unwrap();
+                prop_assert_eq!(back, message);
+            }
+        }
+    }
 }

@@ -688,14 +688,20 @@ impl Run {
             };
             match event {
                 SlotEvent::Log { source, data } => {
-                    if self.handle.has_stream() {
+                    // Stream readers get what the logs kept: nothing past the cap.
+                    let stream = self.handle.has_stream();
+                    let mut kept = None;
+                    self.handle.update(|p| match p.append_log(&data) {
+                        Some(added) => {
+                            kept = stream.then(|| added.into_owned());
+                            true
+                        }
+                        None => false,
+                    });
+                    if let Some(data) = kept {
                         let event = serde_json::json!({"source": source, "data": data});
                         self.handle.publish("log", event.to_string());
                     }
-                    self.handle.update(|p| {
-                        p.append_log(&data);
-                        true
-                    })
                 }
                 SlotEvent::Metric { name, value, mode } => {
                     let event = self.handle.has_stream().then(|| {

@@ -590,7 +590,8 @@ impl Inner {
                     tracing::info!(slots, "setup succeeded; the model is ready");
                 }
                 ControlResponse::Log { data, .. } => {
-                    self.lock_setup().logs.push_str(&data);
+                    // Capped like a prediction's logs: setup may print forever.
+                    crate::logs::append_capped(&mut self.lock_setup().logs, &data);
                     self.setup_logs.send_modify(|n| *n += 1);
                 }
                 ControlResponse::WorkerLog {

@@ -188,7 +188,9 @@ impl LogRouter {
 
     /// Sends text written by code that belongs to no run to the server's log.
     pub(crate) fn write_detached(&self, data: &str) {
-        super::worker_log(&self.inner.control, "info", data.to_string());
+        for piece in pieces(data, MAX_LINE) {
+            super::worker_log(&self.inner.control, "info", piece.to_string());
+        }
     }
 
     /// Returns once everything written to fd 1 and 2 before this call has
@@ -213,11 +215,14 @@ impl LogRouter {
         }
     }
 
+    /// Routes `data` (lossily decoded: binary output becomes U+FFFD) in
+    /// pieces of at most [`MAX_LINE`] bytes, so no write, however large or
+    /// however many escapes its JSON needs, makes a frame over the limit.
     fn emit(&self, source: LogSource, data: &[u8], slot: Option<usize>) {
         if data.is_empty() {
             return;
         }
-        let data = String::from_utf8_lossy(data).into_owned();
+        let text = String::from_utf8_lossy(data);
         let target = {
             let state = self.lock();
             let named = slot.and_then(|slot| state.active.iter().find(|(s, _)| *s == slot));
@@ -228,18 +233,24 @@ impl LogRouter {
                 _ => {
                     drop(state);
                     // Output outside any single run: the server logs it.
-                    super::worker_log(&self.inner.control, "info", data);
+                    self.write_detached(&text);
                     return;
                 }
             }
         };
-        let _ = match target {
-            Some(socket) => socket.send(&SlotResponse::Log { source, data }),
-            None => self
-                .inner
-                .control
-                .send(&ControlResponse::Log { source, data }),
-        };
+        for piece in pieces(&text, MAX_LINE) {
+            let data = piece.to_string();
+            let sent = match &target {
+                Some(socket) => socket.send(&SlotResponse::Log { source, data }),
+                None => self
+                    .inner
+                    .control
+                    .send(&ControlResponse::Log { source, data }),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
     }
 
     fn read_loop(self, fds: [RawFd; 2]) {
@@ -337,6 +348,24 @@ fn piece_end(piece: &[u8]) -> usize {
     }
 }
 
+/// `text` in pieces of at most `max` (at least 4) bytes, cut between
+/// characters.
+fn pieces(text: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len().min(max);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
+}
+
 struct Stream {
     source: LogSource,
     file: File,
@@ -384,4 +413,23 @@ mod tests {
         assert_eq!(piece_end(&bytes[..7]), 6);
         assert_eq!(piece_end(&bytes[..8]), 8);
     }
+
+    #[test]
+    fn a_huge_write_goes_out_in_frames_under_the_limit() {
+        // NULs take six bytes each in JSON; even so each piece fits a frame.
+        let text = "\0".repeat(3 * MAX_LINE + 5) + &"é".repeat(MAX_LINE);
+        let mut total = 0;
+        for piece in pieces(&text, MAX_LINE) {
+            assert!(!piece.is_empty() && piece.len() <= MAX_LINE);
+            let frame = crate::ipc::encode_line(&SlotResponse::Log {
+                source: LogSource::Stdout,
+                data: piece.to_string(),
+            })
+            .unwrap();
+            assert!(frame.len() <= crate::ipc::MAX_FRAME_BYTES);
+            total += piece.len();
+        }
+        assert_eq!(total, text.len());
+    }
+
 }

@@ -693,7 +693,10 @@ fn slot_loop(
                 output_file: None,
                 files: Vec::new(),
             }),
-            Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed { id, error }),
+            Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed {
+                id,
+                error: clip_message(error),
+            }),
             Err(RunError::Canceled) => writer.send(&SlotResponse::Cancelled { id }),
         };
         if let Err(e) = sent {
@@ -717,8 +720,28 @@ pub(crate) fn worker_log(control: &Sender, level: &str, message: String) {
 
 /// Reports a fatal error and returns the exit code for it.
 fn fatal(control: &Sender, reason: String) -> i32 {
-    let _ = control.send(&ControlResponse::Fatal { reason });
+    let _ = control.send(&ControlResponse::Fatal {
+        reason: clip_message(reason),
+    });
     1
+}
+
+/// The longest error message sent as it is; even escaped, it fits a frame.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Cuts an error message (a model may raise with any text) to
+/// [`MAX_MESSAGE_BYTES`], so that reporting it can never fail for its size
+/// and take the slot down with it; the whole traceback is in the logs.
+fn clip_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(" [cut: the message was longer than 1 MiB]");
+    }
+    message
 }
 
 /// A panic anywhere in the worker is reported as `fatal` before the process aborts.
@@ -729,4 +752,31 @@ fn install_panic_hook(control: Sender) {
         });
         std::process::abort();
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_error_message_is_cut_to_fit_one_frame() {
+        let error = clip_message("\0".repeat(10 * MAX_MESSAGE_BYTES));
+        assert!(error.ends_with("longer than 1 MiB]"));
+        let frame = encode_line(&SlotResponse::Failed {
+            id: "p".into(),
+            error,
+        });
+        assert!(frame.is_ok());
+        assert_eq!(clip_message("short".into()), "short");
+    }
+
+    #[test]
+    fn a_chunk_too_large_for_a_frame_is_refused_not_dropped() {
+        let huge = RawValue::from_string(format!("\"{}\"", "x".repeat(MAX_FRAME_BYTES))).unwrap();
+        let error = write_output(0, 0, huge).unwrap_err();
+        assert!(error.contains("too large"), "{error}");
+        // Outside a worker a chunk that fits is simply not sent.
+        let small = RawValue::from_string("1".into()).unwrap();
+        assert_eq!(write_output(0, 0, small), Ok(false));
+    }
 }
