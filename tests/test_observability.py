@@ -142,3 +142,27 @@ def test_a_prediction_is_traced_under_the_callers_traceparent(start_server, otlp
         assert prediction.start_time_unix_nano <= child.start_time_unix_nano, phase
         assert child.end_time_unix_nano <= prediction.end_time_unix_nano, phase
     assert by_name["download"].end_time_unix_nano <= by_name["run"].start_time_unix_nano
+
+
+def test_sending_file_outputs_is_an_upload_span_after_the_run(start_server, otlp_collector):
+    server = start_server(
+        "file_outputs",
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_collector.endpoint,
+            "COG_PREDICT_TYPE_STUB": "predict.py:one_path",
+        },
+    )
+    resp = server.post("/predictions", json={"id": "traced-upload", "input": {}})
+    assert resp.status_code == 200 and resp.json()["status"] == "succeeded", resp.text
+    server.terminate()
+    assert server.wait_exit(timeout=15) == 0
+
+    spans = otlp_collector.wait_for_spans(
+        lambda spans: any(s.name == "prediction" for s in spans), timeout=5
+    )
+    by_name = {s.name: s for s in spans}
+    prediction, upload = by_name["prediction"], by_name.get("upload")
+    assert upload is not None, f"no upload span among {sorted(by_name)}"
+    assert upload.parent_span_id == prediction.span_id
+    assert prediction.start_time_unix_nano <= upload.start_time_unix_nano
+    assert upload.end_time_unix_nano <= prediction.end_time_unix_nano

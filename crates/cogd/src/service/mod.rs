@@ -823,10 +823,17 @@ impl Run {
             dir,
             prefix: self.output_file_prefix.as_deref(),
         };
+        // Sending files (inline or uploaded) is a step of its own in traces.
+        let upload = if output.files.is_empty() {
+            tracing::Span::none()
+        } else {
+            telemetry::phase_span(Phase::Upload)
+        };
         self.inner
             .outbound
             .outputs
             .finish(output, target)
+            .instrument(upload)
             .await
             .map_err(|e| e.to_string())
     }
