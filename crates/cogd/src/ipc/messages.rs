@@ -683,6 +683,32 @@ mod tests {
             json_value().prop_map(|v| RawValue::from_string(v.to_string()).expect("JSON text"))
         }
 
+        /// A value in the message or in a file: exactly one of the two.
+        fn value_or_file() -> impl Strategy<Value = (Option<Box<RawValue>>, Option<PathBuf>)> {
+            prop_oneof![
+                raw_json().prop_map(|v| (Some(v), None)),
+                any::<String>().prop_map(|p| (None, Some(PathBuf::from(p)))),
+            ]
+        }
+
+        fn files() -> impl Strategy<Value = Vec<FileOutput>> {
+            prop::collection::vec(
+                (
+                    any::<String>(),
+                    any::<String>(),
+                    any::<String>(),
+                    any::<String>(),
+                )
+                    .prop_map(|(pointer, path, filename, mime_type)| FileOutput {
+                        pointer,
+                        path: PathBuf::from(path),
+                        filename,
+                        mime_type,
+                    }),
+                0..3,
+            )
+        }
+
         fn source() -> impl Strategy<Value = LogSource> {
             prop_oneof![Just(LogSource::Stdout), Just(LogSource::Stderr)]
         }
@@ -693,13 +719,12 @@ mod tests {
                 any::<u32>().prop_map(|version| SlotResponse::ProtocolVersion { version }),
                 (source(), any::<String>())
                     .prop_map(|(source, data)| SlotResponse::Log { source, data }),
-                (raw_json(), any::<u64>())
-                    .prop_map(|(output, index)| SlotResponse::Output { output, index }),
-                (any::<String>(), any::<String>(), any::<Option<String>>()).prop_map(
-                    |(filename, kind, mime_type)| SlotResponse::FileOutput {
-                        filename,
-                        kind,
-                        mime_type
+                (value_or_file(), any::<u64>(), files()).prop_map(
+                    |((output, output_file), index, files)| SlotResponse::Output {
+                        output,
+                        output_file,
+                        index,
+                        files,
                     }
                 ),
                 (
@@ -720,16 +745,21 @@ mod tests {
                     any::<String>(),
                     seconds,
                     any::<bool>(),
-                    prop::option::of(raw_json())
+                    prop_oneof![Just((None, None)), value_or_file()],
+                    files()
                 )
-                    .prop_map(|(id, predict_time, is_stream, output)| {
-                        SlotResponse::Done {
-                            id,
-                            predict_time,
-                            is_stream,
-                            output,
+                    .prop_map(
+                        |(id, predict_time, is_stream, (output, output_file), files)| {
+                            SlotResponse::Done {
+                                id,
+                                predict_time,
+                                is_stream,
+                                output,
+                                output_file,
+                                files,
+                            }
                         }
-                    }),
+                    ),
                 (any::<String>(), any::<String>())
                     .prop_map(|(id, error)| SlotResponse::Failed { id, error }),
                 any::<String>().prop_map(|id| SlotResponse::Cancelled { id }),

@@ -431,5 +431,4 @@ mod tests {
         }
         assert_eq!(total, text.len());
     }
-
 }
