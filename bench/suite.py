@@ -321,6 +321,21 @@ def loadgen(server: Running, body: dict, connections: int, requests: int, warmup
     return json.loads(out.stdout)
 
 
+def load_figures(r: dict) -> dict[str, float]:
+    """The figures of a `cogd-loadgen` report: successes per second,
+    latency, and the answers that were not successes, 409s apart."""
+    return {
+        "succeeded_per_s": r["succeeded_per_s"],
+        "p50_ms": r["latency_ms"]["p50"],
+        "p99_ms": r["latency_ms"]["p99"],
+        "answers_409": r["http"].get("409", 0),
+        "answers_other_non_2xx": sum(
+            n for code, n in r["http"].items() if not code.startswith("2") and code != "409"
+        )
+        + r["transport_errors"],
+    }
+
+
 class Receiver:
     """A loopback HTTP server that takes webhooks (POST) and uploads (PUT).
 
@@ -445,16 +460,9 @@ def sequential(servers: Servers, name: str, args: argparse.Namespace) -> dict:
     temp disk after all of them, and the time the server took to be READY."""
     with servers.serve(name, HELLO) as server:
         r = loadgen(server, {"input": {"name": "bench"}}, 1, args.soak_requests, 200)
-        figures: dict[str, float] = {
+        figures = {
             "startup_s": server.startup_s,
-            "succeeded_per_s": r["succeeded_per_s"],
-            "p50_ms": r["latency_ms"]["p50"],
-            "p99_ms": r["latency_ms"]["p99"],
-            "answers_409": r["http"].get("409", 0),
-            "answers_other_non_2xx": sum(
-                n for code, n in r["http"].items() if not code.startswith("2") and code != "409"
-            )
-            + r["transport_errors"],
+            **load_figures(r),
             "parent_rss_mib": rss_mib(server.proc.pid),
         }
         if name != "floor":
@@ -468,17 +476,7 @@ def async16(servers: Servers, name: str, args: argparse.Namespace) -> dict:
     """16 slots, 16 clients each sending its next request as soon as it has the
     reply, on an async model that yields to the event loop once."""
     with servers.serve(name, MODELS / "async_sleep0", slots=16) as server:
-        r = loadgen(server, {"input": {"name": "bench"}}, 16, 10_000, 400)
-        return {
-            "succeeded_per_s": r["succeeded_per_s"],
-            "p50_ms": r["latency_ms"]["p50"],
-            "p99_ms": r["latency_ms"]["p99"],
-            "answers_409": r["http"].get("409", 0),
-            "answers_other_non_2xx": sum(
-                n for code, n in r["http"].items() if not code.startswith("2") and code != "409"
-            )
-            + r["transport_errors"],
-        }
+        return load_figures(loadgen(server, {"input": {"name": "bench"}}, 16, 10_000, 400))
 
 
 def events(server: Running, prediction_input: dict) -> Iterator[Event]:

@@ -479,6 +479,25 @@ def send_and_hang_up(
     return sock
 
 
+def proc_status_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of process `pid` from /proc (VmRSS, VmHWM, ...) in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def serve_loopback(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """Serves `handler` on 127.0.0.1 (a free port) from a daemon thread;
+    returns the server (shut it down when done) and its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    return server, f"http://{host}:{port}"
+
+
 # -- webhook receiver ------------------------------------------------------------
 
 
@@ -582,12 +601,7 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        host, port = self._server.server_address[:2]
-        self.base_url = f"http://{host}:{port}"
+        self._server, self.base_url = serve_loopback(Handler)
 
     def url(self, path: str = "/webhook") -> str:
         return self.base_url + path
@@ -675,12 +689,7 @@ class OtlpCollector:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        host, port = self._server.server_address[:2]
-        self.endpoint = f"http://{host}:{port}"
+        self._server, self.endpoint = serve_loopback(Handler)
 
     def wait_for_spans(
         self, predicate: Callable[[list[Any]], Any], timeout: float = 15.0
@@ -808,12 +817,7 @@ class UploadReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        host, port = self._server.server_address[:2]
-        self.base_url = f"http://{host}:{port}"
+        self._server, self.base_url = serve_loopback(Handler)
 
     def url(self, path: str = "/uploads") -> str:
         return self.base_url + path

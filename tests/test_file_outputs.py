@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import UploadReceiver, in_background, wait_until
+from harness import UploadReceiver, in_background, proc_status_bytes, wait_until
 
 MODEL = "file_outputs"
 MIB = 1024 * 1024
@@ -186,23 +186,15 @@ def test_a_symlinked_output_is_read_through_its_link_and_devices_are_refused(sta
     assert "not a file" in got["error"] or "not a regular file" in got["error"], got
 
 
-def vm_hwm(pid: int) -> int:
-    """The process's peak resident memory, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
 @pytest.mark.parametrize("sent", ["uploaded", "inline"])
 def test_a_100_mib_file_output_is_not_held_twice(start_server, upload_receiver, sent):
     args = ("--upload-url", upload_receiver.url("/big")) if sent == "uploaded" else ()
     server = serve(start_server, "big_path", *args)
     assert server.predict_ok({"mib": 1})["status"] == "succeeded"
-    before = vm_hwm(server.proc.pid)
+    before = proc_status_bytes(server.proc.pid, "VmHWM")
     resp = server.predict({"mib": 100}, timeout=120)
     assert resp.status_code == 200
-    grown = vm_hwm(server.proc.pid) - before
+    grown = proc_status_bytes(server.proc.pid, "VmHWM") - before
     got = resp.json()
     assert got["status"] == "succeeded", got["error"]
     zeros = hashlib.sha256(bytes(100 * MIB)).hexdigest()

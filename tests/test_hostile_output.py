@@ -6,18 +6,10 @@ the server's memory stays bounded.
 """
 
 import pytest
-from harness import start_async, wait_for_prediction, wait_until
+from harness import proc_status_bytes, start_async, wait_for_prediction, wait_until
 
 LOG_CAP = 16 * 1024 * 1024
 MARKER = "[cogd: logs truncated: more than 16 MiB was written]"
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def worker_pid(server, token: str) -> str:
@@ -60,7 +52,7 @@ def test_a_10_mb_line_is_kept_whole(start_server, via):
 def test_endless_output_is_cut_at_the_cap_and_the_run_can_be_cancelled(start_server, via):
     server = start_server("hostile")
     worker_pid(server, "warm")
-    rss_before = rss_bytes(server.proc.pid)
+    rss_before = proc_status_bytes(server.proc.pid)
 
     prediction_id = start_async(server, input={"mode": "endless", "via": via})["id"]
 
@@ -82,7 +74,7 @@ def test_endless_output_is_cut_at_the_cap_and_the_run_can_be_cancelled(start_ser
     assert after["logs"] == "after:ok\n"
     # The run wrote without pause until cancelled; the server kept one capped
     # copy of its logs, plus what serving them took.
-    growth = rss_bytes(server.proc.pid) - rss_before
+    growth = proc_status_bytes(server.proc.pid) - rss_before
     assert growth < 160 * 1024 * 1024, f"the server grew by {growth / 2**20:.0f} MiB"
 
 

@@ -33,7 +33,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from harness import TERMINAL_STATUSES, Server, send_and_hang_up, wait_until
+from harness import (
+    TERMINAL_STATUSES,
+    Server,
+    proc_status_bytes,
+    send_and_hang_up,
+    wait_until,
+)
 
 N = int(os.environ.get("COGD_SOAK_N", "1000"))
 CLIENTS = 8
@@ -55,14 +61,6 @@ KINDS = {
     "cancel": 0.10,
     "hang_up": 0.10,
 }
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def fd_count(pid: int) -> int:
@@ -229,7 +227,7 @@ def test_soak(start_server, short_tmpdir, webhook_receiver, capsys):
         )
     assert all(r.status_code == 200 for r in warm), [r.status_code for r in warm]
     fds_before = fd_count(pid)
-    rss_before = rss_bytes(pid)
+    rss_before = proc_status_bytes(pid)
 
     predictions = plan(N)
     began = time.monotonic()
@@ -284,7 +282,7 @@ def test_soak(start_server, short_tmpdir, webhook_receiver, capsys):
         timeout=10,
         what=f"the server's fds to return near {fds_before}",
     )
-    rss_after = rss_bytes(pid)
+    rss_after = proc_status_bytes(pid)
     health = server.health()["status"]
 
     server.terminate()

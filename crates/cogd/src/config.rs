@@ -166,16 +166,7 @@ impl Config {
                 .ok_or_else(|| ConfigError::NoPredictor(model_dir.clone()))?;
             (Mode::Predict, predict)
         };
-        let slots_override = match number::<usize>(&env, "COG_MAX_CONCURRENCY", AT_LEAST_ONE)? {
-            Some(0) => {
-                return Err(ConfigError::BadEnv {
-                    name: "COG_MAX_CONCURRENCY",
-                    value: "0".into(),
-                    message: AT_LEAST_ONE,
-                })
-            }
-            n => n,
-        };
+        let slots_override = positive(&env, "COG_MAX_CONCURRENCY")?;
         let slots_default = cog_yaml.concurrency.and_then(|c| c.max).map(|n| n.max(1));
         let queue_size = number(
             &env,
@@ -189,16 +180,7 @@ impl Config {
             "expected a whole number of events (0 for live only)",
         )?
         .unwrap_or(1024);
-        let max_streams = match number::<usize>(&env, "COG_MAX_STREAMS", AT_LEAST_ONE)? {
-            Some(0) => {
-                return Err(ConfigError::BadEnv {
-                    name: "COG_MAX_STREAMS",
-                    value: "0".into(),
-                    message: AT_LEAST_ONE,
-                })
-            }
-            n => n.unwrap_or(1024),
-        };
+        let max_streams = positive(&env, "COG_MAX_STREAMS")?.unwrap_or(1024);
         let max_body_bytes =
             number(&env, "COG_MAX_BODY_BYTES", "expected a number of bytes")?.unwrap_or(100 << 20);
         let max_restarts = number(
@@ -297,6 +279,21 @@ fn number<T: std::str::FromStr>(
             }),
         },
         None => Ok(None),
+    }
+}
+
+/// A whole number of at least one from the environment, if set.
+fn positive(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<usize>, ConfigError> {
+    match number::<usize>(env, name, AT_LEAST_ONE)? {
+        Some(0) => Err(ConfigError::BadEnv {
+            name,
+            value: "0".into(),
+            message: AT_LEAST_ONE,
+        }),
+        n => Ok(n),
     }
 }
 
