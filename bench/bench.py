@@ -296,7 +296,8 @@ MANY_INPUTS = {
     "lora_scale": 0.5,
     "apply_watermark": False,
     "disable_safety_checker": True,
-    "image": "https://example.com/input.png",
+    # A data URI: a file input the server decodes without the network.
+    "image": "data:image/png;base64,iVBORw0KGgo=",
     "mask": None,
     "high_noise_frac": 0.9,
     "output_format": "png",

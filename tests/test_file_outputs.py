@@ -103,6 +103,8 @@ def test_output_file_prefix_sends_files_there_even_without_upload_url(
 
 
 def test_a_list_of_uploaded_files_keeps_the_order_returned(start_server, upload_receiver):
+    """Items of a list are uploaded as output.<index>.<ext>: files that share a
+    name (here all of them) never overwrite each other."""
     # The first file's upload is the slowest, so it finishes last.
     upload_receiver.on_upload = lambda u: time.sleep(0.5 if u.path.endswith(".0.txt") else 0)
     server = serve(start_server, "list_of_paths", "--upload-url", upload_receiver.url("/u"))
@@ -112,7 +114,7 @@ def test_a_list_of_uploaded_files_keeps_the_order_returned(start_server, upload_
     assert got["output"] == [upload_receiver.url(f"/u/{n}") for n in names]
     assert upload_receiver.uploads[-1].path == "/u/output.0.txt", upload_receiver.uploads
     assert {u.path: u.body for u in upload_receiver.uploads} == {
-        f"/u/{n}": content(n, 5) for n in names
+        f"/u/output.{i}.txt": content("part.txt", 5 + i) for i in range(4)
     }
 
 

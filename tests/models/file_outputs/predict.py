@@ -42,7 +42,8 @@ def big_path(mib: int = 100) -> Path:
 
 
 def list_of_paths(count: int = 3, size: int = 8) -> list[Path]:
-    return [write(f"output.{i}.txt", size) for i in range(count)]
+    """`count` files that all have the same name, each in its own directory."""
+    return [write("part.txt", size + i) for i in range(count)]
 
 
 def file_object() -> File:

@@ -176,7 +176,7 @@ impl OutputSender {
 
     /// PUTs one file to `base`/its name; returns the URL it can be found at.
     async fn upload(&self, base: &str, r: &Resolved<'_>) -> Result<String, OutputError> {
-        let filename = upload_name(&r.file.filename);
+        let filename = upload_name(&r.file.pointer, &r.file.filename);
         let url = put_url(base, &filename).ok_or_else(|| OutputError::BadBase {
             filename: filename.clone(),
             url: reqwest::Url::parse(base)
@@ -395,13 +395,21 @@ async fn encode_file(path: &Path, out: &mut String) -> std::io::Result<()> {
     }
 }
 
-/// The name a file is uploaded under: its own, made safe for a URL path.
-fn upload_name(filename: &str) -> String {
+/// The name a file is uploaded under: `output.<index>.<ext>` for an item of
+/// a list output (so two items with the same name never overwrite each
+/// other), else its own name; made safe for a URL path either way.
+fn upload_name(pointer: &str, filename: &str) -> String {
     let name = sanitize(filename);
-    if name.is_empty() {
-        "file".into()
-    } else {
-        name
+    let name = if name.is_empty() { "file".into() } else { name };
+    let list_index = pointer
+        .strip_prefix('/')
+        .filter(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
+    match list_index {
+        Some(index) => match Path::new(&name).extension().and_then(|e| e.to_str()) {
+            Some(ext) => format!("output.{index}.{ext}"),
+            None => format!("output.{index}"),
+        },
+        None => name,
     }
 }
 
@@ -537,8 +545,13 @@ mod tests {
         let url = put_url("http://h:1/up/?sig=1", "a b.png").unwrap();
         assert_eq!(url.as_str(), "http://h:1/up/a%20b.png?sig=1");
         assert!(put_url("ftp://h/x", "a").is_none());
-        assert_eq!(upload_name("../x y.png"), "_x_y.png");
-        assert_eq!(upload_name(".."), "file");
+        assert_eq!(upload_name("", "../x y.png"), "_x_y.png");
+        assert_eq!(upload_name("", ".."), "file");
+        assert_eq!(upload_name("/image", "cat.png"), "cat.png");
+        // Items of a list output are named by their place in it.
+        assert_eq!(upload_name("/0", "cat.png"), "output.0.png");
+        assert_eq!(upload_name("/12", "weights"), "output.12");
+        assert_eq!(upload_name("/1/image", "cat.png"), "cat.png");
     }
 
     #[test]
