@@ -379,15 +379,20 @@ def validation_scenario(args: argparse.Namespace) -> dict:
     return {"requests": args.requests, "summary": summary, "latencies_ms": latencies}
 
 
+def write_json(path: str, figures: dict) -> Path:
+    """Writes `figures` as indented JSON to `path` (making its directory)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    return out
+
+
 def main() -> None:
     args = parse_args()
     if args.scenario == "validation":
         results = validation_scenario(args)
         if args.json:
-            out = Path(args.json)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=2) + "\n")
-            print(f"raw figures:   {out}")
+            print(f"raw figures:   {write_json(args.json, results)}")
         return
     if args.url:
         parts = urlsplit(args.url)
@@ -399,10 +404,7 @@ def main() -> None:
 
     report(result)
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"raw figures:   {out}")
+        print(f"raw figures:   {write_json(args.json, result)}")
 
 
 if __name__ == "__main__":

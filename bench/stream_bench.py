@@ -35,7 +35,14 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import REPO, Client, own_server, percentile, wait_ready  # noqa: E402
+from bench import (  # noqa: E402
+    REPO,
+    Client,
+    own_server,
+    percentile,
+    wait_ready,
+    write_json,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -296,10 +303,7 @@ def main() -> None:
             result = run(host, port, args)
     report(result)
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"raw figures:    {out}")
+        print(f"raw figures:    {write_json(args.json, result)}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stream_bench import Event, StreamRefusedError, stream  # noqa: E402
 
-from bench import MANY_INPUTS, REPO, find_cogd, free_port, wait_ready  # noqa: E402
+from bench import MANY_INPUTS, REPO, find_cogd, free_port, wait_ready, write_json  # noqa: E402
 
 BENCH = REPO / "bench"
 MODELS = BENCH / "models"
@@ -763,9 +763,7 @@ def main() -> None:
     args = parse_args()
     result = run_all(args)
     result["medians"] = medians(result)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.json, result)
     print(f"medians of {args.rounds} interleaved round(s); ratios are cogd/reference")
     print(table(result))
     print(f"every round: {out}")
