@@ -102,6 +102,9 @@ class RunOutput(io.TextIOBase):
             native.write_log(self._source, text, owner)
 
     def flush(self) -> None:
+        if not self._pending:
+            # Nobody has an unfinished line: the common case, without the lock.
+            return
         from cogd import _native
 
         owner = _DETACHED if detached.get() else current_slot.get()

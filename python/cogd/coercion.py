@@ -303,8 +303,16 @@ def output_json(
 ) -> tuple[str, str]:
     """The run's return value as JSON text (see :func:`encode_output`), with
     ``null`` where files go, and the list of those files as JSON text."""
-    data, files = extract_files(encode_output(node, value, run_async, output_dir))
-    return json.dumps(data, allow_nan=False), json.dumps(files)
+    data = encode_output(node, value, run_async, output_dir)
+    if data is None or isinstance(data, (str, int, float)):
+        # A scalar (the common case) holds no file.
+        return _JSON.encode(data), "[]"
+    data, files = extract_files(data)
+    return _JSON.encode(data), json.dumps(files)
+
+
+#: Output JSON: strict (no NaN or infinity), made once rather than per output.
+_JSON = json.JSONEncoder(allow_nan=False)
 
 
 def encode_output(

@@ -153,6 +153,9 @@ class Runner:
         self._signature: schema.Signature | None = None
         self._schema_json = "null"
         self._loop: _EventLoop | None = None
+        # Whether the run method is ``async def`` (or an async generator): known
+        # once loaded, so each run need not inspect it again.
+        self._is_async = False
         self._active: dict[int, _ActiveRun] = {}
         self._lock = threading.Lock()
         if threading.current_thread() is threading.main_thread():
@@ -195,6 +198,7 @@ class Runner:
             _flush_std_streams()
         run = self._run
         is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
+        self._is_async = is_async
         has_healthcheck = callable(getattr(self._instance, "healthcheck", None))
         return (
             declared_concurrency(*targets),
@@ -236,7 +240,8 @@ class Runner:
         with self._lock:
             self._active[slot] = active
         token = capture.current_slot.set(slot)
-        scope = scopes.Scope(slot, json.loads(context_json) if context_json else {})
+        context = json.loads(context_json) if context_json and context_json != "{}" else {}
+        scope = scopes.Scope(slot, context)
         scope_token = scopes.current.set(scope)
         try:
             inputs = json.loads(input_json)
@@ -271,7 +276,7 @@ class Runner:
     ) -> Any:
         run = self._run
         assert run is not None
-        if inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run):
+        if self._is_async:
 
             async def call() -> Any:
                 # Set inside the task, so tasks it spawns inherit them too.
@@ -323,9 +328,7 @@ class Runner:
             task = active.task
         if task is not None:
             task.get_loop().call_soon_threadsafe(task.cancel)
-        elif self._run is not None and (
-            inspect.iscoroutinefunction(self._run) or inspect.isasyncgenfunction(self._run)
-        ):
+        elif self._is_async:
             pass  # the task has not started; it checks `cancelled` first thing
         elif active.thread_id == threading.main_thread().ident:
             signal.pthread_kill(active.thread_id, signal.SIGUSR1)

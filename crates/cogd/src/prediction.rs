@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::append_capped;
@@ -361,6 +361,9 @@ struct StreamState {
 #[derive(Debug, Clone)]
 pub struct PredictionHandle {
     state: watch::Sender<Prediction>,
+    /// Woken once, when the prediction becomes terminal: a client waiting for
+    /// the result is not woken by each log line before that.
+    terminal: Arc<Notify>,
     /// Fired by a cancel request; the run task acts on it.
     cancel: CancellationToken,
     /// Events for stream readers, when the model streams.
@@ -372,6 +375,7 @@ impl PredictionHandle {
     pub fn new(prediction: Prediction) -> Self {
         Self {
             state: watch::Sender::new(prediction),
+            terminal: Arc::new(Notify::new()),
             cancel: CancellationToken::new(),
             stream: None,
         }
@@ -443,7 +447,16 @@ impl PredictionHandle {
 
     /// Applies `change` and wakes subscribers if it reports a change.
     pub fn update(&self, change: impl FnOnce(&mut Prediction) -> bool) {
-        self.state.send_if_modified(change);
+        let mut ended = false;
+        self.state.send_if_modified(|p| {
+            let was_terminal = p.status.is_terminal();
+            let changed = change(p);
+            ended = !was_terminal && p.status.is_terminal();
+            changed
+        });
+        if ended {
+            self.terminal.notify_waiters();
+        }
     }
 
     /// About how many bytes the prediction holds: its input, outputs and
@@ -468,13 +481,18 @@ impl PredictionHandle {
 
     /// Waits until the prediction is terminal and returns that state.
     pub async fn finished(&self) -> Prediction {
-        let mut rx = self.subscribe();
-        let result = rx.wait_for(|p| p.status.is_terminal()).await;
-        match result {
-            Ok(state) => state.clone(),
-            // The sender lives in `self`, so the channel cannot close under us.
-            Err(_) => self.snapshot(),
+        let terminal = self.terminal.notified();
+        tokio::pin!(terminal);
+        // Registered before the check, so the change cannot slip in between.
+        terminal.as_mut().enable();
+        {
+            let state = self.state.borrow();
+            if state.status.is_terminal() {
+                return state.clone();
+            }
         }
+        terminal.await;
+        self.snapshot()
     }
 }
 

@@ -31,6 +31,9 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("HTTP server error: {0}")]
     Http(std::io::Error),
+    /// The server's task panicked (a bug).
+    #[error("the server failed: {0}")]
+    Panicked(String),
 }
 
 /// How long the worker gets to exit after `shutdown` before it is killed.

@@ -517,7 +517,7 @@ impl Run {
         };
         let Some(permit) = permit else {
             // Cancelled while it waited for a slot: it never runs.
-            self.finish(Outcome::Canceled, None);
+            self.finish(Outcome::Canceled, None).await;
             return;
         };
         let started = Instant::now();
@@ -549,7 +549,7 @@ impl Run {
         } else {
             drop(permit);
         }
-        self.finish(ended.outcome, Some(started));
+        self.finish(ended.outcome, Some(started)).await;
     }
 
     /// Publishes the whole prediction as a stream event.
@@ -560,9 +560,9 @@ impl Run {
         }
     }
 
-    /// Moves the prediction to its terminal state; `started` is when it got
-    /// its slot (`None`: it never did).
-    fn finish(&self, outcome: Outcome, started: Option<Instant>) {
+    /// Moves the prediction to its terminal state, then records it (metrics,
+    /// its log line); `started` is when it got its slot (`None`: it never did).
+    async fn finish(&self, outcome: Outcome, started: Option<Instant>) {
         let mut ended = None;
         self.handle.update(|p| {
             let changed = p.finish(outcome);
@@ -570,8 +570,10 @@ impl Run {
             changed
         });
         self.publish_state("completed");
-        self.inner.unfinished.send_modify(|n| *n -= 1);
         self.inner.lock_registry().finished(&self.id);
+        // A client waiting for the result answers first: the records below
+        // are not its business and need not delay it.
+        tokio::task::yield_now().await;
         let (status, error) = ended.expect("update runs its closure");
         let metrics = &self.inner.metrics;
         metrics.prediction_finished(status);
@@ -590,6 +592,9 @@ impl Run {
             error = error.as_deref(),
             "prediction finished"
         );
+        // Last: a server that is stopping waits for this count, and its
+        // predictions' records come before it stops.
+        self.inner.unfinished.send_modify(|n| *n -= 1);
     }
 
     async fn run_in_slot(&self, slot: usize, output_dir: PathBuf) -> Ended {

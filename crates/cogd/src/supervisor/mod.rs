@@ -699,6 +699,14 @@ impl Inner {
                 if let Some(run) = run {
                     let _ = run.send(event).await;
                 }
+                if frames.read_buffer().is_empty() {
+                    // Everything read so far has been handed on: let the run
+                    // act on it (send the first chunk of a stream to its
+                    // readers) before reading more. A model that yields faster
+                    // than that would otherwise keep this task reading, and
+                    // its first chunk waiting, for a whole scheduling budget.
+                    tokio::task::yield_now().await;
+                }
             }
         }
         // The socket closed: the worker is dying. Wait briefly for its exit so
