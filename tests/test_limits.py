@@ -22,6 +22,37 @@ def test_an_8_mib_input_reaches_the_run_whole(start_server):
     assert prediction["output"]["sha256"] == hashlib.sha256(text.encode()).hexdigest()
 
 
+def test_large_requests_get_the_same_answers_as_small_ones(start_server):
+    # Bodies of a few hundred KiB and more are admitted off the server's
+    # event loop thread; what the client sees must not change.
+    server = start_server("echo")
+    text = "é" * (300 * 1024)
+    first = server.put("/predictions/big-1", json={"input": {"text": text}}, timeout=60)
+    assert first.status_code in (200, 201, 202), first.text
+    again = server.put("/predictions/big-1", json={"input": {"text": text}}, timeout=60)
+    assert again.json()["id"] == "big-1"
+    done = wait_until(
+        lambda: (p := server.get("/predictions/big-1").json())["status"] == "succeeded" and p,
+        30,
+        "the large prediction to finish",
+    )
+    assert done["output"]["length"] == len(text)
+    assert done["input"]["text"] == text
+    # A wrong type, and a body that is not JSON, are refused as usual.
+    bad = server.predict({"text": ["x" * (400 * 1024)]})
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["detail"][0]["loc"][-1] == "text", bad.text
+    assert_json_error(
+        server.post(
+            "/predictions",
+            data=b'{"input": {"text": "' + b"x" * (400 * 1024),
+            headers={"Content-Type": "application/json"},
+        ),
+        400,
+    )
+    assert server.predict_ok({"text": "after"})["output"]["length"] == 5
+
+
 def test_a_body_over_the_limit_is_refused_with_413(start_server):
     server = start_server("echo", env={"COG_MAX_BODY_BYTES": "10000"})
     assert_json_error(server.predict({"text": "x" * 20000}), 413)

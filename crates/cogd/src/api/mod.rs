@@ -238,15 +238,50 @@ async fn create(
 ) -> Result<Response, ApiError> {
     served(state, mode)?;
     let body = body.map_err(ApiError::from_body)?;
-    let request = request::parse_prediction(headers, &body, path_id)?;
+    let admitted = if body.len() > ADMIT_OFF_THREAD_BYTES {
+        // Parsing, checking and storing a large input takes milliseconds of
+        // CPU: on the blocking pool, so the runtime's thread goes on serving
+        // every other request and stream meanwhile.
+        let (state, headers) = (state.clone(), headers.clone());
+        let path_id = path_id.map(str::to_owned);
+        tokio::task::spawn_blocking(move || admit(&state, &headers, &body, path_id.as_deref()))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
+    } else {
+        admit(state, headers, &body, path_id)?
+    };
+    match admitted {
+        Admitted::Stream(response) => Ok(response),
+        Admitted::Run(admission) => respond(admission, headers).await,
+    }
+}
+
+/// Request bodies over this many bytes are admitted on the blocking pool.
+const ADMIT_OFF_THREAD_BYTES: usize = 256 * 1024;
+
+/// A request once admitted: an event stream to answer with, or a run to
+/// answer for as the client asked.
+enum Admitted {
+    Stream(Response),
+    Run(Admission),
+}
+
+/// Parses the request and admits its prediction (all of it synchronous).
+fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    path_id: Option<&str>,
+) -> Result<Admitted, ApiError> {
+    let request = request::parse_prediction(headers, body, path_id)?;
     if stream::wanted(headers) {
         // Cog's trainings answer only with JSON.
         if state.service.mode() == Mode::Train {
             return Err(ApiError::TrainingStream);
         }
-        return stream::respond(&state.service, &state.streams, request);
+        return stream::respond(&state.service, &state.streams, request).map(Admitted::Stream);
     }
-    respond(state.service.create(request)?, headers).await
+    Ok(Admitted::Run(state.service.create(request)?))
 }
 
 /// True when the client asked not to wait (`Prefer: respond-async`).
