@@ -125,9 +125,37 @@ pub fn write_map<W: Write + ?Sized>(out: &mut W, map: &Map<String, Value>) -> io
 
 /// `map` as compact JSON text (see [`write_map`]).
 pub fn map_to_string(map: &Map<String, Value>) -> String {
-    let mut out = Vec::with_capacity(64);
-    write_map(&mut out, map).expect("writing to a Vec cannot fail");
+    finish(|out| write_map(out, map))
+}
+
+/// `value` as compact JSON text (see [`write_value`]).
+pub fn value_to_string(value: &Value) -> String {
+    finish(|out| write_value(out, value))
+}
+
+/// The text `write` writes, in a buffer allocated once at its exact size:
+/// it is written twice, first only counted (a scan, no copy), so a text of
+/// many megabytes is never moved while it grows.
+fn finish(write: impl Fn(&mut dyn Write) -> io::Result<()>) -> String {
+    let mut count = Count(0);
+    write(&mut count).expect("counting cannot fail");
+    let mut out = Vec::with_capacity(count.0);
+    write(&mut out).expect("writing to a Vec cannot fail");
     String::from_utf8(out).expect("JSON written from a str is UTF-8")
+}
+
+/// A writer that only counts the bytes written to it.
+struct Count(usize);
+
+impl Write for Count {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +214,10 @@ mod tests {
             unreachable!()
         };
         assert_eq!(map_to_string(&map), serde_json::to_string(&map).unwrap());
+        let value = Value::Object(map);
+        let text = value_to_string(&value);
+        assert_eq!(text, serde_json::to_string(&value).unwrap());
+        assert_eq!(text.capacity(), text.len(), "allocated at its size");
     }
 
     proptest! {

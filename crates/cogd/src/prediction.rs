@@ -97,14 +97,17 @@ impl JsonText {
     }
 }
 
+impl From<&serde_json::Map<String, serde_json::Value>> for JsonText {
+    fn from(map: &serde_json::Map<String, serde_json::Value>) -> Self {
+        Self::from_map(map)
+    }
+}
+
 impl From<&serde_json::Value> for JsonText {
     /// The value's compact JSON text, written by [`crate::json`] (fast for
     /// large strings), as serde_json writes it.
     fn from(value: &serde_json::Value) -> Self {
-        let mut text = Vec::new();
-        crate::json::write_value(&mut text, value).expect("writing to a Vec cannot fail");
-        let text = String::from_utf8(text).expect("JSON written from a str is UTF-8");
-        RawValue::from_string(text)
+        RawValue::from_string(crate::json::value_to_string(value))
             .expect("a serialised value is JSON")
             .into()
     }
@@ -153,7 +156,7 @@ pub struct Prediction {
 
 impl Prediction {
     /// A new prediction in `starting`.
-    pub fn new(id: String, input: &serde_json::Value, created_at: Option<DateTime<Utc>>) -> Self {
+    pub fn new(id: String, input: impl Into<JsonText>, created_at: Option<DateTime<Utc>>) -> Self {
         Self {
             id,
             input: input.into(),

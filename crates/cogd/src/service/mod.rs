@@ -329,7 +329,7 @@ impl Service {
             other => return Err(AdmissionError::NotReady(other)),
         }
         let mut input = request.input;
-        let shown = telemetry::phase_span(Phase::Validate)
+        let redacted = telemetry::phase_span(Phase::Validate)
             .in_scope(|| self.inner.schema.check(&mut input))
             .map_err(AdmissionError::Invalid)?;
         let admit = self.inner.slots.admit().map_err(|refusal| match refusal {
@@ -341,12 +341,14 @@ impl Service {
             telemetry::record_prediction_id(&span, &id);
             id
         });
-        let shown = serde_json::Value::Object(shown);
-        let prediction = Prediction::new(id.clone(), &shown, request.created_at);
+        let prediction = Prediction::new(
+            id.clone(),
+            redacted.as_ref().unwrap_or(&input),
+            request.created_at,
+        );
         // Without a secret to redact, the input shown is the input run: its
         // text, written once, serves both.
-        let input_text = matches!(&shown, serde_json::Value::Object(m) if *m == input)
-            .then(|| prediction.input.clone());
+        let input_text = redacted.is_none().then(|| prediction.input.clone());
         let handle = if self.inner.supervisor.streaming() {
             PredictionHandle::with_stream(prediction, self.inner.config.stream_history)
         } else {
