@@ -221,6 +221,44 @@ def test_an_input_and_output_over_the_frame_limit_round_trip(start_server):
     assert got["output"] == text
 
 
+def long_string(kind: str, size: int) -> str:
+    """The model's `long_string`: what a test expects to receive."""
+    unit = "x" if kind == "ascii" else 'é漢"\\\n\x00\x1f\u2028a'
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+# Long strings (64 Ki characters and more) are escaped by the worker's Rust
+# side; 100,000 characters keep the output inline, 3 MiB make it a file.
+@pytest.mark.parametrize("size", [100_000, 3 * MIB])
+def test_long_strings_of_every_kind_arrive_as_returned(start_server, size):
+    server = serve(start_server, "long_strings")
+    got = server.predict_ok({"size": size}, timeout=60)
+    assert got["status"] == "succeeded", got["error"]
+    assert got["output"] == {
+        "mixed": long_string("mixed", size),
+        "short": 'a "short" one é',
+        "items": [long_string("ascii", size), "b", {"deep": long_string("mixed", size + 1)}],
+        "file": data_uri("text/plain", content("note.txt", 5)),
+    }
+
+
+@pytest.mark.parametrize("size", [100_000, 7 * MIB])
+def test_a_streamed_long_string_arrives_as_yielded(start_server, size):
+    server = serve(start_server, "stream_long_strings")
+    got = server.predict_ok({"size": size}, timeout=60)
+    assert got["status"] == "succeeded", got["error"]
+    assert got["output"] == ["small", long_string("mixed", size), "after"]
+
+
+def test_a_large_input_that_json_must_escape_round_trips(start_server):
+    server = serve(start_server, "echo")
+    text = long_string("mixed", 7 * MIB)
+    got = server.predict_ok({"text": text}, timeout=60)
+    assert got["status"] == "succeeded", got["error"]
+    assert got["output"] == text
+    assert got["input"] == {"text": text}
+
+
 def test_a_20_mib_string_output_arrives_whole(start_server):
     server = serve(start_server, "long_text")
     got = server.predict_ok({"mib": 20}, timeout=60)

@@ -129,12 +129,24 @@ def _pointer_token(key: Any) -> str:
     return str(key).replace("~", "~0").replace("/", "~1")
 
 
-def extract_files(data: Any, pointer: str = "") -> tuple[Any, list[dict[str, str]]]:
+def extract_files(
+    data: Any, pointer: str = "", long_strings: list[str] | None = None
+) -> tuple[Any, list[dict[str, str]]]:
     """``data`` with each :class:`FileRef` replaced by ``None``, and the list of
-    those files with their RFC 6901 pointers, as the worker protocol sends them."""
+    those files with their RFC 6901 pointers, as the worker protocol sends them.
+
+    With ``long_strings``, each string value of at least :data:`LONG_STRING`
+    characters is also replaced, by :data:`_LONG_STRING_MARKER`, and appended
+    to it in the order the walk meets them, which is the order ``json.dumps``
+    writes them in."""
     files: list[dict[str, str]] = []
 
     def walk(value: Any, at: str) -> Any:
+        if isinstance(value, str):
+            if long_strings is None or len(value) < LONG_STRING:
+                return value
+            long_strings.append(value)
+            return _LONG_STRING_MARKER
         if isinstance(value, FileRef):
             files.append(
                 {
@@ -295,20 +307,48 @@ class OutputTypeError(TypeError):
     """What the run returned does not match its declared output type."""
 
 
+#: Strings at least this long are left out of the JSON text written here:
+#: the worker's Rust side escapes them as it sends the output, straight from
+#: the ``str`` (``json`` takes ~50 ms to escape a 20 MiB string; Rust, a few).
+LONG_STRING = 64 * 1024
+
+#: What stands in for a long string in the JSON text: a NUL (which JSON text
+#: always escapes) and a random token, so no string of an output can be it.
+_LONG_STRING_MARKER = f"\x00cogd-long-string-{os.urandom(12).hex()}"
+_LONG_STRING_MARKER_JSON = json.dumps(_LONG_STRING_MARKER)
+
+
 def output_json(
     node: Node,
     value: Any,
     run_async: RunAsync | None = None,
     output_dir: str | None = None,
-) -> tuple[str, str]:
-    """The run's return value as JSON text (see :func:`encode_output`), with
-    ``null`` where files go, and the list of those files as JSON text."""
+) -> tuple[list[str], str, list[str]]:
+    """The run's return value as JSON (see :func:`encode_output`), with
+    ``null`` where files go, and the list of those files as JSON text.
+
+    The JSON comes in pieces: ``pieces[0]``, then ``strings[0]`` (a string of
+    at least :data:`LONG_STRING` characters from the value, still to be
+    encoded as a JSON string), then ``pieces[1]``, and so on. A value without
+    long strings is one piece.
+    """
     data = encode_output(node, value, run_async, output_dir)
-    if data is None or isinstance(data, (str, int, float)):
-        # A scalar (the common case) holds no file.
-        return _JSON.encode(data), "[]"
-    data, files = extract_files(data)
-    return _JSON.encode(data), json.dumps(files)
+    if (
+        data is None
+        or isinstance(data, (int, float))
+        or (isinstance(data, str) and len(data) < LONG_STRING)
+    ):
+        # A short scalar (the common case) holds no file and no long string.
+        return [_JSON.encode(data)], "[]", []
+    strings: list[str] = []
+    data, files = extract_files(data, "", strings)
+    text = _JSON.encode(data)
+    if not strings:
+        return [text], json.dumps(files), strings
+    pieces = text.split(_LONG_STRING_MARKER_JSON)
+    if len(pieces) != len(strings) + 1:
+        raise RuntimeError(f"{len(strings)} long strings left {len(pieces)} pieces of JSON")
+    return pieces, json.dumps(files), strings
 
 
 #: Output JSON: strict (no NaN or infinity), made once rather than per output.

@@ -225,14 +225,14 @@ class Runner:
         return self._schema_json
 
     def run(
-        self, input_json: str, context_json: str, output_dir: str, slot: int = 0
-    ) -> tuple[str | None, str, bool]:
-        """Run one prediction on ``input_json``.
+        self, inputs: dict[str, Any], context_json: str, output_dir: str, slot: int = 0
+    ) -> tuple[list[str] | None, str, list[str]]:
+        """Run one prediction on ``inputs`` (the validated input object, which
+        the Rust side has already read from JSON).
 
-        Returns ``(output JSON text, files JSON text, False)`` for a plain run
-        (the files are those the output refers to, see
-        ``coercion.output_json``), or ``(None, "[]", True)`` for a generator,
-        whose items were each sent as they were yielded. Raises
+        Returns ``(output JSON pieces, files JSON text, long strings)`` for a
+        plain run (see ``coercion.output_json``), or ``(None, "[]", [])`` for a
+        generator, whose items were each sent as they were yielded. Raises
         ``CancelationException`` when the run was cancelled.
         """
         assert self._run is not None and self._signature is not None, "run() before load()"
@@ -244,18 +244,16 @@ class Runner:
         scope = scopes.Scope(slot, context)
         scope_token = scopes.current.set(scope)
         try:
-            inputs = json.loads(input_json)
             kwargs = coercion.coerce_inputs(self._signature, inputs)
             output = self._invoke(slot, active, kwargs, scope)
             if active.cancelled:
                 # The run swallowed the cancel and returned: it is still cancelled.
                 raise CancelationException()
             if output is _STREAMED:
-                return None, "[]", True
-            text, files = coercion.output_json(
+                return None, "[]", []
+            return coercion.output_json(
                 self._signature.output, output, self._call, active.output_dir
             )
-            return text, files, False
         except CancelationException:
             raise
         except BaseException:
@@ -315,8 +313,8 @@ class Runner:
         # A generator's items are checked against the declared item type.
         if isinstance(node, (schema.IteratorOf, schema.ListOf)):
             node = node.item
-        text, files = coercion.output_json(node, item, self._call, active.output_dir)
-        _native.write_output(slot, index, text, files)
+        pieces, files, strings = coercion.output_json(node, item, self._call, active.output_dir)
+        _native.write_output(slot, index, pieces, files, strings)
 
     def cancel(self, slot: int) -> None:
         """Stop the run in ``slot``: cancel its task, or raise inside its thread."""

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod ipc;
+pub mod json;
 pub mod logs;
 pub mod metrics;
 pub mod prediction;

@@ -88,6 +88,31 @@ impl From<Box<RawValue>> for JsonText {
     }
 }
 
+impl JsonText {
+    /// A JSON object's compact text, as [`JsonText::from`] a value writes it.
+    pub fn from_map(map: &serde_json::Map<String, serde_json::Value>) -> Self {
+        RawValue::from_string(crate::json::map_to_string(map))
+            .expect("a serialised object is JSON")
+            .into()
+    }
+}
+
+impl From<&serde_json::Map<String, serde_json::Value>> for JsonText {
+    fn from(map: &serde_json::Map<String, serde_json::Value>) -> Self {
+        Self::from_map(map)
+    }
+}
+
+impl From<&serde_json::Value> for JsonText {
+    /// The value's compact JSON text, written by [`crate::json`] (fast for
+    /// large strings), as serde_json writes it.
+    fn from(value: &serde_json::Value) -> Self {
+        RawValue::from_string(crate::json::value_to_string(value))
+            .expect("a serialised value is JSON")
+            .into()
+    }
+}
+
 impl AsRef<[u8]> for JsonText {
     fn as_ref(&self) -> &[u8] {
         self.get().as_bytes()
@@ -105,8 +130,9 @@ impl Serialize for JsonText {
 pub struct Prediction {
     /// The prediction id.
     pub id: String,
-    /// The input as given (after defaults, once validation applies them).
-    pub input: serde_json::Value,
+    /// The input as given (after defaults, once validation applies them),
+    /// as JSON text: written once, shared by every snapshot and reply.
+    pub input: JsonText,
     /// Where it is.
     pub status: Status,
     /// Outputs received so far: a stream's chunks, or a plain run's one value
@@ -130,10 +156,10 @@ pub struct Prediction {
 
 impl Prediction {
     /// A new prediction in `starting`.
-    pub fn new(id: String, input: serde_json::Value, created_at: Option<DateTime<Utc>>) -> Self {
+    pub fn new(id: String, input: impl Into<JsonText>, created_at: Option<DateTime<Utc>>) -> Self {
         Self {
             id,
-            input,
+            input: input.into(),
             status: Status::Starting,
             outputs: Vec::new(),
             output: None,
@@ -275,20 +301,21 @@ impl Serialize for Prediction {
 }
 
 impl Prediction {
-    /// The envelope's JSON (the same text as serialising it) in three
-    /// pieces: what comes before the output, the output, and what comes
-    /// after. The output piece shares the stored output's memory, so a reply
-    /// carrying a huge output never copies it.
-    pub fn envelope_pieces(&self) -> [bytes::Bytes; 3] {
+    /// The envelope's JSON (the same text as serialising it) in five
+    /// pieces: what comes before the input, the input, what comes between
+    /// it and the output, the output, and what comes after. The input and
+    /// output pieces share the stored text's memory, so a reply carrying a
+    /// huge input or output never copies it.
+    pub fn envelope_pieces(&self) -> [bytes::Bytes; 5] {
         fn json<T: Serialize + ?Sized>(value: &T) -> String {
             serde_json::to_string(value).expect("the envelope's fields are JSON")
         }
         let head = format!(
-            r#"{{"id":{},"status":{},"input":{},"output":"#,
+            r#"{{"id":{},"status":{},"input":"#,
             json(&self.id),
             json(&self.status),
-            json(&self.input)
         );
+        let input = bytes::Bytes::from_owner(self.input.clone());
         let output = match &self.output {
             None if !self.status.is_terminal() && !self.outputs.is_empty() => {
                 bytes::Bytes::from(json(&self.outputs))
@@ -305,21 +332,13 @@ impl Prediction {
             json(&self.started_at.as_ref().map(timestamp)),
             json(&self.completed_at.as_ref().map(timestamp)),
         );
-        [head.into(), output, tail.into()]
-    }
-}
-
-/// A writer that only counts what is written to it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        [
+            head.into(),
+            input,
+            bytes::Bytes::from_static(br#","output":"#),
+            output,
+            tail.into(),
+        ]
     }
 }
 
@@ -463,10 +482,9 @@ impl PredictionHandle {
     /// logs, as JSON.
     pub fn size(&self) -> usize {
         let state = self.state.borrow();
-        let mut counter = ByteCount(0);
-        let _ = serde_json::to_writer(&mut counter, &state.input);
         let outputs: usize = state.outputs.iter().map(|o| o.get().len()).sum();
-        counter.0 + outputs + state.output.as_ref().map_or(0, |o| o.get().len()) + state.logs.len()
+        let output = state.output.as_ref().map_or(0, |o| o.get().len());
+        state.input.get().len() + outputs + output + state.logs.len()
     }
 
     /// A copy of the current state.
@@ -507,7 +525,7 @@ mod tests {
 
     #[test]
     fn a_prediction_runs_then_succeeds_with_its_output() {
-        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
         assert_eq!(p.status, Status::Starting);
         p.start();
         assert_eq!(p.status, Status::Processing);
@@ -525,7 +543,7 @@ mod tests {
 
     #[test]
     fn a_terminal_state_never_changes() {
-        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
         p.start();
         assert!(p.finish(Outcome::Failed("ValueError: boom".into())));
         assert!(!p.finish(Outcome::Succeeded {
@@ -545,7 +563,7 @@ mod tests {
 
     #[test]
     fn logs_stop_at_the_cap_with_a_marker() {
-        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
         p.start();
         let line = "é".repeat(1000) + "\n";
         while !p.logs.ends_with(LOGS_TRUNCATED) {
@@ -559,7 +577,7 @@ mod tests {
 
     #[test]
     fn output_that_prints_the_marker_text_is_not_cut() {
-        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
         p.start();
         assert!(p.append_log(LOGS_TRUNCATED).is_some());
         assert_eq!(p.append_log("after\n").as_deref(), Some("after\n"));
@@ -569,7 +587,7 @@ mod tests {
     #[test]
     fn custom_metrics_sit_beside_predict_time_and_stop_changing_once_terminal() {
         use crate::metrics::MetricMode;
-        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
         p.start();
         assert!(p
             .record_metric(
@@ -599,7 +617,7 @@ mod tests {
 
     #[test]
     fn a_stream_output_is_the_list_of_its_chunks() {
-        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
         p.start();
         for chunk in ["\"a\"", "\"b\"", "{\"c\":1}"] {
             p.push_output(raw(chunk));
@@ -613,7 +631,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_fails_midway_keeps_its_chunks() {
-        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
         p.start();
         p.push_output(raw("\"a\""));
         p.finish(Outcome::Failed("RuntimeError: midway".into()));
@@ -622,7 +640,7 @@ mod tests {
 
     #[test]
     fn a_plain_run_without_output_succeeds_with_null() {
-        let mut p = Prediction::new("p".into(), serde_json::json!({}), None);
+        let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
         p.finish(Outcome::Succeeded {
             predict_time: 0.0,
             is_stream: false,
@@ -632,7 +650,7 @@ mod tests {
 
     #[test]
     fn the_envelope_has_every_documented_field() {
-        let mut p = Prediction::new("p1".into(), serde_json::json!({"name": "x"}), None);
+        let mut p = Prediction::new("p1".into(), &serde_json::json!({"name": "x"}), None);
         p.start();
         p.push_output(raw("\"hello\""));
         p.finish(Outcome::Succeeded {
@@ -661,7 +679,7 @@ mod tests {
 
     #[test]
     fn the_envelope_in_pieces_is_the_envelope() {
-        let mut p = Prediction::new("p1".into(), serde_json::json!({"name": "x"}), None);
+        let mut p = Prediction::new("p1".into(), &serde_json::json!({"name": "x"}), None);
         let whole = |p: &Prediction| {
             let pieces = p.envelope_pieces();
             assert_eq!(
@@ -682,18 +700,23 @@ mod tests {
         });
         whole(&p);
         let big = p.output.clone().unwrap();
-        let shared = p.envelope_pieces()[1].clone();
+        let pieces = p.envelope_pieces();
         assert_eq!(
-            shared.as_ptr(),
+            pieces[3].as_ptr(),
             big.get().as_ptr(),
             "the output is not copied"
+        );
+        assert_eq!(
+            pieces[1].as_ptr(),
+            p.input.get().as_ptr(),
+            "the input is not copied"
         );
     }
 
     #[test]
     fn stream_readers_get_history_then_live_events() {
         let handle = PredictionHandle::with_stream(
-            Prediction::new("p".into(), serde_json::json!({}), None),
+            Prediction::new("p".into(), &serde_json::json!({}), None),
             2,
         );
         handle.publish("output", "1".into());
@@ -722,7 +745,7 @@ mod tests {
     #[test]
     fn a_zero_history_keeps_nothing_and_is_never_truncated() {
         let handle = PredictionHandle::with_stream(
-            Prediction::new("p".into(), serde_json::json!({}), None),
+            Prediction::new("p".into(), &serde_json::json!({}), None),
             0,
         );
         handle.publish("output", "1".into());
@@ -733,7 +756,7 @@ mod tests {
     #[tokio::test]
     async fn subscribers_see_the_terminal_state() {
         let handle =
-            PredictionHandle::new(Prediction::new("p".into(), serde_json::json!({}), None));
+            PredictionHandle::new(Prediction::new("p".into(), &serde_json::json!({}), None));
         let waiter = {
             let handle = handle.clone();
             tokio::spawn(async move { handle.finished().await })

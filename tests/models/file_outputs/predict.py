@@ -102,6 +102,32 @@ def echo(text: str = "") -> str:
     return text
 
 
+def long_string(kind: str, size: int) -> str:
+    """A string of `size` characters: plain ASCII, or text JSON must escape
+    (quotes, backslashes, control characters) mixed with non-ASCII letters."""
+    unit = "x" if kind == "ascii" else 'é漢"\\\n\x00\x1f\u2028a'
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+def long_strings(size: int = 100_000) -> dict:
+    """Long strings of both kinds beside short ones, at the top of an object,
+    in a list and nested deeper, and a file: each long string is escaped by
+    the worker's Rust side, the rest by Python's json."""
+    return {
+        "mixed": long_string("mixed", size),
+        "short": 'a "short" one é',
+        "items": [long_string("ascii", size), "b", {"deep": long_string("mixed", size + 1)}],
+        "file": write("note.txt", 5),
+    }
+
+
+def stream_long_strings(size: int = 100_000) -> Iterator[str]:
+    """Yields a short string, a long one that JSON must escape, another short one."""
+    yield "small"
+    yield long_string("mixed", size)
+    yield "after"
+
+
 def file_then_fail() -> Iterator[File]:
     """Yields a file object (copied into the prediction's directory), then raises."""
     yield file_object()

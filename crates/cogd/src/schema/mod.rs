@@ -124,18 +124,19 @@ impl LiveSchema {
     }
 
     /// Checks a prediction's `input` (call only while the worker is ready)
-    /// and fills in defaults. Returns the input as the prediction shows it:
-    /// the same, with secrets redacted.
+    /// and fills in defaults. Returns the input as the prediction shows it
+    /// when that differs (secrets redacted); `None` when it is shown as it
+    /// is, so an input of many megabytes is not copied for nothing.
     pub fn check(
         &self,
         input: &mut Map<String, Value>,
-    ) -> Result<Map<String, Value>, Vec<InputError>> {
+    ) -> Result<Option<Map<String, Value>>, Vec<InputError>> {
         match &*self.compiled() {
             Some(validator) => {
                 validator.check(input)?;
-                Ok(validator.redacted(input))
+                Ok(validator.has_secrets().then(|| validator.redacted(input)))
             }
-            None => Ok(input.clone()),
+            None => Ok(None),
         }
     }
 }
@@ -199,7 +200,10 @@ mod tests {
         assert!(compiled.is_ok(), "never compiled");
 
         let mut input = json!({"name": "x"}).as_object().unwrap().clone();
-        let shown = live.check(&mut input).unwrap();
+        let shown = live
+            .check(&mut input)
+            .unwrap()
+            .expect("a secret is redacted");
         assert_eq!(input["token"], "t", "the default reaches the run");
         assert_eq!(
             shown["token"], REDACTED,
@@ -252,6 +256,6 @@ mod tests {
         let (_states, receiver) = watch::channel(WorkerState::Ready);
         let live = LiveSchema::follow(receiver, "Input", || Value::Null);
         let mut input = json!({"anything": [1, 2]}).as_object().unwrap().clone();
-        assert_eq!(live.check(&mut input).unwrap(), input);
+        assert_eq!(live.check(&mut input).unwrap(), None, "shown as it is");
     }
 }

@@ -258,6 +258,12 @@ impl InputValidator {
         Ok(())
     }
 
+    /// Whether any input is a secret, so that [`Self::redacted`] differs from
+    /// the input.
+    pub fn has_secrets(&self) -> bool {
+        self.has_secrets
+    }
+
     /// `input` as a prediction may show it: secrets replaced by `**********`.
     pub fn redacted(&self, input: &Map<String, Value>) -> Map<String, Value> {
         let mut shown = input.clone();

@@ -33,7 +33,7 @@ use tracing::Instrument;
 use crate::files::outputs::{OutputSender, OutputTarget};
 use crate::files::Fetcher;
 use crate::ipc::{Mode, SlotRequest};
-use crate::prediction::{Outcome, Prediction, PredictionHandle};
+use crate::prediction::{JsonText, Outcome, Prediction, PredictionHandle};
 use crate::schema::{InputError, LiveSchema};
 use crate::supervisor::{OutputValue, SetupRecord, SlotEvent, Supervisor, WorkerState};
 use crate::telemetry::{self, Metrics, Phase, SlotCounts};
@@ -329,7 +329,7 @@ impl Service {
             other => return Err(AdmissionError::NotReady(other)),
         }
         let mut input = request.input;
-        let shown = telemetry::phase_span(Phase::Validate)
+        let redacted = telemetry::phase_span(Phase::Validate)
             .in_scope(|| self.inner.schema.check(&mut input))
             .map_err(AdmissionError::Invalid)?;
         let admit = self.inner.slots.admit().map_err(|refusal| match refusal {
@@ -343,9 +343,12 @@ impl Service {
         });
         let prediction = Prediction::new(
             id.clone(),
-            serde_json::Value::Object(shown),
+            redacted.as_ref().unwrap_or(&input),
             request.created_at,
         );
+        // Without a secret to redact, the input shown is the input run: its
+        // text, written once, serves both.
+        let input_text = redacted.is_none().then(|| prediction.input.clone());
         let handle = if self.inner.supervisor.streaming() {
             PredictionHandle::with_stream(prediction, self.inner.config.stream_history)
         } else {
@@ -365,6 +368,7 @@ impl Service {
             handle: handle.clone(),
             id,
             input,
+            input_text,
             file_inputs: self.inner.schema.file_inputs(),
             context: request.context,
             admitted: Instant::now(),
@@ -490,6 +494,9 @@ struct Run {
     handle: PredictionHandle,
     id: String,
     input: serde_json::Map<String, serde_json::Value>,
+    /// `input` as JSON text, when the prediction shows it as it is (no
+    /// secret redacted): the prediction's own text, shared.
+    input_text: Option<JsonText>,
     /// The inputs that are files, to fetch before the run.
     file_inputs: Vec<String>,
     context: serde_json::Map<String, serde_json::Value>,
@@ -602,44 +609,56 @@ impl Run {
             outcome,
             stuck: false,
         };
-        let mut input = self.input.clone();
-        let inputs_dir = output_dir.join("inputs");
-        let download = if self.file_inputs.is_empty() {
-            tracing::Span::none()
-        } else {
-            telemetry::phase_span(Phase::Download)
-        };
-        let fetch =
-            self.inner
-                .outbound
-                .fetcher
-                .localize(&mut input, &self.file_inputs, &inputs_dir);
-        let fetched = tokio::select! {
-            fetched = fetch => fetched,
-            () = self.handle.cancelled() => return ended(Outcome::Canceled),
-        };
-        drop(download);
-        if let Err(error) = fetched {
-            return ended(Outcome::Failed(error));
+        // File inputs are fetched into a copy of the input, their URLs
+        // replaced by local paths.
+        let mut localized = None;
+        if !self.file_inputs.is_empty() {
+            let mut input = self.input.clone();
+            let inputs_dir = output_dir.join("inputs");
+            let download = telemetry::phase_span(Phase::Download);
+            let fetch =
+                self.inner
+                    .outbound
+                    .fetcher
+                    .localize(&mut input, &self.file_inputs, &inputs_dir);
+            let fetched = tokio::select! {
+                fetched = fetch => fetched,
+                () = self.handle.cancelled() => return ended(Outcome::Canceled),
+            };
+            drop(download);
+            if let Err(error) = fetched {
+                return ended(Outcome::Failed(error));
+            }
+            localized = Some(input);
         }
         if self.handle.is_cancel_requested() {
             return ended(Outcome::Canceled);
         }
-        // A large input travels as a file: frames stay small.
-        let input = serde_json::Value::Object(input);
-        let (input, input_file) = match serde_json::to_vec(&input) {
-            Ok(text) if text.len() > SPILL_INPUT_BYTES => {
-                let path = output_dir.join("input.json");
-                let written = match tokio::fs::create_dir_all(&output_dir).await {
-                    Ok(()) => tokio::fs::write(&path, text).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = written {
-                    return ended(Outcome::Failed(format!("cannot write the input: {e}")));
-                }
-                (None, Some(path))
+        // A large input travels as a file: frames stay small. Its text is the
+        // prediction's own when nothing changed it.
+        let text = match (&localized, &self.input_text) {
+            (None, Some(text)) => text.clone(),
+            (localized, _) => JsonText::from_map(localized.as_ref().unwrap_or(&self.input)),
+        };
+        let (input, input_file) = if text.get().len() > SPILL_INPUT_BYTES {
+            let path = output_dir.join("input.json");
+            let written = {
+                let (dir, path) = (output_dir.clone(), path.clone());
+                // One write of the shared text, off the runtime's threads.
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::write(&path, text.get())
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            };
+            if let Err(e) = written {
+                return ended(Outcome::Failed(format!("cannot write the input: {e}")));
             }
-            _ => (Some(input), None),
+            (None, Some(path))
+        } else {
+            let input = localized.unwrap_or_else(|| self.input.clone());
+            (Some(serde_json::Value::Object(input)), None)
         };
         let request = SlotRequest::Predict {
             id: self.id.clone(),

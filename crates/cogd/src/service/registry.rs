@@ -72,7 +72,7 @@ mod tests {
     use crate::prediction::Prediction;
 
     fn handle(id: &str) -> PredictionHandle {
-        PredictionHandle::new(Prediction::new(id.into(), serde_json::json!({}), None))
+        PredictionHandle::new(Prediction::new(id.into(), &serde_json::json!({}), None))
     }
 
     #[test]
@@ -96,7 +96,7 @@ mod tests {
         let big = serde_json::json!("x".repeat(KEEP_BYTES / 4));
         for i in 0..5 {
             let id = format!("p{i}");
-            let prediction = Prediction::new(id.clone(), big.clone(), None);
+            let prediction = Prediction::new(id.clone(), &big, None);
             registry.insert(id.clone(), PredictionHandle::new(prediction));
             registry.finished(&id);
         }

@@ -10,6 +10,7 @@
 //! of its custom metrics ([`record_metric`]).
 
 mod capture;
+mod output;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,14 +19,13 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::value::RawValue;
-
 use crate::ipc::{
     encode_line, ControlRequest, ControlResponse, FileOutput, FrameReader, HealthcheckStatus,
     LogSource, MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
 use crate::metrics::MetricError;
 use capture::LogRouter;
+pub use output::{LongString, OutputJson};
 
 /// What the handler learns from `init`.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ pub struct RunRequest {
 #[derive(Debug)]
 pub enum RunOutput {
     /// One value: the run's return value, and the files it refers to.
-    Value(Box<RawValue>, Vec<FileOutput>),
+    Value(OutputJson, Vec<FileOutput>),
     /// A stream: every chunk has been sent with [`write_output`] already.
     Streamed,
 }
@@ -152,13 +152,13 @@ pub fn write_detached_log(data: &str) -> bool {
 pub fn write_output(
     slot: usize,
     index: u64,
-    output: Box<RawValue>,
+    output: OutputJson,
     files: Vec<FileOutput>,
 ) -> std::io::Result<bool> {
     let Some(dir) = run_dir(slot) else {
         return Ok(false);
     };
-    let (output, output_file) = spill(output, &dir, &format!("output-{index}.json"))?;
+    let (output, output_file) = output::spill(output, &dir, &format!("output-{index}.json"))?;
     let message = SlotResponse::Output {
         output,
         output_file,
@@ -174,23 +174,6 @@ pub fn write_output(
 /// frames stay under [`crate::ipc::MAX_FRAME_BYTES`] with room for the rest
 /// of the message.
 pub const SPILL_OUTPUT_BYTES: usize = 6 * 1024 * 1024;
-
-/// The output inline, or, past [`SPILL_OUTPUT_BYTES`], written to `name` in
-/// `dir` and sent by reference.
-fn spill(
-    output: Box<RawValue>,
-    dir: &std::path::Path,
-    name: &str,
-) -> std::io::Result<(Option<Box<RawValue>>, Option<PathBuf>)> {
-    if output.get().len() <= SPILL_OUTPUT_BYTES {
-        return Ok((Some(output), None));
-    }
-    // The server makes a run's directory only when it needs one itself.
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(name);
-    std::fs::write(&path, output.get())?;
-    Ok((None, Some(path)))
-}
 
 /// Each slot's current run's directory (where large outputs are spilled).
 static RUN_DIRS: Mutex<BTreeMap<usize, PathBuf>> = Mutex::new(BTreeMap::new());
@@ -662,8 +645,8 @@ fn slot_loop(
         let sent = match result {
             Ok(RunOutput::Value(output, files)) => {
                 let spilled = match &dir {
-                    Some(dir) => spill(output, dir, "output.json"),
-                    None => Ok((Some(output), None)),
+                    Some(dir) => output::spill(output, dir, "output.json"),
+                    None => output::inline(output).map(|output| (Some(output), None)),
                 };
                 let done = spilled.map(|(output, output_file)| SlotResponse::Done {
                     id: id.clone(),

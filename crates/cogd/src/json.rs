@@ -1,0 +1,236 @@
+//! Writing JSON text fast where it can be large.
+//!
+//! serde_json escapes a string one byte at a time. The values that make
+//! requests and replies large (a run that returns a 20 MiB string, an 8 MiB
+//! text input) are mostly text with nothing to escape, so [`write_str`] skips
+//! eight bytes at a time to the next byte that needs an escape, and writes the
+//! runs in between as they are. [`write_value`] and [`write_map`] write a
+//! `serde_json` value on top of it, byte for byte as `serde_json::to_writer`
+//! does (compact, the same escapes), so text written here and text written by
+//! serde_json are interchangeable.
+//!
+//! The worker escapes the long strings of a run's output with it (see
+//! `worker::OutputJson`), the service the input it sends to the worker, and
+//! the prediction its input for the response envelope.
+
+use std::io::{self, Write};
+
+use serde_json::{Map, Value};
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any of the eight bytes in `word` is one JSON escapes: `"`, `\`, or
+/// a control character (below 0x20). Exact as a yes/no answer (the classic
+/// "has a byte less than n" and "has a zero byte" tricks, both exact for the
+/// whole word).
+#[inline]
+fn needs_escape(word: u64) -> bool {
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let quote = quote.wrapping_sub(ONES) & !quote & HIGH;
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let backslash = backslash.wrapping_sub(ONES) & !backslash & HIGH;
+    (control | quote | backslash) != 0
+}
+
+/// The escape serde_json writes for `byte`, if it needs one.
+#[inline]
+fn escape(byte: u8) -> Option<&'static [u8]> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Every `\u00XX` escape of a control character, built once.
+    static CONTROL: [[u8; 6]; 32] = {
+        let mut table = [[0u8; 6]; 32];
+        let mut i = 0;
+        while i < 32 {
+            table[i] = [b'\\', b'u', b'0', b'0', HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        table
+    };
+    Some(match byte {
+        b'"' => b"\\\"",
+        b'\\' => b"\\\\",
+        0x08 => b"\\b",
+        0x0c => b"\\f",
+        b'\n' => b"\\n",
+        b'\r' => b"\\r",
+        b'\t' => b"\\t",
+        0..=0x1f => &CONTROL[usize::from(byte)],
+        _ => return None,
+    })
+}
+
+/// Writes `text` as a JSON string (quotes included), exactly as serde_json
+/// would, but skipping eight bytes at a time over what needs no escape.
+pub fn write_str<W: Write + ?Sized>(out: &mut W, text: &str) -> io::Result<()> {
+    let bytes = text.as_bytes();
+    out.write_all(b"\"")?;
+    // `bytes[start..at]` is the run not yet written.
+    let mut start = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        if let Some(word) = bytes.get(at..at + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            if !needs_escape(word) {
+                at += 8;
+                continue;
+            }
+        }
+        if let Some(escaped) = escape(bytes[at]) {
+            out.write_all(&bytes[start..at])?;
+            out.write_all(escaped)?;
+            start = at + 1;
+        }
+        at += 1;
+    }
+    out.write_all(&bytes[start..])?;
+    out.write_all(b"\"")
+}
+
+/// Writes `value` as compact JSON, byte for byte what `serde_json::to_writer`
+/// writes.
+pub fn write_value<W: Write + ?Sized>(out: &mut W, value: &Value) -> io::Result<()> {
+    match value {
+        Value::String(text) => write_str(out, text),
+        Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write_value(out, item)?;
+            }
+            out.write_all(b"]")
+        }
+        Value::Object(map) => write_map(out, map),
+        // Numbers, booleans and null are short: serde_json's own text.
+        scalar => serde_json::to_writer(&mut *out, scalar).map_err(io::Error::other),
+    }
+}
+
+/// Writes `map` as a compact JSON object, as [`write_value`] does.
+pub fn write_map<W: Write + ?Sized>(out: &mut W, map: &Map<String, Value>) -> io::Result<()> {
+    out.write_all(b"{")?;
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        write_str(out, key)?;
+        out.write_all(b":")?;
+        write_value(out, value)?;
+    }
+    out.write_all(b"}")
+}
+
+/// `map` as compact JSON text (see [`write_map`]).
+pub fn map_to_string(map: &Map<String, Value>) -> String {
+    finish(|out| write_map(out, map))
+}
+
+/// `value` as compact JSON text (see [`write_value`]).
+pub fn value_to_string(value: &Value) -> String {
+    finish(|out| write_value(out, value))
+}
+
+/// The text `write` writes, in a buffer allocated once at its exact size:
+/// it is written twice, first only counted (a scan, no copy), so a text of
+/// many megabytes is never moved while it grows.
+fn finish(write: impl Fn(&mut dyn Write) -> io::Result<()>) -> String {
+    let mut count = Count(0);
+    write(&mut count).expect("counting cannot fail");
+    let mut out = Vec::with_capacity(count.0);
+    write(&mut out).expect("writing to a Vec cannot fail");
+    String::from_utf8(out).expect("JSON written from a str is UTF-8")
+}
+
+/// A writer that only counts the bytes written to it.
+struct Count(usize);
+
+impl Write for Count {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn escaped(text: &str) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, text).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn every_byte_is_escaped_as_serde_json_escapes_it() {
+        for b in 0u8..=0x7f {
+            let text = format!("abcdefgh{}ijklmnop", b as char);
+            assert_eq!(
+                escaped(&text),
+                serde_json::to_string(&text).unwrap(),
+                "byte {b:#x}"
+            );
+        }
+        for text in [
+            "",
+            "é",
+            "日本語\n\"quoted\"\\",
+            "\u{7f}\u{0}\u{1f}",
+            "abcdefg\"",
+        ] {
+            assert_eq!(escaped(text), serde_json::to_string(text).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_long_string_with_escapes_at_every_offset_matches_serde_json() {
+        let mut text = "x".repeat(100);
+        for at in (0..100).step_by(7) {
+            text.replace_range(at..at + 1, "\"");
+        }
+        text.push_str("ü\u{1}");
+        assert_eq!(escaped(&text), serde_json::to_string(&text).unwrap());
+    }
+
+    #[test]
+    fn values_are_written_as_serde_json_writes_them() {
+        let value = serde_json::json!({
+            "b": [1, -2, 3.5, 1e300, true, null, "s\t"],
+            "a": {"nested": {"é": "\u{0}"}},
+            "n": 18446744073709551615u64,
+        });
+        let mut out = Vec::new();
+        write_value(&mut out, &value).unwrap();
+        assert_eq!(out, serde_json::to_vec(&value).unwrap());
+        let Value::Object(map) = value else {
+            unreachable!()
+        };
+        assert_eq!(map_to_string(&map), serde_json::to_string(&map).unwrap());
+        let value = Value::Object(map);
+        let text = value_to_string(&value);
+        assert_eq!(text, serde_json::to_string(&value).unwrap());
+        assert_eq!(text.capacity(), text.len(), "allocated at its size");
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_is_escaped_as_serde_json_escapes_it(text in any::<String>()) {
+            prop_assert_eq!(escaped(&text), serde_json::to_string(&text).unwrap());
+        }
+
+        #[test]
+        fn any_value_is_written_as_serde_json_writes_it(value in crate::arbitrary::json_value()) {
+            let mut out = Vec::new();
+            write_value(&mut out, &value).unwrap();
+            prop_assert_eq!(out, serde_json::to_vec(&value).unwrap());
+        }
+    }
+}
