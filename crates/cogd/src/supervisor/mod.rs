@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 
 use crate::ipc::{
-    encode_line, ControlRequest, ControlResponse, FileOutput, LineDecoder, LogSource, MetricMode,
-    Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    encode_line, ControlRequest, ControlResponse, FileOutput, FrameError, LineDecoder, LogSource,
+    MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
 use healthcheck::Healthchecks;
@@ -641,6 +641,12 @@ impl Inner {
         mut frames: FramedRead<tokio::net::unix::OwnedReadHalf, LineDecoder>,
     ) {
         while let Some(frame) = frames.next().await {
+            if let Err(FrameError::Io(e)) = &frame {
+                // The connection broke (a worker that died with output still
+                // unread resets it): reported below as the worker's death.
+                tracing::debug!(slot = index, error = %e, "a slot socket failed");
+                break;
+            }
             let message = match frame
                 .map_err(|e| e.to_string())
                 .and_then(|f| SlotResponse::from_frame(&f).map_err(|e| e.to_string()))
