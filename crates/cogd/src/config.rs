@@ -343,17 +343,21 @@ mod tests {
     }
 
     fn resolve(dir: &Path, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::resolve(
+        resolve_flags(
             Flags {
                 model_dir: dir.to_path_buf(),
                 ..Flags::default()
             },
-            |k| env.get(k).cloned(),
+            env,
         )
+    }
+
+    fn resolve_flags(flags: Flags, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(flags, |k| env.get(k).cloned())
     }
 
     #[test]
@@ -384,17 +388,13 @@ mod tests {
     fn training_mode_runs_the_train_reference_and_its_variable_wins() {
         let dir = model("predict: predict.py:Predictor\ntrain: train.py:train\n");
         let train = |env: &[(&str, &str)]| {
-            let env: HashMap<String, String> = env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            Config::resolve(
+            resolve_flags(
                 Flags {
                     model_dir: dir.path().to_path_buf(),
                     train: true,
                     ..Flags::default()
                 },
-                |k| env.get(k).cloned(),
+                env,
             )
         };
         let config = train(&[]).unwrap();
@@ -405,13 +405,13 @@ mod tests {
         assert_eq!(resolve(dir.path(), &[]).unwrap().mode, Mode::Predict);
 
         let untrained = model("predict: predict.py:Predictor\n");
-        let err = Config::resolve(
+        let err = resolve_flags(
             Flags {
                 model_dir: untrained.path().to_path_buf(),
                 train: true,
                 ..Flags::default()
             },
-            |_| None,
+            &[],
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::NoTrainer(_)), "{err}");

@@ -125,20 +125,7 @@ pub fn parse_prediction(
             None
         }
     };
-    let webhook = match body.remove("webhook") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(url)) if url.starts_with("http://") || url.starts_with("https://") => {
-            Some(url)
-        }
-        Some(_) => {
-            entry(
-                &["body", "webhook"],
-                "webhook must be an http:// or https:// URL",
-                "url_parsing",
-            );
-            None
-        }
-    };
+    let webhook = url_field(&mut body, "webhook", &mut entry);
     let events = match body.remove("webhook_events_filter") {
         None | Some(Value::Null) => WebhookEvent::all(),
         Some(Value::Array(names)) => {
@@ -164,20 +151,7 @@ pub fn parse_prediction(
             WebhookEvent::all()
         }
     };
-    let output_file_prefix = match body.remove("output_file_prefix") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(url)) if url.starts_with("http://") || url.starts_with("https://") => {
-            Some(url)
-        }
-        Some(_) => {
-            entry(
-                &["body", "output_file_prefix"],
-                "output_file_prefix must be an http:// or https:// URL",
-                "url_parsing",
-            );
-            None
-        }
-    };
+    let output_file_prefix = url_field(&mut body, "output_file_prefix", &mut entry);
     let id = match (path_id, id) {
         (Some(path), Some(body_id)) if path != body_id => {
             entry(
@@ -214,6 +188,29 @@ pub fn parse_prediction(
         trace_headers,
         output_file_prefix,
     })
+}
+
+/// Takes the optional field `name`, an http:// or https:// URL, from `body`;
+/// anything else is reported through `entry`.
+fn url_field(
+    body: &mut Map<String, Value>,
+    name: &str,
+    entry: &mut impl FnMut(&[&str], &str, &str),
+) -> Option<String> {
+    match body.remove(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(url)
+        }
+        Some(_) => {
+            entry(
+                &["body", name],
+                &format!("{name} must be an http:// or https:// URL"),
+                "url_parsing",
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
