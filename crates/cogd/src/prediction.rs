@@ -80,6 +80,11 @@ impl JsonText {
     pub fn get(&self) -> &str {
         self.0.get()
     }
+
+    /// An owned copy of the text (a copy of its bytes; it is not parsed again).
+    pub fn to_raw(&self) -> Box<RawValue> {
+        Box::clone(&self.0)
+    }
 }
 
 impl From<Box<RawValue>> for JsonText {

@@ -157,16 +157,22 @@ pub enum HealthcheckStatus {
 }
 
 /// Server -> worker, on a slot socket.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    try_from = "PredictFrame"
+)]
 pub enum SlotRequest {
     /// Run one prediction in this slot.
     Predict {
         /// The prediction id.
         id: String,
-        /// The input object, inline.
+        /// The input object's JSON text, inline: written into the frame as
+        /// it is, and read out of it without being parsed into values.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        input: Option<serde_json::Value>,
+        input: Option<Box<RawValue>>,
         /// The input object in a file, for inputs too large for one frame.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input_file: Option<PathBuf>,
@@ -176,6 +182,41 @@ pub enum SlotRequest {
         #[serde(default)]
         context: serde_json::Map<String, serde_json::Value>,
     },
+}
+
+/// How a [`SlotRequest`] is read: as a plain struct, so its input can stay
+/// raw JSON text, which serde cannot keep through the buffering that
+/// `"type"`-tagged enums need.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    id: String,
+    #[serde(default)]
+    input: Option<Box<RawValue>>,
+    #[serde(default)]
+    input_file: Option<PathBuf>,
+    output_dir: PathBuf,
+    #[serde(default)]
+    context: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TryFrom<PredictFrame> for SlotRequest {
+    type Error = String;
+
+    fn try_from(frame: PredictFrame) -> Result<Self, String> {
+        if frame.kind != "predict" {
+            return Err(format!("unknown slot request type {:?}", frame.kind));
+        }
+        Ok(Self::Predict {
+            id: frame.id,
+            input: frame.input,
+            input_file: frame.input_file,
+            output_dir: frame.output_dir,
+            context: frame.context,
+        })
+    }
 }
 
 /// A file a run returned (a `Path`, a `File`, or one inside a list, an
@@ -365,12 +406,18 @@ fn present<'de, D: serde::Deserializer<'de>>(
     Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
-impl PartialEq for SlotResponse {
-    fn eq(&self, other: &Self) -> bool {
-        // RawValue has no PartialEq; the encoded form is the identity that matters.
-        serde_json::to_string(self).ok() == serde_json::to_string(other).ok()
-    }
+/// RawValue has no PartialEq; the encoded form is the identity that matters.
+macro_rules! eq_by_encoding {
+    ($($message:ty),*) => {$(
+        impl PartialEq for $message {
+            fn eq(&self, other: &Self) -> bool {
+                serde_json::to_string(self).ok() == serde_json::to_string(other).ok()
+            }
+        }
+    )*};
 }
+
+eq_by_encoding!(SlotRequest, SlotResponse);
 
 #[cfg(test)]
 mod tests {
@@ -457,7 +504,7 @@ mod tests {
     fn every_slot_message_round_trips() {
         round_trip(&SlotRequest::Predict {
             id: "p1".into(),
-            input: Some(json!({"name": "world"})),
+            input: Some(RawValue::from_string(r#"{"name":"world"}"#.into()).unwrap()),
             input_file: None,
             output_dir: "/tmp/out".into(),
             context: serde_json::Map::new(),
@@ -858,7 +905,11 @@ mod tests {
             fn predict_requests_round_trip(
                 id in any::<String>(),
                 // `null` and no input are one thing on the wire.
-                input in prop::option::of(json_value().prop_filter("not null", |v| !v.is_null())),
+                input in prop::option::of(
+                    json_value()
+                        .prop_filter("not null", |v| !v.is_null())
+                        .prop_map(|v| RawValue::from_string(v.to_string()).expect("JSON text")),
+                ),
                 output_dir in any::<String>(),
                 context in prop::collection::vec((any::<String>(), any::<String>()), 0..4),
             ) {

@@ -665,8 +665,7 @@ impl Run {
             }
             (None, Some(path))
         } else {
-            let input = localized.unwrap_or_else(|| self.input.clone());
-            (Some(serde_json::Value::Object(input)), None)
+            (Some(text.to_raw()), None)
         };
         let request = SlotRequest::Predict {
             id: self.id.clone(),

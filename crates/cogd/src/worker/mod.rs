@@ -603,7 +603,7 @@ fn slot_loop(
             context,
         } = request;
         let input_json = match (input, input_file) {
-            (Some(input), _) => Ok(input.to_string()),
+            (Some(input), _) => Ok(String::from(Box::<str>::from(input))),
             (None, Some(file)) => std::fs::read_to_string(&file).map_err(|e| {
                 RunError::Failed(format!("cannot read input file {}: {e}", file.display()))
             }),
