@@ -73,23 +73,107 @@ pub enum Outcome {
 /// A JSON value's text, shared: cloning it (as every snapshot of a
 /// prediction does) never copies it, however large it is.
 #[derive(Debug, Clone)]
-pub struct JsonText(Arc<Box<RawValue>>);
+pub struct JsonText(Arc<Text>);
+
+/// Where a [`JsonText`]'s text is. Every variant holds text known to be one
+/// JSON value.
+#[derive(Debug)]
+enum Text {
+    /// Checked by parsing.
+    Raw(Box<RawValue>),
+    /// Written by this server in a way that can only make JSON (so it was
+    /// not parsed again).
+    Written(Box<str>),
+    /// A checked range of a memory-mapped file.
+    Mapped(MappedText),
+}
+
+/// A range of a read-only memory map that holds checked JSON text.
+#[derive(Debug)]
+struct MappedText {
+    /// `None` only while being dropped.
+    map: Option<memmap2::Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl MappedText {
+    fn get(&self) -> &str {
+        let map = self.map.as_ref().expect("mapped until dropped");
+        let bytes = &map[self.start..self.start + self.len];
+        // SAFETY: `JsonText::map_file` checked that this range is UTF-8 (it
+        // parsed it as JSON), and the map is private and read-only.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+}
+
+impl Drop for MappedText {
+    fn drop(&mut self) {
+        // Unmapping tens of megabytes, and with it the file's last
+        // reference, takes milliseconds: not on the runtime's thread.
+        if let (Some(map), Ok(runtime)) = (self.map.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn_blocking(move || drop(map));
+        }
+    }
+}
 
 impl JsonText {
     /// The JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        match &*self.0 {
+            Text::Raw(raw) => raw.get(),
+            Text::Written(text) => text,
+            Text::Mapped(mapped) => mapped.get(),
+        }
     }
 
-    /// An owned copy of the text (a copy of its bytes; it is not parsed again).
+    /// An owned copy of the text (a copy of its bytes; it is not parsed again
+    /// unless it was never parsed).
     pub fn to_raw(&self) -> Box<RawValue> {
-        Box::clone(&self.0)
+        match &*self.0 {
+            Text::Raw(raw) => Box::clone(raw),
+            _ => RawValue::from_string(self.get().to_owned()).expect("the text is JSON"),
+        }
+    }
+
+    /// Text this server wrote so that it is JSON by construction (pieces of
+    /// serialised JSON with JSON strings spliced in): kept without being
+    /// parsed again, which costs milliseconds at tens of megabytes.
+    pub fn written(text: String) -> Self {
+        debug_assert!(
+            serde_json::from_str::<&RawValue>(&text).is_ok(),
+            "written text is JSON"
+        );
+        Self(Arc::new(Text::Written(text.into_boxed_str())))
+    }
+
+    /// The JSON value in `file`, checked, and served from a memory map of it
+    /// rather than read into memory (a large output the worker spilled: no
+    /// copy, and no fresh pages to fault in). The caller must own the file:
+    /// nothing may write to it once it is mapped, which is why it should be
+    /// unlinked right after.
+    pub fn map_file(file: &std::fs::File) -> Result<Self, String> {
+        // SAFETY: the map is private and read-only, and the caller guarantees
+        // that no one writes to the file (the worker closed it before it
+        // reported the output, and the server unlinks it once mapped).
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(file) }
+            .map_err(|e| e.to_string())?;
+        // Parsing a borrowed raw value checks the JSON and its UTF-8, and
+        // tells where the value is (surrounding whitespace left out).
+        let raw: &RawValue = serde_json::from_slice(&map).map_err(|e| format!("not JSON: {e}"))?;
+        let start = raw.get().as_ptr() as usize - map.as_ptr() as usize;
+        let len = raw.get().len();
+        Ok(Self(Arc::new(Text::Mapped(MappedText {
+            map: Some(map),
+            start,
+            len,
+        }))))
     }
 }
 
 impl From<Box<RawValue>> for JsonText {
     fn from(value: Box<RawValue>) -> Self {
-        Self(Arc::new(value))
+        Self(Arc::new(Text::Raw(value)))
     }
 }
 
@@ -126,7 +210,15 @@ impl AsRef<[u8]> for JsonText {
 
 impl Serialize for JsonText {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        match &*self.0 {
+            Text::Raw(raw) => raw.serialize(serializer),
+            // serde_json writes raw text only through a `RawValue`: borrow
+            // one (which parses the text; replies and streams, the paths
+            // large values take, use `get` and skip this).
+            _ => serde_json::from_str::<&RawValue>(self.get())
+                .map_err(serde::ser::Error::custom)?
+                .serialize(serializer),
+        }
     }
 }
 
@@ -213,7 +305,7 @@ impl Prediction {
     }
 
     /// Records one output (or chunk); ignored once terminal.
-    pub fn push_output(&mut self, output: Box<RawValue>) {
+    pub fn push_output(&mut self, output: impl Into<JsonText>) {
         if !self.status.is_terminal() {
             self.outputs.push(output.into());
         }
@@ -344,6 +436,20 @@ impl Prediction {
             output,
             tail.into(),
         ]
+    }
+}
+
+impl Prediction {
+    /// The envelope's JSON text (the same text as serialising it), joined
+    /// from [`Prediction::envelope_pieces`]: the input and output are copied
+    /// as they are, never parsed or escaped again.
+    pub fn to_json(&self) -> String {
+        let pieces = self.envelope_pieces();
+        let mut text = String::with_capacity(pieces.iter().map(bytes::Bytes::len).sum());
+        for piece in &pieces {
+            text.push_str(std::str::from_utf8(piece).expect("every piece is JSON text"));
+        }
+        text
     }
 }
 
@@ -693,6 +799,7 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(&pieces.concat())
             );
+            assert_eq!(p.to_json().as_bytes(), pieces.concat());
         };
         whole(&p);
         p.start();
@@ -716,6 +823,43 @@ mod tests {
             p.input.get().as_ptr(),
             "the input is not copied"
         );
+    }
+
+    #[test]
+    fn text_written_or_mapped_reads_and_serialises_as_parsed_text() {
+        let parsed = JsonText::from(raw(r#"{"a":[1,"\u00e9"]}"#));
+        let written = JsonText::written(parsed.get().to_owned());
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, format!(" \n{}\n", parsed.get()).as_bytes()).unwrap();
+        let mapped = JsonText::map_file(&file).unwrap();
+        drop(file);
+        for text in [&written, &mapped] {
+            assert_eq!(text.get(), parsed.get(), "whitespace around is left out");
+            assert_eq!(text.to_raw().get(), parsed.get());
+            assert_eq!(
+                serde_json::to_string(text).unwrap(),
+                serde_json::to_string(&parsed).unwrap()
+            );
+        }
+        let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
+        p.push_output(mapped.clone());
+        p.finish(Outcome::Succeeded {
+            predict_time: 0.1,
+            is_stream: false,
+        });
+        assert_eq!(p.to_json().as_bytes(), serde_json::to_vec(&p).unwrap());
+    }
+
+    #[test]
+    fn a_file_that_is_not_one_json_value_is_refused() {
+        for bad in ["", "{", "1 2", "\"\u{0}\"", "[1,]"] {
+            let mut file = tempfile::tempfile().unwrap();
+            std::io::Write::write_all(&mut file, bad.as_bytes()).unwrap();
+            assert!(JsonText::map_file(&file).is_err(), "{bad:?}");
+        }
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, b"\"\xff\"").unwrap();
+        assert!(JsonText::map_file(&file).is_err(), "not UTF-8");
     }
 
     #[test]

@@ -217,8 +217,14 @@ impl WebhookSender {
     /// POSTs `prediction`, retrying up to `attempts` times in all.
     async fn send(&self, subscription: &Subscription, prediction: &Prediction, attempts: u32) {
         let mut backoff = FIRST_BACKOFF;
+        // Written once, shared by every attempt.
+        let body = bytes::Bytes::from(prediction.to_json());
         for attempt in 1..=attempts {
-            let mut request = self.client.post(&subscription.url).json(prediction);
+            let mut request = self
+                .client
+                .post(&subscription.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
             }

@@ -104,7 +104,7 @@ fn events(
                     let state = handle.snapshot();
                     if state.status.is_terminal() {
                         // Finished with no `completed` kept (live-only history).
-                        let data = serde_json::to_string(&state).unwrap_or_default();
+                        let data = state.to_json();
                         let event = StreamEvent {
                             name: "completed",
                             data,

@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use serde_json::value::RawValue;
 
 use super::{redact, sanitize, without_url};
 use crate::ipc::FileOutput;
+use crate::prediction::JsonText;
 use crate::supervisor::{OutputJson, OutputValue};
 
 /// How many times an upload is tried before the prediction fails.
@@ -123,16 +123,16 @@ impl OutputSender {
         &self,
         output: OutputValue,
         target: OutputTarget<'_>,
-    ) -> Result<Box<RawValue>, OutputError> {
+    ) -> Result<JsonText, OutputError> {
         let OutputValue { json, files } = output;
         let text = match json {
-            OutputJson::Inline(value) if files.is_empty() => return Ok(value),
-            OutputJson::Inline(value) => String::from(Box::<str>::from(value)),
-            OutputJson::File(path) => read_spilled(&path, target.dir).await?,
+            OutputJson::Inline(value) => JsonText::from(value),
+            OutputJson::File(path) => map_spilled(path, target.dir.to_path_buf()).await?,
         };
         if files.is_empty() {
-            return RawValue::from_string(text).map_err(|e| OutputError::Malformed(e.to_string()));
+            return Ok(text);
         }
+        let text = text.get();
         let base = target.prefix.or(self.upload_url.as_deref());
         let dir = tokio::fs::canonicalize(target.dir)
             .await
@@ -141,7 +141,7 @@ impl OutputSender {
         for file in &files {
             resolved.push(resolve(file).await?);
         }
-        let (text, markers) = place_markers(&text, &files)?;
+        let (text, markers) = place_markers(text, &files)?;
         let result = match base {
             Some(base) => {
                 // A few at a time; each URL goes to its file's place, so the
@@ -169,7 +169,9 @@ impl OutputSender {
                 let _ = tokio::fs::remove_file(&r.real).await;
             }
         }
-        RawValue::from_string(result).map_err(|e| OutputError::Malformed(e.to_string()))
+        // Serialised JSON with JSON strings (URLs, data URIs) in place of
+        // its markers: JSON by construction, so not parsed again.
+        Ok(JsonText::written(result))
     }
 
     /// PUTs one file to `base`/its name; returns the URL it can be found at.
@@ -231,27 +233,32 @@ impl OutputSender {
     }
 }
 
-/// Reads a large output's JSON from its spill file (which must be in the
-/// prediction's directory), then removes the file.
-async fn read_spilled(path: &Path, dir: &Path) -> Result<String, OutputError> {
-    let failed = |reason: String| OutputError::Spill {
+/// A large output's JSON from its spill file (which must be in the
+/// prediction's directory), checked and mapped into memory; the file is
+/// unlinked once mapped (the map keeps its contents). On a blocking thread:
+/// checking tens of megabytes takes milliseconds.
+async fn map_spilled(path: PathBuf, dir: PathBuf) -> Result<JsonText, OutputError> {
+    let failed = |path: &Path, reason: String| OutputError::Spill {
         path: path.to_path_buf(),
         reason,
     };
-    let real = tokio::fs::canonicalize(path)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let dir = tokio::fs::canonicalize(dir)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    if !real.starts_with(&dir) {
-        return Err(failed("it is not in the prediction's directory".into()));
-    }
-    let text = tokio::fs::read_to_string(&real)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let _ = tokio::fs::remove_file(&real).await;
-    Ok(text)
+    tokio::task::spawn_blocking(move || {
+        let real = std::fs::canonicalize(&path).map_err(|e| failed(&path, e.to_string()))?;
+        let dir = std::fs::canonicalize(dir).map_err(|e| failed(&path, e.to_string()))?;
+        if !real.starts_with(&dir) {
+            return Err(failed(
+                &path,
+                "it is not in the prediction's directory".into(),
+            ));
+        }
+        let file = std::fs::File::open(&real).map_err(|e| failed(&path, e.to_string()))?;
+        // Unlinked before it is read: from here on only this map refers to
+        // it, and the disk space goes when the map does.
+        let _ = std::fs::remove_file(&real);
+        JsonText::map_file(&file).map_err(|reason| failed(&path, reason))
+    })
+    .await
+    .map_err(|e| OutputError::Malformed(format!("the spill task failed: {e}")))?
 }
 
 /// Follows symlinks to the real file, which must be a regular one (never a
@@ -489,7 +496,9 @@ mod tests {
 
     fn inline(text: &str, files: Vec<FileOutput>) -> OutputValue {
         OutputValue {
-            json: OutputJson::Inline(RawValue::from_string(text.into()).unwrap()),
+            json: OutputJson::Inline(
+                serde_json::value::RawValue::from_string(text.into()).unwrap(),
+            ),
             files,
         }
     }
@@ -554,10 +563,15 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let outside = other.path().join("output.json");
         std::fs::write(&outside, b"1").unwrap();
-        assert!(read_spilled(&outside, dir.path()).await.is_err());
+        let spilled = |path: &Path| map_spilled(path.to_path_buf(), dir.path().to_path_buf());
+        assert!(spilled(&outside).await.is_err());
         let inside = dir.path().join("output.json");
-        std::fs::write(&inside, b"\"big\"").unwrap();
-        assert_eq!(read_spilled(&inside, dir.path()).await.unwrap(), "\"big\"");
+        std::fs::write(&inside, b"\"big\"\n").unwrap();
+        assert_eq!(spilled(&inside).await.unwrap().get(), "\"big\"");
+        assert!(!inside.exists());
+        std::fs::write(&inside, b"\"big").unwrap();
+        let error = spilled(&inside).await.unwrap_err().to_string();
+        assert!(error.contains("not JSON: EOF while parsing"), "{error}");
         assert!(!inside.exists());
     }
 

@@ -566,7 +566,7 @@ impl Run {
     /// Publishes the whole prediction as a stream event.
     fn publish_state(&self, name: &'static str) {
         if self.handle.has_stream() {
-            let state = serde_json::to_string(&self.handle.snapshot()).unwrap_or_default();
+            let state = self.handle.snapshot().to_json();
             self.handle.publish(name, state);
         }
     }
@@ -849,7 +849,7 @@ impl Run {
         &self,
         output: OutputValue,
         dir: &std::path::Path,
-    ) -> Result<Box<serde_json::value::RawValue>, String> {
+    ) -> Result<JsonText, String> {
         let target = OutputTarget {
             dir,
             prefix: self.output_file_prefix.as_deref(),
