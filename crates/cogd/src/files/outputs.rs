@@ -234,9 +234,9 @@ impl OutputSender {
 }
 
 /// A large output's JSON from its spill file (which must be in the
-/// prediction's directory), checked and mapped into memory; the file is
-/// unlinked once mapped (the map keeps its contents). On a blocking thread:
-/// checking tens of megabytes takes milliseconds.
+/// prediction's directory), read and checked ([`JsonText::read_file`]); the
+/// file is unlinked. On a blocking thread: tens of megabytes take
+/// milliseconds.
 async fn map_spilled(path: PathBuf, dir: PathBuf) -> Result<JsonText, OutputError> {
     let failed = |path: &Path, reason: String| OutputError::Spill {
         path: path.to_path_buf(),
@@ -252,10 +252,9 @@ async fn map_spilled(path: PathBuf, dir: PathBuf) -> Result<JsonText, OutputErro
             ));
         }
         let file = std::fs::File::open(&real).map_err(|e| failed(&path, e.to_string()))?;
-        // Unlinked before it is read: from here on only this map refers to
-        // it, and the disk space goes when the map does.
+        // Unlinked at once: its pages are dropped, never written back.
         let _ = std::fs::remove_file(&real);
-        JsonText::map_file(&file).map_err(|reason| failed(&path, reason))
+        JsonText::read_file(&file).map_err(|reason| failed(&path, reason))
     })
     .await
     .map_err(|e| OutputError::Malformed(format!("the spill task failed: {e}")))?
