@@ -259,11 +259,13 @@ def test_a_large_input_that_json_must_escape_round_trips(start_server):
     assert got["input"] == {"text": text}
 
 
-def test_a_20_mib_string_output_arrives_whole(start_server):
-    server = serve(start_server, "long_text")
+def test_a_20_mib_string_output_arrives_whole_and_leaves_no_file(start_server, short_tmpdir):
+    server = serve(start_server, "long_text", env={"TMPDIR": str(short_tmpdir)})
     got = server.predict_ok({"mib": 20}, timeout=60)
     assert got["status"] == "succeeded", got["error"]
     assert got["output"] == "x" * (20 * MIB)
+    # It went through a spill file in the prediction's directory.
+    assert prediction_dirs(short_tmpdir) == []
 
 
 @pytest.mark.parametrize(

@@ -457,8 +457,6 @@ fn generate_id() -> String {
         .collect()
 }
 
-/// The name of a prediction's directory: its id when that is a safe file
-/// name, else a fresh one (client ids are not trusted as paths).
 /// Removes a run's directory, if the run made one. The check is one cheap
 /// `stat` on the runtime thread; only a directory that exists costs a trip to
 /// the blocking pool.
@@ -477,6 +475,8 @@ async fn remove_run_dir(id: &str, dir: PathBuf) {
     }
 }
 
+/// The name of a prediction's directory: its id when that is a safe file
+/// name, else a fresh one (client ids are not trusted as paths).
 fn directory_name(id: &str) -> String {
     let safe = !id.is_empty()
         && id.len() <= 128
@@ -515,6 +515,10 @@ struct Ended {
     outcome: Outcome,
     /// A cancelled run that did not stop: its slot cannot be used again.
     stuck: bool,
+    /// False only when the run is known to have left nothing in its
+    /// directory: it succeeded, and neither side put a file there (no
+    /// fetched or spilled input, no spilled output, no file output).
+    dir_used: bool,
 }
 
 impl Run {
@@ -548,7 +552,9 @@ impl Run {
         });
         self.publish_state("start");
         let ended = self.run_in_slot(permit.slot(), dir.clone()).await;
-        remove_run_dir(&self.id, dir).await;
+        if ended.dir_used {
+            remove_run_dir(&self.id, dir).await;
+        }
         // Free the slot before anyone can see the result.
         if ended.stuck {
             permit.poison();
@@ -616,7 +622,11 @@ impl Run {
         let ended = |outcome| Ended {
             outcome,
             stuck: false,
+            dir_used: true,
         };
+        // Whether anything may have gone into the run's directory; the
+        // directory is looked for (a `stat`) only then.
+        let mut dir_used = !self.file_inputs.is_empty();
         // File inputs are fetched into a copy of the input, their URLs
         // replaced by local paths.
         let mut localized = None;
@@ -663,6 +673,7 @@ impl Run {
             if let Err(e) = written {
                 return ended(Outcome::Failed(format!("cannot write the input: {e}")));
             }
+            dir_used = true;
             (None, Some(path))
         } else {
             (Some(text.to_raw()), None)
@@ -709,7 +720,7 @@ impl Run {
                 }
                 () = sleep_until(deadline) => {
                     tracing::warn!(prediction_id = %self.id, slot, "the cancelled run did not stop; giving up its slot");
-                    return Ended { outcome: stopped, stuck: true };
+                    return Ended { outcome: stopped, stuck: true, dir_used: true };
                 }
             };
             let Some(event) = event else {
@@ -762,6 +773,7 @@ impl Run {
                         // Being stopped: what it yields now is not sent.
                         continue;
                     }
+                    dir_used |= output.uses_dir();
                     // Each chunk's files are sent as it comes, before it is shown.
                     let output = tokio::select! {
                         sent = self.send_output(output, &output_dir) => sent,
@@ -803,6 +815,7 @@ impl Run {
                         return ended(stopped);
                     }
                     if let Some(output) = output {
+                        dir_used |= output.uses_dir();
                         let sent = tokio::select! {
                             sent = self.send_output(output, &output_dir) => sent,
                             () = self.handle.cancelled(), if deadline.is_none() => {
@@ -825,10 +838,13 @@ impl Run {
                             Err(error) => return ended(Outcome::Failed(error)),
                         }
                     }
-                    return ended(Outcome::Succeeded {
-                        predict_time,
-                        is_stream,
-                    });
+                    return Ended {
+                        dir_used,
+                        ..ended(Outcome::Succeeded {
+                            predict_time,
+                            is_stream,
+                        })
+                    };
                 }
                 SlotEvent::Failed(error) => return ended(Outcome::Failed(error)),
                 SlotEvent::Cancelled => return ended(stopped),

@@ -165,6 +165,13 @@ pub enum OutputJson {
 }
 
 impl OutputValue {
+    /// True when the value came with files (written into the prediction's
+    /// directory by the worker, or to be sent from anywhere) or was spilled
+    /// to a file.
+    pub fn uses_dir(&self) -> bool {
+        !self.files.is_empty() || matches!(self.json, OutputJson::File(_))
+    }
+
     fn new(
         inline: Option<Box<RawValue>>,
         file: Option<PathBuf>,
