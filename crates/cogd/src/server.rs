@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
@@ -176,6 +177,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.max_body_bytes,
     );
     let mut stopped = stop.clone();
+    // Nagle off: a stream's events are small writes, each of which would
+    // otherwise wait for the client's acknowledgement of the one before
+    // (up to its delayed-ACK timer, 40 ms) once the connection has left
+    // quick-ACK mode.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot turn Nagle's algorithm off on a connection");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|stop| *stop).await;
     });
