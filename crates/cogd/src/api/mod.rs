@@ -251,7 +251,14 @@ async fn create(
         admit(state, headers, &body, path_id)?
     };
     match admitted {
-        Admitted::Stream(response) => Ok(response),
+        Admitted::Stream(response) => {
+            // The run task just made takes its slot and sends the run to the
+            // worker before the reply's head is written: the model starts
+            // sooner, and the head goes out with the `start` event in one
+            // write.
+            tokio::task::yield_now().await;
+            Ok(response)
+        }
         Admitted::Run(admission) => respond(admission, headers).await,
     }
 }
