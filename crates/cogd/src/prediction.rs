@@ -84,8 +84,9 @@ enum Text {
     /// Written by this server in a way that can only make JSON (so it was
     /// not parsed again).
     Written(Box<str>),
-    /// A checked range of a private, read-only memory map.
-    Mapped(MappedText),
+    /// A checked range of a private, read-only memory map (boxed: the
+    /// common variants stay two words).
+    Mapped(Box<MappedText>),
 }
 
 /// A range of a private, read-only anonymous memory map that holds checked
@@ -175,11 +176,11 @@ impl JsonText {
             serde_json::from_slice(&map[..len]).map_err(|e| format!("not JSON: {e}"))?;
         let start = raw.get().as_ptr() as usize - map.as_ptr() as usize;
         let len = raw.get().len();
-        Ok(Self(Arc::new(Text::Mapped(MappedText {
+        Ok(Self(Arc::new(Text::Mapped(Box::new(MappedText {
             map: Some(map),
             start,
             len,
-        }))))
+        })))))
     }
 }
 
