@@ -15,7 +15,9 @@
 //! A file inside the prediction's directory is removed once it is sent.
 //!
 //! A value too large for one protocol frame arrives as a file of JSON in the
-//! prediction's directory; it is read from there and removed.
+//! prediction's directory; it is unlinked, read once into memory of its own
+//! and checked there ([`JsonText::read_file`]), and never parsed again: a
+//! value this module builds (files spliced in) is JSON by construction.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
