@@ -354,7 +354,14 @@ impl SlotResponse {
             #[serde(default)]
             files: Vec<FileOutput>,
         }
-        match serde_json::from_slice::<Tag<'_>>(frame)?.kind.as_ref() {
+        // The worker writes the tag first, so it is read from the frame's
+        // head; parsing a `Tag` would scan the whole frame (a chunk of up to
+        // 6 MiB) once more before the variant's own parse.
+        let kind = match tag_at_head(frame) {
+            Some(kind) => std::borrow::Cow::Borrowed(kind),
+            None => serde_json::from_slice::<Tag<'_>>(frame)?.kind,
+        };
+        match kind.as_ref() {
             "output" => {
                 let OutputFrame {
                     output,
@@ -397,6 +404,19 @@ impl SlotResponse {
             _ => serde_json::from_slice(frame),
         }
     }
+}
+
+/// The `type` of a frame that starts `{"type":"<name>"` (as every frame the
+/// worker writes does), when the name has nothing escaped; `None` leaves the
+/// frame to be parsed for it. Whatever it says, the variant's own parse then
+/// checks the whole frame.
+fn tag_at_head(frame: &[u8]) -> Option<&str> {
+    let rest = frame.strip_prefix(br#"{"type":""#)?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    if rest[end] != b'"' {
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// A field that is there, even as `null`, is `Some`: an output may be JSON `null`.
@@ -586,6 +606,35 @@ mod tests {
             error: "ValueError: boom".into(),
         });
         slot_round_trip(&SlotResponse::Cancelled { id: "p1".into() });
+    }
+
+    #[test]
+    fn a_frame_whose_tag_is_not_at_its_head_decodes_the_same() {
+        let head_first = br#"{"type":"output","output":[1],"index":2}"#;
+        for frame in [
+            &br#"{"index":2,"output":[1],"type":"output"}"#[..],
+            br#" {"type":"output","output":[1],"index":2}"#,
+            br#"{"type":"output","output":[1],"index":2}"#,
+        ] {
+            assert_eq!(
+                SlotResponse::from_frame(frame).unwrap(),
+                SlotResponse::from_frame(head_first).unwrap(),
+                "{}",
+                String::from_utf8_lossy(frame)
+            );
+        }
+        // The head names the variant; the frame is still checked whole.
+        for bad in [
+            &br#"{"type":"output","output":[1],"index":2,"type":"done"}"#[..],
+            br#"{"type":"output","output":[1],"index":2}x"#,
+            br#"{"type":"done","output":[1],"index":2}"#,
+        ] {
+            assert!(
+                SlotResponse::from_frame(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
