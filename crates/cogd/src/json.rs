@@ -84,6 +84,18 @@ pub fn write_str<W: Write + ?Sized>(out: &mut W, text: &str) -> io::Result<()> {
     out.write_all(b"\"")
 }
 
+/// True when `text` is a JSON string with nothing escaped in it: a quote,
+/// then no quote, backslash or control character, then a quote. Found with
+/// the same block scan as [`write_str`], a few times faster than parsing
+/// (a large output is most often one such string).
+pub fn is_plain_string(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= 2
+        && bytes[0] == b'"'
+        && bytes[bytes.len() - 1] == b'"'
+        && clean_prefix(&bytes[1..bytes.len() - 1]) == bytes.len() - 2
+}
+
 /// How many bytes at the start of `bytes` need no escape: 32 at a time with
 /// vector compares where the CPU has them, then eight at a time, then one.
 #[inline]
@@ -269,6 +281,27 @@ mod tests {
                     "{special:?} at {at}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn plain_strings_are_told_from_other_json_and_from_non_json() {
+        let long = "y".repeat(100);
+        for plain in ["\"\"", "\"é日本\"", &format!("\"{long}\"")] {
+            assert!(is_plain_string(plain), "{plain}");
+        }
+        for other in [
+            "",
+            "\"",
+            "x\"\"",
+            "\"a\\nb\"",
+            "\"a\"b\"",
+            "\"a\nb\"",
+            &format!("\"{long}\\\"{long}\""),
+            "1",
+            "[\"a\"]",
+        ] {
+            assert!(!is_plain_string(other), "{other:?}");
         }
     }
 

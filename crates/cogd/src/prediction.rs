@@ -170,12 +170,21 @@ impl JsonText {
         file.read_exact_at(&mut map[..len], 0)
             .map_err(|e| e.to_string())?;
         let map = map.make_read_only().map_err(|e| e.to_string())?;
-        // Parsing a borrowed raw value checks the JSON and its UTF-8, and
-        // tells where the value is (surrounding whitespace left out).
-        let raw: &RawValue =
-            serde_json::from_slice(&map[..len]).map_err(|e| format!("not JSON: {e}"))?;
-        let start = raw.get().as_ptr() as usize - map.as_ptr() as usize;
-        let len = raw.get().len();
+        // One string with nothing escaped (most large outputs) is checked
+        // with a fast scan. Otherwise parsing a borrowed raw value checks the
+        // JSON and its UTF-8, and tells where the value is (surrounding
+        // whitespace left out).
+        let text = std::str::from_utf8(&map[..len]).map_err(|e| format!("not JSON: {e}"))?;
+        let (start, len) = if crate::json::is_plain_string(text) {
+            (0, len)
+        } else {
+            let raw: &RawValue =
+                serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+            (
+                raw.get().as_ptr() as usize - map.as_ptr() as usize,
+                raw.get().len(),
+            )
+        };
         Ok(Self(Arc::new(Text::Mapped(Box::new(MappedText {
             map: Some(map),
             start,
