@@ -379,17 +379,23 @@ fn final_output(outputs: &mut Vec<JsonText>, is_stream: bool) -> JsonText {
                 .into()
         });
     }
-    let mut text = String::from("[");
-    for (i, chunk) in outputs.iter().enumerate() {
+    JsonText::written(list_text(outputs))
+}
+
+/// The JSON list of `items`, their texts joined as they are: what
+/// serialising them writes, with no chunk parsed again.
+fn list_text(items: &[JsonText]) -> String {
+    let len = items.iter().map(|item| item.get().len() + 1).sum::<usize>() + 1;
+    let mut text = String::with_capacity(len);
+    text.push('[');
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             text.push(',');
         }
-        text.push_str(chunk.get());
+        text.push_str(item.get());
     }
     text.push(']');
-    RawValue::from_string(text)
-        .expect("a list of JSON values is JSON")
-        .into()
+    text
 }
 
 fn timestamp(t: &DateTime<Utc>) -> String {
@@ -437,7 +443,7 @@ impl Prediction {
         let input = bytes::Bytes::from_owner(self.input.clone());
         let output = match &self.output {
             None if !self.status.is_terminal() && !self.outputs.is_empty() => {
-                bytes::Bytes::from(json(&self.outputs))
+                bytes::Bytes::from(list_text(&self.outputs))
             }
             None => bytes::Bytes::from_static(b"null"),
             Some(output) => bytes::Bytes::from_owner(output.clone()),

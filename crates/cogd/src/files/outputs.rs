@@ -129,7 +129,7 @@ impl OutputSender {
         let OutputValue { json, files } = output;
         let text = match json {
             OutputJson::Inline(value) => JsonText::from(value),
-            OutputJson::File(path) => map_spilled(path, target.dir.to_path_buf()).await?,
+            OutputJson::File(path) => read_spilled(path, target.dir.to_path_buf()).await?,
         };
         if files.is_empty() {
             return Ok(text);
@@ -239,7 +239,7 @@ impl OutputSender {
 /// prediction's directory), read and checked ([`JsonText::read_file`]); the
 /// file is unlinked. On a blocking thread: tens of megabytes take
 /// milliseconds.
-async fn map_spilled(path: PathBuf, dir: PathBuf) -> Result<JsonText, OutputError> {
+async fn read_spilled(path: PathBuf, dir: PathBuf) -> Result<JsonText, OutputError> {
     let failed = |path: &Path, reason: String| OutputError::Spill {
         path: path.to_path_buf(),
         reason,
@@ -564,7 +564,7 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let outside = other.path().join("output.json");
         std::fs::write(&outside, b"1").unwrap();
-        let spilled = |path: &Path| map_spilled(path.to_path_buf(), dir.path().to_path_buf());
+        let spilled = |path: &Path| read_spilled(path.to_path_buf(), dir.path().to_path_buf());
         assert!(spilled(&outside).await.is_err());
         let inside = dir.path().join("output.json");
         for text in [&b"\"big\"\n"[..], b"\"big\""] {
