@@ -264,7 +264,8 @@ def test_a_20_mib_string_output_arrives_whole_and_leaves_no_file(start_server, s
     got = server.predict_ok({"mib": 20}, timeout=60)
     assert got["status"] == "succeeded", got["error"]
     assert got["output"] == "x" * (20 * MIB)
-    # It went through a spill file in the prediction's directory.
+    # It went through a memory file attached to the worker's message: nothing
+    # was written to the prediction's directory, and nothing is left there.
     assert prediction_dirs(short_tmpdir) == []
 
 

@@ -84,13 +84,14 @@ enum Text {
     /// Written by this server in a way that can only make JSON (so it was
     /// not parsed again).
     Written(Box<str>),
-    /// A checked range of a private, read-only memory map (boxed: the
-    /// common variants stay two words).
+    /// A checked range of a read-only memory map (boxed: the common variants
+    /// stay two words).
     Mapped(Box<MappedText>),
 }
 
-/// A range of a private, read-only anonymous memory map that holds checked
-/// JSON text.
+/// A range of a read-only memory map that holds checked JSON text: of
+/// private anonymous memory, or of a memory file sealed against writes and
+/// resizing.
 #[derive(Debug)]
 struct MappedText {
     /// `None` only while being dropped.
@@ -103,9 +104,9 @@ impl MappedText {
     fn get(&self) -> &str {
         let map = self.map.as_ref().expect("mapped until dropped");
         let bytes = &map[self.start..self.start + self.len];
-        // SAFETY: `JsonText::read_file` checked that this range is UTF-8 (it
-        // parsed it as JSON), and the map is anonymous, private and
-        // read-only: nothing can change it since.
+        // SAFETY: `JsonText::checked` found this range to be UTF-8, and the
+        // map is read-only and either anonymous and private or of a sealed
+        // file (`JsonText::take_attached`): nothing can change it since.
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
@@ -150,7 +151,28 @@ impl JsonText {
         Self(Arc::new(Text::Written(text.into_boxed_str())))
     }
 
-    /// The JSON value in `file` (a large output the worker spilled),
+    /// The JSON value in `file`, a memory file the worker attached to its
+    /// message, checked and kept in a read-only map of the file itself: the
+    /// pages the worker wrote are served as they are, with nothing copied and
+    /// no fresh memory faulted in. From the worker's message to the reply's
+    /// first byte, a 20 MiB output takes about 5 ms this way, against 15-20
+    /// ms read from a spill file ([`JsonText::read_file`]). A file without
+    /// the seals ([`crate::ipc::is_sealed`]) could change or shrink under
+    /// the map, so it is read into memory of its own instead.
+    pub fn take_attached(file: std::fs::File) -> Result<Self, String> {
+        use std::os::fd::AsFd;
+        let len = file_len(&file)?;
+        if len == 0 || !crate::ipc::is_sealed(file.as_fd()) {
+            return Self::read_file(&file);
+        }
+        // SAFETY: the file is sealed against writes and resizing, so the
+        // map's bytes stay as checked and it never ends short of them.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&file) }
+            .map_err(|e| e.to_string())?;
+        Self::checked(map, len)
+    }
+
+    /// The JSON value in `file` (a large output the worker spilled to disk),
     /// checked. The text goes into a fresh anonymous memory map, faulted in
     /// whole when made, rather than onto the heap, where a buffer of tens of
     /// megabytes is faulted in a page at a time as it is filled: 19-20 ms
@@ -159,8 +181,7 @@ impl JsonText {
     /// unlinks it once read, so its pages never need writing back to disk.
     pub fn read_file(file: &std::fs::File) -> Result<Self, String> {
         use std::os::unix::fs::FileExt;
-        let len = usize::try_from(file.metadata().map_err(|e| e.to_string())?.len())
-            .map_err(|e| e.to_string())?;
+        let len = file_len(file)?;
         // A map cannot be empty; an empty file is refused below all the same.
         let mut map = memmap2::MmapOptions::new()
             .len(len.max(1))
@@ -170,10 +191,15 @@ impl JsonText {
         file.read_exact_at(&mut map[..len], 0)
             .map_err(|e| e.to_string())?;
         let map = map.make_read_only().map_err(|e| e.to_string())?;
-        // One string with nothing escaped (most large outputs) is checked
-        // with a fast scan. Otherwise parsing a borrowed raw value checks the
-        // JSON and its UTF-8, and tells where the value is (surrounding
-        // whitespace left out).
+        Self::checked(map, len)
+    }
+
+    /// The first `len` bytes of `map`, checked to be one JSON value. One
+    /// string with nothing escaped (most large outputs) is checked with a
+    /// fast scan. Otherwise parsing a borrowed raw value checks the JSON and
+    /// its UTF-8, and tells where the value is (surrounding whitespace left
+    /// out).
+    fn checked(map: memmap2::Mmap, len: usize) -> Result<Self, String> {
         let text = std::str::from_utf8(&map[..len]).map_err(|e| format!("not JSON: {e}"))?;
         let (start, len) = if crate::json::is_plain_string(text) {
             (0, len)
@@ -191,6 +217,11 @@ impl JsonText {
             len,
         })))))
     }
+}
+
+/// The length of `file`, as a memory size.
+fn file_len(file: &std::fs::File) -> Result<usize, String> {
+    usize::try_from(file.metadata().map_err(|e| e.to_string())?.len()).map_err(|e| e.to_string())
 }
 
 impl From<Box<RawValue>> for JsonText {

@@ -129,6 +129,7 @@ impl OutputSender {
         let OutputValue { json, files } = output;
         let text = match json {
             OutputJson::Inline(value) => JsonText::from(value),
+            OutputJson::Attached(file) => take_attached(file).await?,
             OutputJson::File(path) => read_spilled(path, target.dir.to_path_buf()).await?,
         };
         if files.is_empty() {
@@ -233,6 +234,19 @@ impl OutputSender {
             attempt += 1;
         }
     }
+}
+
+/// A large output's JSON from the memory file attached to its message
+/// ([`JsonText::take_attached`]). On a blocking thread: checking tens of
+/// megabytes takes milliseconds.
+async fn take_attached(file: std::fs::File) -> Result<JsonText, OutputError> {
+    let failed = |reason: String| OutputError::Spill {
+        path: "the attached memory file".into(),
+        reason,
+    };
+    tokio::task::spawn_blocking(move || JsonText::take_attached(file).map_err(failed))
+        .await
+        .map_err(|e| OutputError::Malformed(format!("the spill task failed: {e}")))?
 }
 
 /// A large output's JSON from its spill file (which must be in the

@@ -12,7 +12,7 @@ pub use crate::metrics::MetricMode;
 
 /// The protocol version both sides must agree on; the worker reports its own in
 /// the first message of every slot socket.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Whether the worker serves `predict:` or `train:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,13 +258,18 @@ pub enum SlotResponse {
     /// One chunk of a streaming run, sent the moment it was yielded.
     Output {
         /// The JSON value, passed through without re-parsing; `None` when it
-        /// was too large for a frame and is in `output_file` instead.
+        /// was too large for a frame and is attached or in `output_file`
+        /// instead.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<Box<RawValue>>,
         /// A file in the prediction's directory holding the value's JSON,
         /// for values too large for one frame.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output_file: Option<PathBuf>,
+        /// True when the value's JSON, too large for one frame, is in a
+        /// sealed memory file attached to this frame ([`super::SlotReader`]).
+        #[serde(default, skip_serializing_if = "is_false")]
+        output_attached: bool,
         /// The chunk's position.
         index: u64,
         /// The files this value refers to: each goes where its pointer says.
@@ -297,6 +302,10 @@ pub enum SlotResponse {
         /// prediction's directory.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output_file: Option<PathBuf>,
+        /// True when a plain run's output, too large for one frame, is in a
+        /// sealed memory file attached to this frame.
+        #[serde(default, skip_serializing_if = "is_false")]
+        output_attached: bool,
         /// The files a plain run's output refers to.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         files: Vec<FileOutput>,
@@ -316,6 +325,21 @@ pub enum SlotResponse {
 }
 
 impl SlotResponse {
+    /// True when the frame says a file is attached to it (`output_attached`):
+    /// its reader must take one ([`super::SlotReader::take_file`]).
+    pub fn carries_file(&self) -> bool {
+        matches!(
+            self,
+            Self::Output {
+                output_attached: true,
+                ..
+            } | Self::Done {
+                output_attached: true,
+                ..
+            }
+        )
+    }
+
     /// Decodes one frame. Use this, not `serde_json::from_slice`: an `output`'s
     /// value is kept as raw JSON text, which serde cannot do through the
     /// buffering that `"type"`-tagged enums need, so that variant is read on
@@ -335,6 +359,8 @@ impl SlotResponse {
             output: Option<Box<RawValue>>,
             #[serde(default)]
             output_file: Option<PathBuf>,
+            #[serde(default)]
+            output_attached: bool,
             index: u64,
             #[serde(default)]
             files: Vec<FileOutput>,
@@ -352,6 +378,8 @@ impl SlotResponse {
             #[serde(default)]
             output_file: Option<PathBuf>,
             #[serde(default)]
+            output_attached: bool,
+            #[serde(default)]
             files: Vec<FileOutput>,
         }
         // The worker writes the tag first, so it is read from the frame's
@@ -366,18 +394,21 @@ impl SlotResponse {
                 let OutputFrame {
                     output,
                     output_file,
+                    output_attached,
                     index,
                     files,
                     ..
                 } = serde_json::from_slice(frame)?;
-                if output.is_none() == output_file.is_none() {
+                if carriers(&output, &output_file, output_attached) != 1 {
                     return Err(serde::de::Error::custom(
-                        "an output carries exactly one of `output` and `output_file`",
+                        "an output carries exactly one of `output`, `output_file` and \
+                         `output_attached`",
                     ));
                 }
                 Ok(Self::Output {
                     output,
                     output_file,
+                    output_attached,
                     index,
                     files,
                 })
@@ -389,21 +420,39 @@ impl SlotResponse {
                     is_stream,
                     output,
                     output_file,
+                    output_attached,
                     files,
                     ..
                 } = serde_json::from_slice(frame)?;
+                if carriers(&output, &output_file, output_attached) > 1 {
+                    return Err(serde::de::Error::custom(
+                        "a result carries at most one of `output`, `output_file` and \
+                         `output_attached`",
+                    ));
+                }
                 Ok(Self::Done {
                     id,
                     predict_time,
                     is_stream,
                     output,
                     output_file,
+                    output_attached,
                     files,
                 })
             }
             _ => serde_json::from_slice(frame),
         }
     }
+}
+
+/// How many of the ways a value can travel a frame uses.
+fn carriers(inline: &Option<Box<RawValue>>, file: &Option<PathBuf>, attached: bool) -> usize {
+    usize::from(inline.is_some()) + usize::from(file.is_some()) + usize::from(attached)
+}
+
+/// For `skip_serializing_if`: a flag that is off is left out.
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 /// The `type` of a frame that starts `{"type":"<name>"` (as every frame the
@@ -537,12 +586,14 @@ mod tests {
         slot_round_trip(&SlotResponse::Output {
             output: Some(RawValue::from_string("{\"a\":[1,2]}".into()).unwrap()),
             output_file: None,
+            output_attached: false,
             index: 4,
             files: Vec::new(),
         });
         slot_round_trip(&SlotResponse::Output {
             output: Some(RawValue::from_string("[null,{\"image\":null}]".into()).unwrap()),
             output_file: None,
+            output_attached: false,
             index: 0,
             files: vec![
                 FileOutput {
@@ -562,6 +613,7 @@ mod tests {
         slot_round_trip(&SlotResponse::Output {
             output: None,
             output_file: Some("/tmp/out/output-7.json".into()),
+            output_attached: false,
             index: 7,
             files: Vec::new(),
         });
@@ -578,6 +630,7 @@ mod tests {
             is_stream: false,
             output: Some(RawValue::from_string("\"hello\"".into()).unwrap()),
             output_file: None,
+            output_attached: false,
             files: Vec::new(),
         });
         slot_round_trip(&SlotResponse::Done {
@@ -586,6 +639,7 @@ mod tests {
             is_stream: true,
             output: None,
             output_file: None,
+            output_attached: false,
             files: Vec::new(),
         });
         slot_round_trip(&SlotResponse::Done {
@@ -594,12 +648,22 @@ mod tests {
             is_stream: false,
             output: None,
             output_file: Some("/tmp/out/output.json".into()),
+            output_attached: false,
             files: vec![FileOutput {
                 pointer: String::new(),
                 path: "/tmp/out/x.bin".into(),
                 filename: "x.bin".into(),
                 mime_type: "application/octet-stream".into(),
             }],
+        });
+        slot_round_trip(&SlotResponse::Done {
+            id: "p4".into(),
+            predict_time: 0.5,
+            is_stream: false,
+            output: None,
+            output_file: None,
+            output_attached: true,
+            files: Vec::new(),
         });
         slot_round_trip(&SlotResponse::Failed {
             id: "p1".into(),
@@ -674,15 +738,34 @@ mod tests {
     }
 
     #[test]
-    fn an_output_names_exactly_one_of_its_value_and_its_file() {
+    fn an_output_travels_exactly_one_way() {
         assert!(SlotResponse::from_frame(br#"{"type":"output","index":0}"#).is_err());
         assert!(SlotResponse::from_frame(
             br#"{"type":"output","output":1,"output_file":"/x","index":0}"#
         )
         .is_err());
+        assert!(SlotResponse::from_frame(
+            br#"{"type":"output","output":1,"output_attached":true,"index":0}"#
+        )
+        .is_err());
+        assert!(SlotResponse::from_frame(
+            br#"{"type":"done","id":"p","predict_time":0,"is_stream":false,"output_file":"/x","output_attached":true}"#
+        )
+        .is_err());
+        assert!(matches!(
+            SlotResponse::from_frame(br#"{"type":"output","output_attached":true,"index":3}"#),
+            Ok(SlotResponse::Output {
+                output: None,
+                output_file: None,
+                output_attached: true,
+                index: 3,
+                ..
+            })
+        ));
         let text = serde_json::to_string(&SlotResponse::Output {
             output: Some(RawValue::from_string("null".into()).unwrap()),
             output_file: None,
+            output_attached: false,
             index: 0,
             files: vec![FileOutput {
                 pointer: String::new(),
@@ -780,10 +863,14 @@ mod tests {
         }
 
         /// A value in the message or in a file: exactly one of the two.
-        fn value_or_file() -> impl Strategy<Value = (Option<Box<RawValue>>, Option<PathBuf>)> {
+        /// A value inline, in a file, or attached.
+        type Carried = (Option<Box<RawValue>>, Option<PathBuf>, bool);
+
+        fn value_or_file() -> impl Strategy<Value = Carried> {
             prop_oneof![
-                raw_json().prop_map(|v| (Some(v), None)),
-                any::<String>().prop_map(|p| (None, Some(PathBuf::from(p)))),
+                raw_json().prop_map(|v| (Some(v), None, false)),
+                any::<String>().prop_map(|p| (None, Some(PathBuf::from(p)), false)),
+                Just((None, None, true)),
             ]
         }
 
@@ -816,11 +903,14 @@ mod tests {
                 (source(), any::<String>())
                     .prop_map(|(source, data)| SlotResponse::Log { source, data }),
                 (value_or_file(), any::<u64>(), files()).prop_map(
-                    |((output, output_file), index, files)| SlotResponse::Output {
-                        output,
-                        output_file,
-                        index,
-                        files,
+                    |((output, output_file, output_attached), index, files)| {
+                        SlotResponse::Output {
+                            output,
+                            output_file,
+                            output_attached,
+                            index,
+                            files,
+                        }
                     }
                 ),
                 (
@@ -841,17 +931,24 @@ mod tests {
                     any::<String>(),
                     seconds,
                     any::<bool>(),
-                    prop_oneof![Just((None, None)), value_or_file()],
+                    prop_oneof![Just((None, None, false)), value_or_file()],
                     files()
                 )
                     .prop_map(
-                        |(id, predict_time, is_stream, (output, output_file), files)| {
+                        |(
+                            id,
+                            predict_time,
+                            is_stream,
+                            (output, output_file, output_attached),
+                            files,
+                        )| {
                             SlotResponse::Done {
                                 id,
                                 predict_time,
                                 is_stream,
                                 output,
                                 output_file,
+                                output_attached,
                                 files,
                             }
                         }

@@ -29,7 +29,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::ipc::{
     encode_line, ControlRequest, ControlResponse, FileOutput, FrameError, LineDecoder, LogSource,
-    MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    MetricMode, Mode, SlotReader, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
 use healthcheck::Healthchecks;
@@ -160,6 +160,9 @@ pub struct OutputValue {
 pub enum OutputJson {
     /// In the message.
     Inline(Box<RawValue>),
+    /// In this memory file, which came attached to the message (sealed,
+    /// unless the worker is broken: [`crate::ipc::is_sealed`]).
+    Attached(std::fs::File),
     /// In this file, in the prediction's directory.
     File(PathBuf),
 }
@@ -167,7 +170,7 @@ pub enum OutputJson {
 impl OutputValue {
     /// True when the value came with files (written into the prediction's
     /// directory by the worker, or to be sent from anywhere) or was spilled
-    /// to a file.
+    /// to a file there.
     pub fn uses_dir(&self) -> bool {
         !self.files.is_empty() || matches!(self.json, OutputJson::File(_))
     }
@@ -175,12 +178,14 @@ impl OutputValue {
     fn new(
         inline: Option<Box<RawValue>>,
         file: Option<PathBuf>,
+        attached: Option<std::fs::File>,
         files: Vec<FileOutput>,
     ) -> Option<Self> {
-        let json = match (inline, file) {
-            (Some(value), _) => OutputJson::Inline(value),
-            (None, Some(path)) => OutputJson::File(path),
-            (None, None) => return None,
+        let json = match (inline, attached, file) {
+            (Some(value), _, _) => OutputJson::Inline(value),
+            (None, Some(attached), _) => OutputJson::Attached(attached),
+            (None, None, Some(path)) => OutputJson::File(path),
+            (None, None, None) => return None,
         };
         Some(Self { json, files })
     }
@@ -511,9 +516,9 @@ impl Inner {
                 .await
                 .map_err(|e| format!("cannot connect to slot socket {}: {e}", path.display()))?;
             let (read, write) = stream.into_split();
-            let mut frames = FramedRead::new(read, LineDecoder::default());
+            let mut frames = SlotReader::new(read);
             let first = frames
-                .next()
+                .next_frame()
                 .await
                 .ok_or_else(|| format!("slot {index} closed before saying its protocol version"))?
                 .map_err(|e| format!("slot {index}: {e}"))?;
@@ -645,9 +650,9 @@ impl Inner {
         self: Arc<Self>,
         slots: Arc<Vec<Slot>>,
         index: usize,
-        mut frames: FramedRead<tokio::net::unix::OwnedReadHalf, LineDecoder>,
+        mut frames: SlotReader,
     ) {
-        while let Some(frame) = frames.next().await {
+        while let Some(frame) = frames.next_frame().await {
             if let Err(FrameError::Io(e)) = &frame {
                 // The connection broke (a worker that died with output still
                 // unread resets it): reported below as the worker's death.
@@ -671,6 +676,25 @@ impl Inner {
                     break;
                 }
             };
+            let attached = if message.carries_file() {
+                let Some(file) = frames.take_file() else {
+                    tracing::error!(
+                        slot = index,
+                        "a slot message said it carried a file, and none came"
+                    );
+                    end_run(
+                        &slots[index],
+                        SlotEvent::Died(format!(
+                            "worker slot {index} sent an output without its file"
+                        )),
+                    )
+                    .await;
+                    break;
+                };
+                Some(std::fs::File::from(file))
+            } else {
+                None
+            };
             let event = match message {
                 SlotResponse::ProtocolVersion { .. } => continue,
                 SlotResponse::Metric { name, value, mode } => {
@@ -682,7 +706,8 @@ impl Inner {
                     output_file,
                     index,
                     files,
-                } => match OutputValue::new(output, output_file, files) {
+                    ..
+                } => match OutputValue::new(output, output_file, attached, files) {
                     Some(output) => SlotEvent::Output { output, index },
                     None => continue,
                 },
@@ -696,7 +721,7 @@ impl Inner {
                 } => SlotEvent::Done {
                     predict_time,
                     is_stream,
-                    output: OutputValue::new(output, output_file, files),
+                    output: OutputValue::new(output, output_file, attached, files),
                 },
                 SlotResponse::Failed { error, .. } => SlotEvent::Failed(error),
                 SlotResponse::Cancelled { .. } => SlotEvent::Cancelled,
@@ -712,7 +737,7 @@ impl Inner {
                 if let Some(run) = run {
                     let _ = run.send(event).await;
                 }
-                if frames.read_buffer().is_empty() {
+                if !frames.has_buffered() {
                     // Everything read so far has been handed on: let the run
                     // act on it (send the first chunk of a stream to its
                     // readers) before reading more. A model that yields faster

@@ -168,10 +168,15 @@ impl LogRouter {
         self.emit(source, data.as_bytes(), slot);
     }
 
-    /// Sends `message` (a stream chunk, a metric) on the socket of the run in
-    /// `slot`, after everything the pipes already hold; false if no such run
-    /// is active.
-    pub(crate) fn send_to_run(&self, slot: usize, message: SlotResponse) -> bool {
+    /// Sends `message` (a stream chunk, a metric), with `file` attached, on
+    /// the socket of the run in `slot`, after everything the pipes already
+    /// hold; false if no such run is active.
+    pub(crate) fn send_to_run(
+        &self,
+        slot: usize,
+        message: SlotResponse,
+        file: Option<OwnedFd>,
+    ) -> bool {
         let mut streams = self.lock_io();
         self.catch_up(&mut streams, false);
         let socket = {
@@ -183,7 +188,7 @@ impl LogRouter {
                 .map(|(_, socket)| socket.clone())
         };
         drop(streams);
-        socket.is_some_and(|socket| socket.send(&message).is_ok())
+        socket.is_some_and(|socket| socket.send_with(&message, file.as_ref()).is_ok())
     }
 
     /// Sends text written by code that belongs to no run to the server's log.

@@ -14,6 +14,7 @@ mod output;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
@@ -147,8 +148,9 @@ pub fn write_detached_log(data: &str) -> bool {
 
 /// Sends one chunk of a streaming run in `slot` to the server now, after
 /// whatever output the run wrote before it, with the files it refers to. A
-/// chunk too large for one frame goes through a file in the run's directory.
-/// Err when it cannot be written there; false when no such run is active.
+/// chunk too large for one frame goes in a memory file attached to its
+/// message (see [`output`]). Err when it cannot be spilled; false when no
+/// such run is active.
 pub fn write_output(
     slot: usize,
     index: u64,
@@ -158,16 +160,18 @@ pub fn write_output(
     let Some(dir) = run_dir(slot) else {
         return Ok(false);
     };
-    let (output, output_file) = output::spill(output, &dir, &format!("output-{index}.json"))?;
+    let carrier = output::spill(output, &dir, &format!("output-{index}.json"))?;
+    let (output, output_file, output_attached, file) = carrier.into_fields();
     let message = SlotResponse::Output {
         output,
         output_file,
+        output_attached,
         index,
         files,
     };
     let sent = ROUTER
         .get()
-        .is_some_and(|router| router.send_to_run(slot, message));
+        .is_some_and(|router| router.send_to_run(slot, message, file));
     if sent && index == 0 {
         give_way();
     }
@@ -237,7 +241,7 @@ pub fn record_metric(
     };
     Ok(ROUTER
         .get()
-        .is_some_and(|router| router.send_to_run(slot, message)))
+        .is_some_and(|router| router.send_to_run(slot, message, None)))
 }
 
 /// The run in `slot`'s metric at `name` (dots nest), or all of its metrics
@@ -254,27 +258,65 @@ pub fn read_metric(slot: usize, name: Option<&str>) -> Option<serde_json::Value>
 /// Serialises frames onto one channel from several threads.
 #[derive(Clone)]
 pub(crate) struct Sender {
-    inner: Arc<Mutex<Box<dyn Write + Send>>>,
+    inner: Arc<Mutex<Channel>>,
+}
+
+/// Where a [`Sender`] writes.
+enum Channel {
+    /// A slot socket: a frame can carry a file.
+    Socket(UnixStream),
+    /// Anything else (the control channel).
+    Other(Box<dyn Write + Send>),
 }
 
 impl Sender {
     fn new(inner: impl Write + Send + 'static) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(Box::new(inner))),
+            inner: Arc::new(Mutex::new(Channel::Other(Box::new(inner)))),
+        }
+    }
+
+    /// A sender on a slot socket, whose frames can carry files.
+    fn socket(socket: UnixStream) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Channel::Socket(socket))),
         }
     }
 
     /// Writes one message; an error means the peer is gone.
     pub(crate) fn send<T: serde::Serialize>(&self, message: &T) -> std::io::Result<()> {
-        let line = encode_line(message).map_err(std::io::Error::other)?;
-        self.send_frame(&line)
+        self.send_with(message, None)
     }
 
-    /// Writes one already-encoded frame.
-    pub(crate) fn send_frame(&self, frame: &[u8]) -> std::io::Result<()> {
+    /// Writes one message with `file` attached to it (a slot socket only).
+    pub(crate) fn send_with<T: serde::Serialize>(
+        &self,
+        message: &T,
+        file: Option<&OwnedFd>,
+    ) -> std::io::Result<()> {
+        let line = encode_line(message).map_err(std::io::Error::other)?;
+        self.send_frame(&line, file)
+    }
+
+    /// Writes one already-encoded frame, with `file` attached to its first
+    /// bytes (a slot socket only).
+    pub(crate) fn send_frame(&self, frame: &[u8], file: Option<&OwnedFd>) -> std::io::Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.write_all(frame)?;
-        inner.flush()
+        match (&mut *inner, file) {
+            (Channel::Socket(socket), None) => socket.write_all(frame),
+            (Channel::Socket(socket), Some(file)) => {
+                let sent = crate::ipc::send_with_file(socket.as_fd(), frame, file.as_fd())?;
+                socket.write_all(&frame[sent..])
+            }
+            (Channel::Other(out), None) => {
+                out.write_all(frame)?;
+                out.flush()
+            }
+            (Channel::Other(_), Some(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "only a slot socket carries files",
+            )),
+        }
     }
 }
 
@@ -568,7 +610,7 @@ impl SlotContext {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(stream.try_clone()?);
-            let writer = Sender::new(stream.try_clone()?);
+            let writer = Sender::socket(stream.try_clone()?);
             writer.send(&SlotResponse::ProtocolVersion {
                 version: PROTOCOL_VERSION,
             })?;
@@ -663,24 +705,29 @@ fn slot_loop(
         router.end_run(slot);
         let sent = match result {
             Ok(RunOutput::Value(output, files)) => {
-                let spilled = match &dir {
+                let carrier = match &dir {
                     Some(dir) => output::spill(output, dir, "output.json"),
-                    None => output::inline(output).map(|output| (Some(output), None)),
+                    None => output::inline(output).map(output::Carrier::Inline),
                 };
-                let done = spilled.map(|(output, output_file)| SlotResponse::Done {
-                    id: id.clone(),
-                    predict_time,
-                    is_stream: false,
-                    output,
-                    output_file,
-                    files,
+                let done = carrier.map(|carrier| {
+                    let (output, output_file, output_attached, file) = carrier.into_fields();
+                    let done = SlotResponse::Done {
+                        id: id.clone(),
+                        predict_time,
+                        is_stream: false,
+                        output,
+                        output_file,
+                        output_attached,
+                        files,
+                    };
+                    (done, file)
                 });
                 // An output that cannot be sent fails the prediction, not the slot.
-                match done
-                    .map_err(|e| e.to_string())
-                    .and_then(|done| encode_line(&done).map_err(|e| e.to_string()))
-                {
-                    Ok(frame) => writer.send_frame(&frame),
+                match done.map_err(|e| e.to_string()).and_then(|(done, file)| {
+                    let frame = encode_line(&done).map_err(|e| e.to_string())?;
+                    Ok((frame, file))
+                }) {
+                    Ok((frame, file)) => writer.send_frame(&frame, file.as_ref()),
                     Err(e) => writer.send(&SlotResponse::Failed {
                         id,
                         error: format!("cannot send the output: {e}"),
@@ -693,6 +740,7 @@ fn slot_loop(
                 is_stream: true,
                 output: None,
                 output_file: None,
+                output_attached: false,
                 files: Vec::new(),
             }),
             Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed {

@@ -1,0 +1,349 @@
+//! Open files attached to frames on a slot socket (`SCM_RIGHTS`).
+//!
+//! The worker sends a large output as a sealed memory file attached to the
+//! frame that names it (`output_attached`), so the output never touches a
+//! disk and the server serves it from the pages the worker wrote, with no
+//! copy. The kernel hands a file over with the first bytes of the `sendmsg`
+//! that carried it, and the worker attaches each file to the first bytes of
+//! its own frame; so by the time a frame is decoded, its file has arrived,
+//! and files come in the order of the frames that carry them. The reader
+//! queues them in that order and the frame's consumer takes the oldest
+//! ([`SlotReader::take_file`]).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use bytes::BytesMut;
+use tokio::io::Interest;
+use tokio::net::unix::OwnedReadHalf;
+use tokio_util::codec::Decoder;
+
+use super::{FrameError, LineDecoder};
+
+/// The seals the worker puts on a memory file before attaching it, and that
+/// the server checks before it maps one: the file's size and bytes are fixed
+/// for good, so a map of it can neither change under a reader nor end short
+/// of it (which would fault the server).
+pub const OUTPUT_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+
+/// True when `file` carries every one of [`OUTPUT_SEALS`].
+pub fn is_sealed(file: BorrowedFd<'_>) -> bool {
+    // SAFETY: F_GET_SEALS takes no argument; -1 for a file without seals.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & OUTPUT_SEALS == OUTPUT_SEALS
+}
+
+/// Room for the control message of one read: up to 8 files (the worker
+/// attaches one per frame, and one read never takes the files of two
+/// `sendmsg` calls), kept 8-byte aligned as `cmsghdr` needs.
+type ControlSpace = [u64; 8];
+
+/// Free room made in the buffer before each read (as tokio's `FramedRead`).
+const READ_ROOM: usize = 8 * 1024;
+
+/// Sends `bytes` on the stream socket `socket` with `file` attached, and
+/// returns how many of them went: at least one, and the file went with the
+/// first. The caller writes the rest as usual. Blocks as `write` does.
+pub fn send_with_file(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    file: BorrowedFd<'_>,
+) -> io::Result<usize> {
+    if bytes.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a file must come with at least one byte",
+        ));
+    }
+    let mut space = ControlSpace::default();
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    let fd_len = std::mem::size_of::<libc::c_int>() as u32;
+    // SAFETY: `space` is aligned and larger than CMSG_SPACE of one fd, so
+    // CMSG_FIRSTHDR points into it and the header and data fit.
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(fd_len) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_len) as _;
+        std::ptr::write_unaligned(
+            libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
+            file.as_raw_fd(),
+        );
+    }
+    loop {
+        // SAFETY: `msg` points at live buffers for the length of the call.
+        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if let Ok(sent) = usize::try_from(sent) {
+            return Ok(sent);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reads what `socket` holds, without waiting, into `buf`'s free room, and
+/// queues the files that came with it on `files`. `Ok(0)` at the end of the
+/// stream (or when `buf` has no free room).
+fn recv_with_files(
+    socket: BorrowedFd<'_>,
+    buf: &mut BytesMut,
+    files: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let mut iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    let mut space = ControlSpace::default();
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of::<ControlSpace>() as _;
+    // SAFETY: `msg` points at live buffers of the lengths it gives; the
+    // kernel writes at most that much. Files are opened close-on-exec.
+    let read = unsafe {
+        libc::recvmsg(
+            socket.as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    let Ok(read) = usize::try_from(read) else {
+        return Err(io::Error::last_os_error());
+    };
+    // The files are owned before anything else can fail, so none leaks.
+    // SAFETY: the kernel filled `msg_controllen` bytes of `space` with
+    // well-formed control messages; SCM_RIGHTS data is an array of open fds
+    // now owned by this process.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                    files.push_back(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        // SAFETY: the kernel wrote `read` bytes at the start of the free room.
+        buf.set_len(buf.len() + read);
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more files came with one read than it has room for",
+        ));
+    }
+    Ok(read)
+}
+
+/// The server's reader of one slot socket: newline-delimited frames
+/// ([`LineDecoder`]) and the files attached to them.
+#[derive(Debug)]
+pub struct SlotReader {
+    socket: OwnedReadHalf,
+    buf: BytesMut,
+    decoder: LineDecoder,
+    files: VecDeque<OwnedFd>,
+    ended: bool,
+}
+
+impl SlotReader {
+    /// Reads frames of at most the default limit from `socket`.
+    pub fn new(socket: OwnedReadHalf) -> Self {
+        Self {
+            socket,
+            buf: BytesMut::with_capacity(READ_ROOM),
+            decoder: LineDecoder::default(),
+            files: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// The next frame; `None` at a clean end of the stream.
+    pub async fn next_frame(&mut self) -> Option<Result<BytesMut, FrameError>> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.ended {
+                if self.buf.is_empty() {
+                    return None;
+                }
+                self.buf.clear();
+                self.decoder = LineDecoder::default();
+                return Some(Err(FrameError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream ended inside a frame",
+                ))));
+            }
+            if let Err(e) = self.read().await {
+                return Some(Err(e.into()));
+            }
+        }
+    }
+
+    /// One read of what the socket holds, waiting until it holds something.
+    async fn read(&mut self) -> io::Result<()> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM {
+            self.buf.reserve(READ_ROOM);
+        }
+        let Self {
+            socket,
+            buf,
+            files,
+            ended,
+            ..
+        } = self;
+        let stream = socket.as_ref();
+        loop {
+            stream.readable().await?;
+            match stream.try_io(Interest::READABLE, || {
+                recv_with_files(stream.as_fd(), buf, files)
+            }) {
+                Ok(0) => {
+                    *ended = true;
+                    return Ok(());
+                }
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The oldest attached file not yet taken: the one attached to the
+    /// earliest frame, among those read, that says it carries one.
+    pub fn take_file(&mut self) -> Option<OwnedFd> {
+        self.files.pop_front()
+    }
+
+    /// True when bytes read from the socket are still waiting to be decoded.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    fn file_with(text: &str) -> std::fs::File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    fn text_of(fd: OwnedFd) -> String {
+        let mut file = std::fs::File::from(fd);
+        file.rewind().unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn files_arrive_in_the_order_of_the_frames_that_carry_them() {
+        let (worker, server) = std::os::unix::net::UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let server = tokio::net::UnixStream::from_std(server).unwrap();
+        let (read, _write) = server.into_split();
+        let mut reader = SlotReader::new(read);
+        let sender = std::thread::spawn(move || {
+            let mut worker = worker;
+            worker.write_all(b"{\"n\":0}\n").unwrap();
+            for n in 1..=3 {
+                let frame = format!("{{\"n\":{n}}}\n");
+                let file = file_with(&format!("file {n}"));
+                let sent = send_with_file(worker.as_fd(), frame.as_bytes(), file.as_fd()).unwrap();
+                assert!(sent >= 1);
+                worker.write_all(&frame.as_bytes()[sent..]).unwrap();
+                // The sender's copy is closed; the server's stays open.
+            }
+            worker.write_all(b"{\"n\":4}\n").unwrap();
+        });
+        let mut seen = Vec::new();
+        while let Some(frame) = reader.next_frame().await {
+            let frame = frame.unwrap();
+            let n: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+            let n = n["n"].as_u64().unwrap();
+            let file = (1..=3)
+                .contains(&n)
+                .then(|| text_of(reader.take_file().unwrap()));
+            seen.push((n, file));
+        }
+        sender.join().unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (0, None),
+                (1, Some("file 1".into())),
+                (2, Some("file 2".into())),
+                (3, Some("file 3".into())),
+                (4, None),
+            ]
+        );
+        assert!(reader.take_file().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_is_an_error() {
+        let (mut worker, server) = std::os::unix::net::UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let (read, _write) = tokio::net::UnixStream::from_std(server)
+            .unwrap()
+            .into_split();
+        let mut reader = SlotReader::new(read);
+        worker.write_all(b"{\"n\":0}\n{\"n\"").unwrap();
+        drop(worker);
+        assert_eq!(
+            &reader.next_frame().await.unwrap().unwrap()[..],
+            b"{\"n\":0}"
+        );
+        assert!(matches!(
+            reader.next_frame().await,
+            Some(Err(FrameError::Io(_)))
+        ));
+        assert!(reader.next_frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_one_read_comes_whole() {
+        let (worker, server) = std::os::unix::net::UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let (read, _write) = tokio::net::UnixStream::from_std(server)
+            .unwrap()
+            .into_split();
+        let mut reader = SlotReader::new(read);
+        let long = format!("\"{}\"", "x".repeat(3 << 20));
+        let wire = format!("{long}\n");
+        let sender = std::thread::spawn(move || {
+            let mut worker = worker;
+            worker.write_all(wire.as_bytes()).unwrap();
+        });
+        let frame = reader.next_frame().await.unwrap().unwrap();
+        assert_eq!(frame.len(), long.len());
+        sender.join().unwrap();
+        assert!(reader.next_frame().await.is_none());
+    }
+}
