@@ -921,6 +921,46 @@ mod tests {
         assert!(JsonText::read_file(&file).is_err(), "not UTF-8");
     }
 
+    /// A memory file holding `text`, sealed as the worker seals one or not.
+    fn memory_file(text: &[u8], sealed: bool) -> std::fs::File {
+        let mut file = crate::ipc::memory_file().unwrap();
+        std::io::Write::write_all(&mut file, text).unwrap();
+        if sealed {
+            crate::ipc::seal(&file).unwrap();
+        }
+        file
+    }
+
+    #[test]
+    fn an_attached_output_is_kept_in_a_map_of_its_sealed_file() {
+        let text = format!("\"{}\"", "x".repeat(1 << 20));
+        let file = memory_file(text.as_bytes(), true);
+        let kept = JsonText::take_attached(file).unwrap();
+        assert!(kept.get() == text);
+        let nested = memory_file(b" [1, {\"a\": \"\\u00e9\"}]\n", true);
+        assert_eq!(
+            JsonText::take_attached(nested).unwrap().get(),
+            r#"[1, {"a": "\u00e9"}]"#
+        );
+        for bad in [&b""[..], b"{", b"\"\xff\"", b"\"a\" 1"] {
+            assert!(
+                JsonText::take_attached(memory_file(bad, true)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_attached_output_without_its_seals_is_copied() {
+        use std::os::unix::fs::FileExt;
+        let file = memory_file(b"\"abc\"", false);
+        let writer = file.try_clone().unwrap();
+        let kept = JsonText::take_attached(file).unwrap();
+        // The sender can still write to the file: the text kept is a copy.
+        writer.write_all_at(b"zzz", 1).unwrap();
+        assert_eq!(kept.get(), "\"abc\"");
+    }
+
     #[test]
     fn stream_readers_get_history_then_live_events() {
         let handle = PredictionHandle::with_stream(

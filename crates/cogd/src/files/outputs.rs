@@ -14,10 +14,13 @@
 //! value is then the reply's `Location` (query string dropped) or the PUT URL.
 //! A file inside the prediction's directory is removed once it is sent.
 //!
-//! A value too large for one protocol frame arrives as a file of JSON in the
-//! prediction's directory; it is unlinked, read once into memory of its own
-//! and checked there ([`JsonText::read_file`]), and never parsed again: a
-//! value this module builds (files spliced in) is JSON by construction.
+//! A value too large for one protocol frame arrives as a sealed memory file
+//! attached to its message, checked and kept in a read-only map of that file
+//! ([`JsonText::take_attached`]); or, from a worker that cannot make memory
+//! files, as a file of JSON in the prediction's directory, unlinked, read
+//! once into memory of its own and checked there ([`JsonText::read_file`]).
+//! Either is never parsed again: a value this module builds (files spliced
+//! in) is JSON by construction.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -34,6 +34,40 @@ pub fn is_sealed(file: BorrowedFd<'_>) -> bool {
     seals >= 0 && seals & OUTPUT_SEALS == OUTPUT_SEALS
 }
 
+/// A new, empty memory file that can be sealed.
+pub fn memory_file() -> io::Result<std::fs::File> {
+    // SAFETY: the name is NUL-terminated; the call returns a new fd or -1.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"cogd-output".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Seals `file` as the server requires ([`OUTPUT_SEALS`]), so
+/// nothing in this process (model code included) can change or shrink it
+/// once the server has checked it, and no further seal can be added.
+pub fn seal(file: &std::fs::File) -> io::Result<()> {
+    // SAFETY: F_ADD_SEALS takes an int of seal flags.
+    let sealed = unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            crate::ipc::OUTPUT_SEALS | libc::F_SEAL_SEAL,
+        )
+    };
+    if sealed < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Room for the control message of one read: up to 8 files (the worker
 /// attaches one per frame, and one read never takes the files of two
 /// `sendmsg` calls), kept 8-byte aligned as `cmsghdr` needs.

@@ -11,7 +11,7 @@ mod attach;
 mod codec;
 mod messages;
 
-pub use attach::{is_sealed, send_with_file, SlotReader, OUTPUT_SEALS};
+pub use attach::{is_sealed, memory_file, seal, send_with_file, SlotReader, OUTPUT_SEALS};
 
 pub use codec::{encode_line, FrameError, FrameReader, LineDecoder, MAX_FRAME_BYTES};
 pub use messages::{

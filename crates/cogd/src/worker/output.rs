@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde_json::value::RawValue;
@@ -163,10 +163,10 @@ fn spill_with(
     name: &str,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<Carrier> {
-    match memory_file() {
+    match crate::ipc::memory_file() {
         Ok(file) => {
             write_buffered(&file, write)?;
-            seal(&file)?;
+            crate::ipc::seal(&file)?;
             Ok(Carrier::Attached(file.into()))
         }
         Err(_) => spill_to_file(dir, name, write),
@@ -198,43 +198,10 @@ fn write_buffered(
     out.flush()
 }
 
-/// A new, empty memory file that can be sealed.
-fn memory_file() -> io::Result<File> {
-    // SAFETY: the name is NUL-terminated; the call returns a new fd or -1.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"cogd-output".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-/// Seals `file` as the server requires ([`crate::ipc::OUTPUT_SEALS`]), so
-/// nothing in this process (model code included) can change or shrink it
-/// once the server has checked it, and no further seal can be added.
-fn seal(file: &File) -> io::Result<()> {
-    // SAFETY: F_ADD_SEALS takes an int of seal flags.
-    let sealed = unsafe {
-        libc::fcntl(
-            file.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            crate::ipc::OUTPUT_SEALS | libc::F_SEAL_SEAL,
-        )
-    };
-    if sealed < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     fn pieces(pieces: &[&str], strings: &[&str]) -> OutputJson {
         OutputJson::from_pieces(
