@@ -89,9 +89,9 @@ enum Text {
     Mapped(Box<MappedText>),
 }
 
-/// A range of a read-only memory map that holds checked JSON text: of
-/// private anonymous memory, or of a memory file sealed against writes and
-/// resizing.
+/// A range of a read-only memory map that holds JSON text, checked or
+/// written as JSON: of private anonymous memory, or of a memory file sealed
+/// against writes and resizing.
 #[derive(Debug)]
 struct MappedText {
     /// `None` only while being dropped.
@@ -104,9 +104,10 @@ impl MappedText {
     fn get(&self) -> &str {
         let map = self.map.as_ref().expect("mapped until dropped");
         let bytes = &map[self.start..self.start + self.len];
-        // SAFETY: `JsonText::checked` found this range to be UTF-8, and the
-        // map is read-only and either anonymous and private or of a sealed
-        // file (`JsonText::take_attached`): nothing can change it since.
+        // SAFETY: `JsonText::checked` found this range to be UTF-8, or the
+        // caller of `JsonText::written_map` promised it is; and the map is
+        // read-only and either anonymous and private or of a sealed file
+        // (`JsonText::take_attached`): nothing can change it since.
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
@@ -149,6 +150,24 @@ impl JsonText {
             "written text is JSON"
         );
         Self(Arc::new(Text::Written(text.into_boxed_str())))
+    }
+
+    /// Like [`JsonText::written`], for text this server built in a private
+    /// anonymous map (its first `len` bytes), made read-only.
+    ///
+    /// # Safety
+    /// Those bytes must be UTF-8: the text is read without checking again.
+    pub unsafe fn written_map(map: memmap2::Mmap, len: usize) -> Self {
+        debug_assert!(
+            std::str::from_utf8(&map[..len])
+                .is_ok_and(|text| serde_json::from_str::<&RawValue>(text).is_ok()),
+            "written text is JSON"
+        );
+        Self(Arc::new(Text::Mapped(Box::new(MappedText {
+            map: Some(map),
+            start: 0,
+            len,
+        }))))
     }
 
     /// The JSON value in `file`, a memory file the worker attached to its
