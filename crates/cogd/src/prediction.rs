@@ -215,10 +215,17 @@ impl JsonText {
 
     /// The first `len` bytes of `map`, checked to be one JSON value. One
     /// string with nothing escaped (most large outputs) is checked with a
-    /// fast scan. Otherwise parsing a borrowed raw value checks the JSON and
+    /// fast scan, which checks its UTF-8 too when it is ASCII. Otherwise parsing a borrowed raw value checks the JSON and
     /// its UTF-8, and tells where the value is (surrounding whitespace left
     /// out).
     fn checked(map: memmap2::Mmap, len: usize) -> Result<Self, String> {
+        if crate::json::is_plain_ascii_string(&map[..len]) {
+            return Ok(Self(Arc::new(Text::Mapped(Box::new(MappedText {
+                map: Some(map),
+                start: 0,
+                len,
+            })))));
+        }
         let text = std::str::from_utf8(&map[..len]).map_err(|e| format!("not JSON: {e}"))?;
         let (start, len) = if crate::json::is_plain_string(text) {
             (0, len)
