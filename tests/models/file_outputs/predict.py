@@ -122,9 +122,11 @@ def long_strings(size: int = 100_000) -> dict:
 
 
 def stream_long_strings(size: int = 100_000) -> Iterator[str]:
-    """Yields a short string, a long one that JSON must escape, another short one."""
+    """Yields a short string, a long one that JSON must escape, a long ASCII one
+    right after it (two large chunks in a row), another short one."""
     yield "small"
     yield long_string("mixed", size)
+    yield long_string("ascii", size)
     yield "after"
 
 
