@@ -1,14 +1,16 @@
 //! Open files attached to frames on a slot socket (`SCM_RIGHTS`).
 //!
-//! The worker sends a large output as a sealed memory file attached to the
-//! frame that names it (`output_attached`), so the output never touches a
-//! disk and the server serves it from the pages the worker wrote, with no
-//! copy. The kernel hands a file over with the first bytes of the `sendmsg`
-//! that carried it, and the worker attaches each file to the first bytes of
-//! its own frame; so by the time a frame is decoded, its file has arrived,
-//! and files come in the order of the frames that carry them. The reader
-//! queues them in that order and the frame's consumer takes the oldest
-//! ([`SlotReader::take_file`]).
+//! A JSON text too large for one frame travels as a sealed memory file
+//! attached to the frame that names it: a large input with `predict`
+//! (`input_attached`), a large output with `output`/`done`
+//! (`output_attached`). It never touches a disk, and the server serves an
+//! output from the pages the worker wrote, with no copy. The kernel hands a
+//! file over with the first bytes of the `sendmsg` that carried it, and each
+//! file is attached to the first bytes of its own frame; so by the time a
+//! frame is decoded, its file has arrived, and files come in the order of
+//! the frames that carry them. The readers ([`SlotReader`] on the server,
+//! [`FileReceiver`] in the worker) queue them in that order and the frame's
+//! consumer takes the oldest.
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use bytes::BytesMut;
 use tokio::io::Interest;
-use tokio::net::unix::OwnedReadHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::Decoder;
 
 use super::{FrameError, LineDecoder};
@@ -127,18 +129,18 @@ pub fn send_with_file(
     }
 }
 
-/// Reads what `socket` holds, without waiting, into `buf`'s free room, and
-/// queues the files that came with it on `files`. `Ok(0)` at the end of the
-/// stream (or when `buf` has no free room).
+/// One `recvmsg` on `socket` into `buf` with `flags`, queueing the files that
+/// came with the bytes on `files`. `Ok(0)` at the end of the stream (or when
+/// `buf` is empty).
 fn recv_with_files(
     socket: BorrowedFd<'_>,
-    buf: &mut BytesMut,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+    flags: libc::c_int,
     files: &mut VecDeque<OwnedFd>,
 ) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
     let mut iov = libc::iovec {
-        iov_base: spare.as_mut_ptr().cast(),
-        iov_len: spare.len(),
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
     let mut space = ControlSpace::default();
     // SAFETY: an all-zero msghdr is valid (no name, no buffers).
@@ -147,17 +149,20 @@ fn recv_with_files(
     msg.msg_iovlen = 1;
     msg.msg_control = space.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of::<ControlSpace>() as _;
-    // SAFETY: `msg` points at live buffers of the lengths it gives; the
-    // kernel writes at most that much. Files are opened close-on-exec.
-    let read = unsafe {
-        libc::recvmsg(
-            socket.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    let Ok(read) = usize::try_from(read) else {
-        return Err(io::Error::last_os_error());
+    let read = loop {
+        // SAFETY: `msg` points at live buffers of the lengths it gives; the
+        // kernel writes at most that much. Files are opened close-on-exec.
+        let read =
+            unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+        match usize::try_from(read) {
+            Ok(read) => break read,
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
     };
     // The files are owned before anything else can fail, so none leaks.
     // SAFETY: the kernel filled `msg_controllen` bytes of `space` with
@@ -175,8 +180,6 @@ fn recv_with_files(
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
-        // SAFETY: the kernel wrote `read` bytes at the start of the free room.
-        buf.set_len(buf.len() + read);
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Err(io::Error::new(
@@ -185,6 +188,62 @@ fn recv_with_files(
         ));
     }
     Ok(read)
+}
+
+/// Writes `frame` on `socket` with `file` attached to its first bytes: the
+/// server's side of [`send_with_file`], for the `predict` frame of a large
+/// input.
+pub async fn write_with_file(
+    socket: &mut OwnedWriteHalf,
+    frame: &[u8],
+    file: BorrowedFd<'_>,
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let sent = {
+        let stream = socket.as_ref();
+        loop {
+            stream.writable().await?;
+            match stream.try_io(Interest::WRITABLE, || {
+                send_with_file(stream.as_fd(), frame, file)
+            }) {
+                Ok(sent) => break sent,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    socket.write_all(&frame[sent..]).await
+}
+
+/// A blocking slot socket that keeps the files attached to what it reads:
+/// the worker's side, read through [`super::FrameReader`].
+#[derive(Debug)]
+pub struct FileReceiver {
+    socket: std::os::unix::net::UnixStream,
+    files: VecDeque<OwnedFd>,
+}
+
+impl FileReceiver {
+    /// Reads `socket` (blocking).
+    pub fn new(socket: std::os::unix::net::UnixStream) -> Self {
+        Self {
+            socket,
+            files: VecDeque::new(),
+        }
+    }
+
+    /// The oldest attached file not yet taken (see [`SlotReader::take_file`]).
+    pub fn take_file(&mut self) -> Option<OwnedFd> {
+        self.files.pop_front()
+    }
+}
+
+impl std::io::Read for FileReceiver {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: the kernel only writes initialised bytes into `buf`.
+        let buf = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        recv_with_files(self.socket.as_fd(), buf, 0, &mut self.files)
+    }
 }
 
 /// The server's reader of one slot socket: newline-delimited frames
@@ -250,9 +309,19 @@ impl SlotReader {
         let stream = socket.as_ref();
         loop {
             stream.readable().await?;
-            match stream.try_io(Interest::READABLE, || {
-                recv_with_files(stream.as_fd(), buf, files)
-            }) {
+            let result = stream.try_io(Interest::READABLE, || {
+                let read = recv_with_files(
+                    stream.as_fd(),
+                    buf.spare_capacity_mut(),
+                    libc::MSG_DONTWAIT,
+                    files,
+                )?;
+                // SAFETY: the kernel wrote `read` bytes at the start of the
+                // free room.
+                unsafe { buf.set_len(buf.len() + read) };
+                Ok(read)
+            });
+            match result {
                 Ok(0) => {
                     *ended = true;
                     return Ok(());
@@ -338,6 +407,45 @@ mod tests {
             ]
         );
         assert!(reader.take_file().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_worker_reads_the_files_the_server_attaches_in_order() {
+        let (server, worker) = std::os::unix::net::UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let (_read, mut write) = tokio::net::UnixStream::from_std(server)
+            .unwrap()
+            .into_split();
+        let reader = std::thread::spawn(move || {
+            let mut frames = super::super::FrameReader::new(FileReceiver::new(worker));
+            let mut seen = Vec::new();
+            while let Some(frame) = frames.next_frame().unwrap() {
+                let file =
+                    (frame[0] == b'f').then(|| text_of(frames.get_mut().take_file().unwrap()));
+                seen.push((String::from_utf8(frame.to_vec()).unwrap(), file));
+            }
+            seen
+        });
+        for n in 0..3 {
+            let file = file_with(&format!("input {n}"));
+            write_with_file(&mut write, format!("f{n}\n").as_bytes(), file.as_fd())
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut write, b"plain\n")
+                .await
+                .unwrap();
+        }
+        drop(write);
+        let seen = reader.join().unwrap();
+        let want: Vec<(String, Option<String>)> = (0..3)
+            .flat_map(|n| {
+                [
+                    (format!("f{n}"), Some(format!("input {n}"))),
+                    ("plain".into(), None),
+                ]
+            })
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[tokio::test]

@@ -123,6 +123,11 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// What it reads from.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// The next frame, or `None` at a clean end of stream.
     pub fn next_frame(&mut self) -> Result<Option<BytesMut>, FrameError> {
         loop {

@@ -173,9 +173,14 @@ pub enum SlotRequest {
         /// it is, and read out of it without being parsed into values.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input: Option<Box<RawValue>>,
-        /// The input object in a file, for inputs too large for one frame.
+        /// The input object in a file, for inputs too large for one frame
+        /// (where the server cannot make memory files).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input_file: Option<PathBuf>,
+        /// True when the input object, too large for one frame, is in a
+        /// sealed memory file attached to this frame.
+        #[serde(default, skip_serializing_if = "is_false")]
+        input_attached: bool,
         /// A directory owned by this prediction for files it writes.
         output_dir: PathBuf,
         /// The request's `context`, visible to the run.
@@ -197,6 +202,8 @@ struct PredictFrame {
     input: Option<Box<RawValue>>,
     #[serde(default)]
     input_file: Option<PathBuf>,
+    #[serde(default)]
+    input_attached: bool,
     output_dir: PathBuf,
     #[serde(default)]
     context: serde_json::Map<String, serde_json::Value>,
@@ -209,10 +216,17 @@ impl TryFrom<PredictFrame> for SlotRequest {
         if frame.kind != "predict" {
             return Err(format!("unknown slot request type {:?}", frame.kind));
         }
+        if carriers(&frame.input, &frame.input_file, frame.input_attached) > 1 {
+            return Err(
+                "an input travels in at most one of `input`, `input_file` and `input_attached`"
+                    .into(),
+            );
+        }
         Ok(Self::Predict {
             id: frame.id,
             input: frame.input,
             input_file: frame.input_file,
+            input_attached: frame.input_attached,
             output_dir: frame.output_dir,
             context: frame.context,
         })
@@ -575,9 +589,22 @@ mod tests {
             id: "p1".into(),
             input: Some(RawValue::from_string(r#"{"name":"world"}"#.into()).unwrap()),
             input_file: None,
+            input_attached: false,
             output_dir: "/tmp/out".into(),
             context: serde_json::Map::new(),
         });
+        round_trip(&SlotRequest::Predict {
+            id: "p2".into(),
+            input: None,
+            input_file: None,
+            input_attached: true,
+            output_dir: "/tmp/out".into(),
+            context: serde_json::Map::new(),
+        });
+        assert!(serde_json::from_str::<SlotRequest>(
+            r#"{"type":"predict","id":"p","input":{},"input_attached":true,"output_dir":"/o"}"#
+        )
+        .is_err());
         slot_round_trip(&SlotResponse::ProtocolVersion { version: 1 });
         slot_round_trip(&SlotResponse::Log {
             source: LogSource::Stdout,
@@ -1063,6 +1090,7 @@ mod tests {
                     id,
                     input,
                     input_file: None,
+                    input_attached: false,
                     output_dir: output_dir.into(),
                     context: context.into_iter().map(|(k, v)| (k, v.into())).collect(),
                 };

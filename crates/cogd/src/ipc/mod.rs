@@ -4,14 +4,17 @@
 //! Two channels carry them: the **control** channel (the worker's original
 //! stdin/stdout) and one Unix **slot** socket per concurrent run. Both sides use
 //! these types, so a change here is a protocol change: bump [`PROTOCOL_VERSION`].
-//! A slot frame may carry an open file ([`attach`]): a large output, as a
-//! sealed memory file.
+//! A slot frame may carry an open file ([`attach`]): a large input or
+//! output, as a sealed memory file.
 
 mod attach;
 mod codec;
 mod messages;
 
-pub use attach::{is_sealed, memory_file, seal, send_with_file, SlotReader, OUTPUT_SEALS};
+pub use attach::{
+    is_sealed, memory_file, seal, send_with_file, write_with_file, FileReceiver, SlotReader,
+    OUTPUT_SEALS,
+};
 
 pub use codec::{encode_line, FrameError, FrameReader, LineDecoder, MAX_FRAME_BYTES};
 pub use messages::{

@@ -443,6 +443,31 @@ impl Inner {
 /// Inputs larger than this (as JSON) reach the worker through a file.
 const SPILL_INPUT_BYTES: usize = 6 * 1024 * 1024;
 
+/// Where a large input went for the worker to read.
+enum InputSpill {
+    /// A sealed memory file, attached to the `predict` frame.
+    Attached(std::os::fd::OwnedFd),
+    /// `input.json` in the run's directory.
+    File(PathBuf),
+}
+
+/// Writes a large input's JSON where the worker will read it: a sealed
+/// memory file, which never touches a disk (as a large output comes back);
+/// or, where memory files cannot be made, `input.json` in `dir`.
+fn spill_input(text: &str, dir: &std::path::Path) -> std::io::Result<InputSpill> {
+    use std::io::Write;
+    if let Ok(mut file) = crate::ipc::memory_file() {
+        file.write_all(text.as_bytes())?;
+        // Unsealed, the worker reads it all the same.
+        let _ = crate::ipc::seal(&file);
+        return Ok(InputSpill::Attached(file.into()));
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("input.json");
+    std::fs::write(&path, text)?;
+    Ok(InputSpill::File(path))
+}
+
 /// A prediction id when the client gives none: 26 lowercase letters and digits.
 fn generate_id() -> String {
     let uuid = uuid::Uuid::new_v4().as_u128();
@@ -517,7 +542,8 @@ struct Ended {
     stuck: bool,
     /// False only when the run is known to have left nothing in its
     /// directory: it succeeded, and neither side put a file there (no
-    /// fetched or spilled input, no spilled output, no file output).
+    /// fetched input, no input or output spilled to a file rather than a
+    /// memory file, no file output).
     dir_used: bool,
 }
 
@@ -545,7 +571,8 @@ impl Run {
             .predictions_dir
             .join(directory_name(&self.id));
         // The directory is made only when the run needs it (downloaded or
-        // spilled inputs, file outputs): most predictions never touch disk.
+        // inputs spilled to a file, file outputs): most predictions never
+        // touch disk.
         self.handle.update(|p| {
             p.start();
             true
@@ -652,42 +679,44 @@ impl Run {
         if self.handle.is_cancel_requested() {
             return ended(Outcome::Canceled);
         }
-        // A large input travels as a file: frames stay small. Its text is the
-        // prediction's own when nothing changed it.
+        // A large input travels as a file (see `spill_input`): frames stay
+        // small. Its text is the prediction's own when nothing changed it.
         let text = match (&localized, &self.input_text) {
             (None, Some(text)) => text.clone(),
             (localized, _) => JsonText::from_map(localized.as_ref().unwrap_or(&self.input)),
         };
-        let (input, input_file) = if text.get().len() > SPILL_INPUT_BYTES {
-            let path = output_dir.join("input.json");
-            let written = {
-                let (dir, path) = (output_dir.clone(), path.clone());
-                // One write of the shared text, off the runtime's threads.
-                tokio::task::spawn_blocking(move || {
-                    std::fs::create_dir_all(&dir)?;
-                    std::fs::write(&path, text.get())
-                })
+        let mut attached = None;
+        let (input, input_file, input_attached) = if text.get().len() > SPILL_INPUT_BYTES {
+            let dir = output_dir.clone();
+            // One write of the shared text, off the runtime's threads.
+            let spilled = tokio::task::spawn_blocking(move || spill_input(text.get(), &dir))
                 .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            };
-            if let Err(e) = written {
-                return ended(Outcome::Failed(format!("cannot write the input: {e}")));
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match spilled {
+                Ok(InputSpill::Attached(file)) => {
+                    attached = Some(file);
+                    (None, None, true)
+                }
+                Ok(InputSpill::File(path)) => {
+                    dir_used = true;
+                    (None, Some(path), false)
+                }
+                Err(e) => return ended(Outcome::Failed(format!("cannot write the input: {e}"))),
             }
-            dir_used = true;
-            (None, Some(path))
         } else {
-            (Some(text.to_raw()), None)
+            (Some(text.to_raw()), None, false)
         };
         let request = SlotRequest::Predict {
             id: self.id.clone(),
             input,
             input_file,
+            input_attached,
             output_dir: output_dir.clone(),
             context: self.context.clone(),
         };
         // Lasts until the run's final event: every return below ends it.
         let _run_span = telemetry::phase_span(Phase::Run);
-        let mut events = match self.inner.supervisor.run(slot, &request).await {
+        let mut events = match self.inner.supervisor.run(slot, &request, attached).await {
             Ok(events) => events,
             Err(e) => return ended(Outcome::Failed(e.to_string())),
         };

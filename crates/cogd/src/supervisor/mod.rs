@@ -354,12 +354,14 @@ impl Supervisor {
         self.inner.lock_ready().1.clone()
     }
 
-    /// Hands `request` to `slot`; the returned channel yields the run's events
-    /// and ends with a final one ([`SlotEvent::is_final`]).
+    /// Hands `request` to `slot`, with `attached` (a large input's memory
+    /// file) attached to it; the returned channel yields the run's events and
+    /// ends with a final one ([`SlotEvent::is_final`]).
     pub async fn run(
         &self,
         slot: usize,
         request: &SlotRequest,
+        attached: Option<std::os::fd::OwnedFd>,
     ) -> Result<mpsc::Receiver<SlotEvent>, DispatchError> {
         let frame = encode_line(request)?;
         let (tx, rx) = mpsc::channel(256);
@@ -372,7 +374,14 @@ impl Supervisor {
             return Err(DispatchError::NotConnected(slot));
         };
         *slot_ref.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-        if let Err(e) = socket.write_all(&frame).await {
+        let written = match &attached {
+            Some(file) => {
+                use std::os::fd::AsFd;
+                crate::ipc::write_with_file(socket, &frame, file.as_fd()).await
+            }
+            None => socket.write_all(&frame).await,
+        };
+        if let Err(e) = written {
             slot_ref
                 .run
                 .lock()

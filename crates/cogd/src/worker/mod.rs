@@ -21,8 +21,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use crate::ipc::{
-    encode_line, ControlRequest, ControlResponse, FileOutput, FrameReader, HealthcheckStatus,
-    LogSource, MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    encode_line, ControlRequest, ControlResponse, FileOutput, FileReceiver, FrameReader,
+    HealthcheckStatus, LogSource, MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
 use crate::metrics::MetricError;
 use capture::LogRouter;
@@ -614,7 +614,7 @@ impl SlotContext {
             writer.send(&SlotResponse::ProtocolVersion {
                 version: PROTOCOL_VERSION,
             })?;
-            Ok((FrameReader::new(stream), writer))
+            Ok((FrameReader::new(FileReceiver::new(stream)), writer))
         });
         match connected {
             Ok((reader, writer)) => slot_loop(
@@ -638,7 +638,7 @@ impl SlotContext {
 /// One slot's thread: takes a prediction, runs it, reports, repeats.
 fn slot_loop(
     slot: usize,
-    mut reader: FrameReader<UnixStream>,
+    mut reader: FrameReader<FileReceiver>,
     writer: Sender,
     handler: &dyn Handler,
     router: &LogRouter,
@@ -660,15 +660,29 @@ fn slot_loop(
             id,
             input,
             input_file,
+            input_attached,
             output_dir,
             context,
         } = request;
-        let input_json = match (input, input_file) {
-            (Some(input), _) => Ok(String::from(Box::<str>::from(input))),
-            (None, Some(file)) => std::fs::read_to_string(&file).map_err(|e| {
+        // Taken whatever else the frame says, so the next frame's file is
+        // never mistaken for this one's.
+        let attached = input_attached.then(|| reader.get_mut().take_file());
+        let input_json = match (input, input_file, attached) {
+            (Some(input), _, _) => Ok(String::from(Box::<str>::from(input))),
+            (None, _, Some(Some(file))) => {
+                // From its start: the server's writes left its offset at the end.
+                let mut file = std::fs::File::from(file);
+                std::io::Seek::rewind(&mut file)
+                    .and_then(|()| std::io::read_to_string(file))
+                    .map_err(|e| RunError::Failed(format!("cannot read the attached input: {e}")))
+            }
+            (None, _, Some(None)) => Err(RunError::Failed(
+                "the input was to come attached to its message, and no file came".into(),
+            )),
+            (None, Some(file), None) => std::fs::read_to_string(&file).map_err(|e| {
                 RunError::Failed(format!("cannot read input file {}: {e}", file.display()))
             }),
-            (None, None) => Ok("{}".to_string()),
+            (None, None, None) => Ok("{}".to_string()),
         };
         router.begin_run(slot, writer.clone());
         RUN_METRICS
