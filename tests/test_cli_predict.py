@@ -99,3 +99,25 @@ def test_bad_input_and_bad_usage_exit_2(tmp_path):
     for args in (["-i", "no-equals-sign"], ["--json", "[1, 2]"], ["-i", "name=@missing.txt"]):
         result = cogd_predict(tmp_path, str(EXAMPLES / "hello"), *args)
         assert result.returncode == 2, explain(result)
+
+
+def test_a_reader_that_stops_early_is_no_failure(tmp_path):
+    """`cogd predict … | head`: the output outgrows the pipe, the reader
+    closes it after a few bytes, and cogd exits 0 without a panic."""
+    (tmp_path / "input.json").write_text(json.dumps({"token": "t" * (1 << 20)}))
+    # The run also logs its token: stderr goes to a file, so it never blocks.
+    with open(tmp_path / "stderr", "wb") as err:
+        proc = subprocess.Popen(
+            [str(cogd_executable()), "predict", str(MODELS / "basic"), "--json", "@input.json"],
+            cwd=tmp_path,
+            env=server_env(None),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+        assert proc.stdout.read(3) == b"ok:"
+        proc.stdout.close()
+        code = proc.wait(timeout=TIMEOUT_S)
+    stderr = (tmp_path / "stderr").read_text(errors="replace")
+    assert code == 0, stderr[-2000:]
+    assert "panicked" not in stderr, stderr[-2000:]

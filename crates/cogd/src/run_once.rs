@@ -11,6 +11,7 @@
 //! Exit codes: 0 when the run succeeded; 1 when setup or the run failed (or
 //! was interrupted); 2 for bad usage or an input the model's schema refuses.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -428,18 +429,22 @@ fn print_output(document: &Value, mode: Mode, output: Value) -> Result<(), Failu
         "output",
         &std::env::current_dir().unwrap_or_default(),
     )?;
-    match output {
-        Value::String(text) => println!("{text}"),
+    let text = match output {
+        Value::String(text) => text,
         Value::Array(items) if concatenate && items.iter().all(Value::is_string) => {
-            let text: String = items.iter().filter_map(Value::as_str).collect();
-            println!("{text}");
+            items.iter().filter_map(Value::as_str).collect()
         }
-        other => println!(
-            "{}",
-            serde_json::to_string_pretty(&other).unwrap_or_default()
-        ),
+        other => serde_json::to_string_pretty(&other).unwrap_or_default(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        // The reader stopped early (`cogd predict … | head`): it has what
+        // it wanted, and that is no failure.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::Failed(format!("cannot write the output: {e}")))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Writes every `data:` URI in `value` to a file in `dir`, named after where
