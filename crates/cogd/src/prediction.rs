@@ -163,11 +163,7 @@ impl JsonText {
                 .is_ok_and(|text| serde_json::from_str::<&RawValue>(text).is_ok()),
             "written text is JSON"
         );
-        Self(Arc::new(Text::Mapped(Box::new(MappedText {
-            map: Some(map),
-            start: 0,
-            len,
-        }))))
+        Self::mapped(map, 0, len)
     }
 
     /// The JSON value in `file`, a memory file the worker attached to its
@@ -215,33 +211,35 @@ impl JsonText {
 
     /// The first `len` bytes of `map`, checked to be one JSON value. One
     /// string with nothing escaped (most large outputs) is checked with a
-    /// fast scan, which checks its UTF-8 too when it is ASCII. Otherwise parsing a borrowed raw value checks the JSON and
-    /// its UTF-8, and tells where the value is (surrounding whitespace left
-    /// out).
+    /// fast scan, which checks its UTF-8 too when it is ASCII. Otherwise
+    /// parsing a borrowed raw value checks the JSON and its UTF-8, and tells
+    /// where the value is (surrounding whitespace left out).
     fn checked(map: memmap2::Mmap, len: usize) -> Result<Self, String> {
-        if crate::json::is_plain_ascii_string(&map[..len]) {
-            return Ok(Self(Arc::new(Text::Mapped(Box::new(MappedText {
-                map: Some(map),
-                start: 0,
-                len,
-            })))));
-        }
-        let text = std::str::from_utf8(&map[..len]).map_err(|e| format!("not JSON: {e}"))?;
-        let (start, len) = if crate::json::is_plain_string(text) {
+        let (start, len) = if crate::json::is_plain_ascii_string(&map[..len]) {
             (0, len)
         } else {
-            let raw: &RawValue =
-                serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-            (
-                raw.get().as_ptr() as usize - map.as_ptr() as usize,
-                raw.get().len(),
-            )
+            let text = std::str::from_utf8(&map[..len]).map_err(|e| format!("not JSON: {e}"))?;
+            if crate::json::is_plain_string(text) {
+                (0, len)
+            } else {
+                let raw: &RawValue =
+                    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+                (
+                    raw.get().as_ptr() as usize - map.as_ptr() as usize,
+                    raw.get().len(),
+                )
+            }
         };
-        Ok(Self(Arc::new(Text::Mapped(Box::new(MappedText {
+        Ok(Self::mapped(map, start, len))
+    }
+
+    /// The text in `len` bytes of `map` from `start`, which hold JSON text.
+    fn mapped(map: memmap2::Mmap, start: usize, len: usize) -> Self {
+        Self(Arc::new(Text::Mapped(Box::new(MappedText {
             map: Some(map),
             start,
             len,
-        })))))
+        }))))
     }
 }
 

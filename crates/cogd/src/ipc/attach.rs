@@ -8,32 +8,31 @@
 //! file over with the first bytes of the `sendmsg` that carried it, and each
 //! file is attached to the first bytes of its own frame; so by the time a
 //! frame is decoded, its file has arrived, and files come in the order of
-//! the frames that carry them. The readers ([`SlotReader`] on the server,
-//! [`FileReceiver`] in the worker) queue them in that order and the frame's
+//! the frames that carry them. Both sides read slot sockets through a
+//! [`FileReceiver`], which queues them in that order, and the frame's
 //! consumer takes the oldest.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::codec::Decoder;
 
-use super::{FrameError, LineDecoder};
+/// The seals put on a memory file before it is attached, and that the server
+/// checks before it maps one: the file's size and bytes are fixed for good,
+/// so a map of it can neither change under a reader nor end short of it
+/// (which would fault the server).
+pub const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
-/// The seals the worker puts on a memory file before attaching it, and that
-/// the server checks before it maps one: the file's size and bytes are fixed
-/// for good, so a map of it can neither change under a reader nor end short
-/// of it (which would fault the server).
-pub const OUTPUT_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-
-/// True when `file` carries every one of [`OUTPUT_SEALS`].
+/// True when `file` carries every one of [`SEALS`].
 pub fn is_sealed(file: BorrowedFd<'_>) -> bool {
     // SAFETY: F_GET_SEALS takes no argument; -1 for a file without seals.
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    seals >= 0 && seals & OUTPUT_SEALS == OUTPUT_SEALS
+    seals >= 0 && seals & SEALS == SEALS
 }
 
 /// A new, empty memory file that can be sealed.
@@ -41,7 +40,7 @@ pub fn memory_file() -> io::Result<std::fs::File> {
     // SAFETY: the name is NUL-terminated; the call returns a new fd or -1.
     let fd = unsafe {
         libc::memfd_create(
-            c"cogd-output".as_ptr(),
+            c"cogd-spill".as_ptr(),
             libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
         )
     };
@@ -52,16 +51,16 @@ pub fn memory_file() -> io::Result<std::fs::File> {
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
-/// Seals `file` as the server requires ([`OUTPUT_SEALS`]), so
-/// nothing in this process (model code included) can change or shrink it
-/// once the server has checked it, and no further seal can be added.
+/// Seals `file` with [`SEALS`], so nothing in the process that wrote it
+/// (model code included) can change or shrink it once it has been checked,
+/// and no further seal can be added.
 pub fn seal(file: &std::fs::File) -> io::Result<()> {
     // SAFETY: F_ADD_SEALS takes an int of seal flags.
     let sealed = unsafe {
         libc::fcntl(
             file.as_raw_fd(),
             libc::F_ADD_SEALS,
-            crate::ipc::OUTPUT_SEALS | libc::F_SEAL_SEAL,
+            SEALS | libc::F_SEAL_SEAL,
         )
     };
     if sealed < 0 {
@@ -70,13 +69,62 @@ pub fn seal(file: &std::fs::File) -> io::Result<()> {
     Ok(())
 }
 
+/// Where a JSON text too large for one frame went.
+#[derive(Debug)]
+pub enum Spill {
+    /// Into a memory file (sealed, where sealing worked), to attach to the
+    /// frame that names it.
+    Attached(OwnedFd),
+    /// Into this file, where memory files cannot be made.
+    File(PathBuf),
+}
+
+/// Writes a text too large for one frame with `write`: into a sealed memory
+/// file, or, where memory files cannot be made, into `name` in `dir` (made
+/// if need be). Long strings are written straight from where they are (a
+/// write that large passes the buffer by); the buffer gathers small pieces.
+pub fn spill(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<Spill> {
+    match memory_file() {
+        Ok(file) => {
+            write_buffered(&file, write)?;
+            // Should sealing ever fail, the text still goes: the server
+            // copies an unsealed file instead of mapping it.
+            let _ = seal(&file);
+            Ok(Spill::Attached(file.into()))
+        }
+        Err(_) => spill_to_file(dir, name, write),
+    }
+}
+
+/// [`spill`]'s fallback: the text into `name` in `dir`.
+fn spill_to_file(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<Spill> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    write_buffered(&std::fs::File::create(&path)?, write)?;
+    Ok(Spill::File(path))
+}
+
+fn write_buffered(
+    mut file: &std::fs::File,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, &mut file);
+    write(&mut out)?;
+    out.flush()
+}
+
 /// Room for the control message of one read: up to 8 files (the worker
 /// attaches one per frame, and one read never takes the files of two
 /// `sendmsg` calls), kept 8-byte aligned as `cmsghdr` needs.
 type ControlSpace = [u64; 8];
-
-/// Free room made in the buffer before each read (as tokio's `FramedRead`).
-const READ_ROOM: usize = 8 * 1024;
 
 /// Sends `bytes` on the stream socket `socket` with `file` attached, and
 /// returns how many of them went: at least one, and the file went with the
@@ -215,122 +263,21 @@ pub async fn write_with_file(
     socket.write_all(&frame[sent..]).await
 }
 
-/// A blocking slot socket that keeps the files attached to what it reads:
-/// the worker's side, read through [`super::FrameReader`].
+/// A slot socket that keeps the files attached to what it reads: the
+/// worker's blocking one (`std` `UnixStream`, read by [`super::FrameReader`])
+/// or the server's half of a tokio one (read by `FramedRead`).
 #[derive(Debug)]
-pub struct FileReceiver {
-    socket: std::os::unix::net::UnixStream,
+pub struct FileReceiver<S> {
+    socket: S,
     files: VecDeque<OwnedFd>,
 }
 
-impl FileReceiver {
-    /// Reads `socket` (blocking).
-    pub fn new(socket: std::os::unix::net::UnixStream) -> Self {
+impl<S> FileReceiver<S> {
+    /// Reads `socket`.
+    pub fn new(socket: S) -> Self {
         Self {
             socket,
             files: VecDeque::new(),
-        }
-    }
-
-    /// The oldest attached file not yet taken (see [`SlotReader::take_file`]).
-    pub fn take_file(&mut self) -> Option<OwnedFd> {
-        self.files.pop_front()
-    }
-}
-
-impl std::io::Read for FileReceiver {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: the kernel only writes initialised bytes into `buf`.
-        let buf = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-        recv_with_files(self.socket.as_fd(), buf, 0, &mut self.files)
-    }
-}
-
-/// The server's reader of one slot socket: newline-delimited frames
-/// ([`LineDecoder`]) and the files attached to them.
-#[derive(Debug)]
-pub struct SlotReader {
-    socket: OwnedReadHalf,
-    buf: BytesMut,
-    decoder: LineDecoder,
-    files: VecDeque<OwnedFd>,
-    ended: bool,
-}
-
-impl SlotReader {
-    /// Reads frames of at most the default limit from `socket`.
-    pub fn new(socket: OwnedReadHalf) -> Self {
-        Self {
-            socket,
-            buf: BytesMut::with_capacity(READ_ROOM),
-            decoder: LineDecoder::default(),
-            files: VecDeque::new(),
-            ended: false,
-        }
-    }
-
-    /// The next frame; `None` at a clean end of the stream.
-    pub async fn next_frame(&mut self) -> Option<Result<BytesMut, FrameError>> {
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(frame)) => return Some(Ok(frame)),
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
-            }
-            if self.ended {
-                if self.buf.is_empty() {
-                    return None;
-                }
-                self.buf.clear();
-                self.decoder = LineDecoder::default();
-                return Some(Err(FrameError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "stream ended inside a frame",
-                ))));
-            }
-            if let Err(e) = self.read().await {
-                return Some(Err(e.into()));
-            }
-        }
-    }
-
-    /// One read of what the socket holds, waiting until it holds something.
-    async fn read(&mut self) -> io::Result<()> {
-        if self.buf.capacity() - self.buf.len() < READ_ROOM {
-            self.buf.reserve(READ_ROOM);
-        }
-        let Self {
-            socket,
-            buf,
-            files,
-            ended,
-            ..
-        } = self;
-        let stream = socket.as_ref();
-        loop {
-            stream.readable().await?;
-            let result = stream.try_io(Interest::READABLE, || {
-                let read = recv_with_files(
-                    stream.as_fd(),
-                    buf.spare_capacity_mut(),
-                    libc::MSG_DONTWAIT,
-                    files,
-                )?;
-                // SAFETY: the kernel wrote `read` bytes at the start of the
-                // free room.
-                unsafe { buf.set_len(buf.len() + read) };
-                Ok(read)
-            });
-            match result {
-                Ok(0) => {
-                    *ended = true;
-                    return Ok(());
-                }
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
         }
     }
 
@@ -339,17 +286,65 @@ impl SlotReader {
     pub fn take_file(&mut self) -> Option<OwnedFd> {
         self.files.pop_front()
     }
+}
 
-    /// True when bytes read from the socket are still waiting to be decoded.
-    pub fn has_buffered(&self) -> bool {
-        !self.buf.is_empty()
+impl io::Read for FileReceiver<std::os::unix::net::UnixStream> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: the kernel only writes initialised bytes into `buf`.
+        let buf = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        recv_with_files(self.socket.as_fd(), buf, 0, &mut self.files)
+    }
+}
+
+impl AsyncRead for FileReceiver<OwnedReadHalf> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Self { socket, files } = self.get_mut();
+        let stream = socket.as_ref();
+        loop {
+            std::task::ready!(stream.poll_read_ready(cx))?;
+            // SAFETY: the kernel only writes initialised bytes, and only the
+            // bytes it reports are marked filled below.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let read = stream.try_io(Interest::READABLE, || {
+                recv_with_files(stream.as_fd(), unfilled, libc::MSG_DONTWAIT, files)
+            });
+            match read {
+                Ok(read) => {
+                    // SAFETY: the kernel wrote `read` bytes at the start of
+                    // the unfilled part.
+                    unsafe { buf.assume_init(read) };
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Seek, Write};
+    use crate::ipc::{FrameError, LineDecoder};
+    use futures_util::StreamExt;
+    use std::io::{Read, Seek};
+    use tokio_util::codec::FramedRead;
+
+    /// The server's reader of the server end of a socket pair.
+    fn server_frames(
+        server: std::os::unix::net::UnixStream,
+    ) -> FramedRead<FileReceiver<OwnedReadHalf>, LineDecoder> {
+        server.set_nonblocking(true).unwrap();
+        let (read, _write) = tokio::net::UnixStream::from_std(server)
+            .unwrap()
+            .into_split();
+        FramedRead::new(FileReceiver::new(read), LineDecoder::default())
+    }
 
     fn file_with(text: &str) -> std::fs::File {
         let mut file = tempfile::tempfile().unwrap();
@@ -368,10 +363,7 @@ mod tests {
     #[tokio::test]
     async fn files_arrive_in_the_order_of_the_frames_that_carry_them() {
         let (worker, server) = std::os::unix::net::UnixStream::pair().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let server = tokio::net::UnixStream::from_std(server).unwrap();
-        let (read, _write) = server.into_split();
-        let mut reader = SlotReader::new(read);
+        let mut reader = server_frames(server);
         let sender = std::thread::spawn(move || {
             let mut worker = worker;
             worker.write_all(b"{\"n\":0}\n").unwrap();
@@ -386,13 +378,13 @@ mod tests {
             worker.write_all(b"{\"n\":4}\n").unwrap();
         });
         let mut seen = Vec::new();
-        while let Some(frame) = reader.next_frame().await {
+        while let Some(frame) = reader.next().await {
             let frame = frame.unwrap();
             let n: serde_json::Value = serde_json::from_slice(&frame).unwrap();
             let n = n["n"].as_u64().unwrap();
             let file = (1..=3)
                 .contains(&n)
-                .then(|| text_of(reader.take_file().unwrap()));
+                .then(|| text_of(reader.get_mut().take_file().unwrap()));
             seen.push((n, file));
         }
         sender.join().unwrap();
@@ -406,7 +398,7 @@ mod tests {
                 (4, None),
             ]
         );
-        assert!(reader.take_file().is_none());
+        assert!(reader.get_mut().take_file().is_none());
     }
 
     #[tokio::test]
@@ -448,44 +440,49 @@ mod tests {
         assert_eq!(seen, want);
     }
 
+    #[test]
+    fn a_spill_file_holds_the_whole_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("run");
+        let big = vec![b'x'; 200 * 1024];
+        let spilled = spill_to_file(&sub, "output.json", |out| {
+            out.write_all(b"[\"")?;
+            out.write_all(&big)?;
+            out.write_all(b"\"]")
+        })
+        .unwrap();
+        let Spill::File(path) = spilled else {
+            panic!("not a file: {spilled:?}");
+        };
+        assert_eq!(path, sub.join("output.json"));
+        let text = std::fs::read(path).unwrap();
+        assert!(text == [&b"[\""[..], &big, b"\"]"].concat());
+    }
+
     #[tokio::test]
     async fn a_stream_cut_inside_a_frame_is_an_error() {
         let (mut worker, server) = std::os::unix::net::UnixStream::pair().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let (read, _write) = tokio::net::UnixStream::from_std(server)
-            .unwrap()
-            .into_split();
-        let mut reader = SlotReader::new(read);
+        let mut reader = server_frames(server);
         worker.write_all(b"{\"n\":0}\n{\"n\"").unwrap();
         drop(worker);
-        assert_eq!(
-            &reader.next_frame().await.unwrap().unwrap()[..],
-            b"{\"n\":0}"
-        );
-        assert!(matches!(
-            reader.next_frame().await,
-            Some(Err(FrameError::Io(_)))
-        ));
-        assert!(reader.next_frame().await.is_none());
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"{\"n\":0}");
+        assert!(matches!(reader.next().await, Some(Err(FrameError::Io(_)))));
+        assert!(reader.next().await.is_none());
     }
 
     #[tokio::test]
     async fn a_frame_larger_than_one_read_comes_whole() {
         let (worker, server) = std::os::unix::net::UnixStream::pair().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let (read, _write) = tokio::net::UnixStream::from_std(server)
-            .unwrap()
-            .into_split();
-        let mut reader = SlotReader::new(read);
+        let mut reader = server_frames(server);
         let long = format!("\"{}\"", "x".repeat(3 << 20));
         let wire = format!("{long}\n");
         let sender = std::thread::spawn(move || {
             let mut worker = worker;
             worker.write_all(wire.as_bytes()).unwrap();
         });
-        let frame = reader.next_frame().await.unwrap().unwrap();
+        let frame = reader.next().await.unwrap().unwrap();
         assert_eq!(frame.len(), long.len());
         sender.join().unwrap();
-        assert!(reader.next_frame().await.is_none());
+        assert!(reader.next().await.is_none());
     }
 }

@@ -281,7 +281,7 @@ pub enum SlotResponse {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output_file: Option<PathBuf>,
         /// True when the value's JSON, too large for one frame, is in a
-        /// sealed memory file attached to this frame ([`super::SlotReader`]).
+        /// sealed memory file attached to this frame ([`super::FileReceiver`]).
         #[serde(default, skip_serializing_if = "is_false")]
         output_attached: bool,
         /// The chunk's position.
@@ -340,7 +340,7 @@ pub enum SlotResponse {
 
 impl SlotResponse {
     /// True when the frame says a file is attached to it (`output_attached`):
-    /// its reader must take one ([`super::SlotReader::take_file`]).
+    /// its reader must take one ([`super::FileReceiver::take_file`]).
     pub fn carries_file(&self) -> bool {
         matches!(
             self,

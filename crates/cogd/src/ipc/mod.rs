@@ -12,8 +12,8 @@ mod codec;
 mod messages;
 
 pub use attach::{
-    is_sealed, memory_file, seal, send_with_file, write_with_file, FileReceiver, SlotReader,
-    OUTPUT_SEALS,
+    is_sealed, memory_file, seal, send_with_file, spill, write_with_file, FileReceiver, Spill,
+    SEALS,
 };
 
 pub use codec::{encode_line, FrameError, FrameReader, LineDecoder, MAX_FRAME_BYTES};

@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::files::outputs::{OutputSender, OutputTarget};
 use crate::files::Fetcher;
-use crate::ipc::{Mode, SlotRequest};
+use crate::ipc::{Mode, SlotRequest, Spill};
 use crate::prediction::{JsonText, Outcome, Prediction, PredictionHandle};
 use crate::schema::{InputError, LiveSchema};
 use crate::supervisor::{OutputValue, SetupRecord, SlotEvent, Supervisor, WorkerState};
@@ -443,31 +443,6 @@ impl Inner {
 /// Inputs larger than this (as JSON) reach the worker through a file.
 const SPILL_INPUT_BYTES: usize = 6 * 1024 * 1024;
 
-/// Where a large input went for the worker to read.
-enum InputSpill {
-    /// A sealed memory file, attached to the `predict` frame.
-    Attached(std::os::fd::OwnedFd),
-    /// `input.json` in the run's directory.
-    File(PathBuf),
-}
-
-/// Writes a large input's JSON where the worker will read it: a sealed
-/// memory file, which never touches a disk (as a large output comes back);
-/// or, where memory files cannot be made, `input.json` in `dir`.
-fn spill_input(text: &str, dir: &std::path::Path) -> std::io::Result<InputSpill> {
-    use std::io::Write;
-    if let Ok(mut file) = crate::ipc::memory_file() {
-        file.write_all(text.as_bytes())?;
-        // Unsealed, the worker reads it all the same.
-        let _ = crate::ipc::seal(&file);
-        return Ok(InputSpill::Attached(file.into()));
-    }
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join("input.json");
-    std::fs::write(&path, text)?;
-    Ok(InputSpill::File(path))
-}
-
 /// A prediction id when the client gives none: 26 lowercase letters and digits.
 fn generate_id() -> String {
     let uuid = uuid::Uuid::new_v4().as_u128();
@@ -679,7 +654,7 @@ impl Run {
         if self.handle.is_cancel_requested() {
             return ended(Outcome::Canceled);
         }
-        // A large input travels as a file (see `spill_input`): frames stay
+        // A large input travels as a file: frames stay
         // small. Its text is the prediction's own when nothing changed it.
         let text = match (&localized, &self.input_text) {
             (None, Some(text)) => text.clone(),
@@ -688,16 +663,22 @@ impl Run {
         let mut attached = None;
         let (input, input_file, input_attached) = if text.get().len() > SPILL_INPUT_BYTES {
             let dir = output_dir.clone();
-            // One write of the shared text, off the runtime's threads.
-            let spilled = tokio::task::spawn_blocking(move || spill_input(text.get(), &dir))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            // One write of the shared text, off the runtime's threads: into a
+            // sealed memory file, which never touches a disk (as a large
+            // output comes back), or `input.json` where none can be made.
+            let spilled = tokio::task::spawn_blocking(move || {
+                crate::ipc::spill(&dir, "input.json", |out| {
+                    out.write_all(text.get().as_bytes())
+                })
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match spilled {
-                Ok(InputSpill::Attached(file)) => {
+                Ok(Spill::Attached(file)) => {
                     attached = Some(file);
                     (None, None, true)
                 }
-                Ok(InputSpill::File(path)) => {
+                Ok(Spill::File(path)) => {
                     dir_used = true;
                     (None, Some(path), false)
                 }

@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 
 use crate::ipc::{
-    encode_line, ControlRequest, ControlResponse, FileOutput, FrameError, LineDecoder, LogSource,
-    MetricMode, Mode, SlotReader, SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    encode_line, ControlRequest, ControlResponse, FileOutput, FileReceiver, FrameError,
+    LineDecoder, LogSource, MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
 use healthcheck::Healthchecks;
@@ -525,9 +525,9 @@ impl Inner {
                 .await
                 .map_err(|e| format!("cannot connect to slot socket {}: {e}", path.display()))?;
             let (read, write) = stream.into_split();
-            let mut frames = SlotReader::new(read);
+            let mut frames = FramedRead::new(FileReceiver::new(read), LineDecoder::default());
             let first = frames
-                .next_frame()
+                .next()
                 .await
                 .ok_or_else(|| format!("slot {index} closed before saying its protocol version"))?
                 .map_err(|e| format!("slot {index}: {e}"))?;
@@ -659,9 +659,9 @@ impl Inner {
         self: Arc<Self>,
         slots: Arc<Vec<Slot>>,
         index: usize,
-        mut frames: SlotReader,
+        mut frames: FramedRead<FileReceiver<tokio::net::unix::OwnedReadHalf>, LineDecoder>,
     ) {
-        while let Some(frame) = frames.next_frame().await {
+        while let Some(frame) = frames.next().await {
             if let Err(FrameError::Io(e)) = &frame {
                 // The connection broke (a worker that died with output still
                 // unread resets it): reported below as the worker's death.
@@ -686,7 +686,7 @@ impl Inner {
                 }
             };
             let attached = if message.carries_file() {
-                let Some(file) = frames.take_file() else {
+                let Some(file) = frames.get_mut().take_file() else {
                     tracing::error!(
                         slot = index,
                         "a slot message said it carried a file, and none came"
@@ -746,7 +746,7 @@ impl Inner {
                 if let Some(run) = run {
                     let _ = run.send(event).await;
                 }
-                if !frames.has_buffered() {
+                if frames.read_buffer().is_empty() {
                     // Everything read so far has been handed on: let the run
                     // act on it (send the first chunk of a stream to its
                     // readers) before reading more. A model that yields faster

@@ -638,7 +638,7 @@ impl SlotContext {
 /// One slot's thread: takes a prediction, runs it, reports, repeats.
 fn slot_loop(
     slot: usize,
-    mut reader: FrameReader<FileReceiver>,
+    mut reader: FrameReader<FileReceiver<UnixStream>>,
     writer: Sender,
     handler: &dyn Handler,
     router: &LogRouter,

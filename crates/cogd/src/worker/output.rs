@@ -11,12 +11,13 @@
 //! Python's `json` module takes about 50 ms to escape a 20 MiB string; this
 //! takes a few, and makes no copy of the string on the way.
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde_json::value::RawValue;
+
+use crate::ipc::Spill;
 
 use super::SPILL_OUTPUT_BYTES;
 
@@ -110,16 +111,15 @@ pub(super) fn inline(output: OutputJson) -> io::Result<Box<RawValue>> {
 pub(super) enum Carrier {
     /// In its message, checked to be JSON.
     Inline(Box<RawValue>),
-    /// In a sealed memory file attached to its message
-    /// ([`crate::ipc::send_with_file`]): it never touches a disk, and the
-    /// server serves it from these pages without copying them. Writing a
-    /// 20 MiB spill to a file on ext4 took 5 ms at best here, but 20-140 ms
-    /// whenever the file system was catching up on blocks freed by earlier
-    /// spills; this takes about 10 ms every time, and saves the server the
-    /// 10-15 ms of reading a file into memory of its own.
-    Attached(OwnedFd),
-    /// In a file in the run's directory (where memory files cannot be made).
-    File(PathBuf),
+    /// Spilled ([`crate::ipc::spill`]): in a sealed memory file attached to
+    /// its message, so it never touches a disk and the server serves it from
+    /// these pages without copying them (writing a 20 MiB spill to a file on
+    /// ext4 took 5 ms at best here, but 20-140 ms whenever the file system
+    /// was catching up on blocks freed by earlier spills; this takes about
+    /// 10 ms every time, and saves the server the 10-15 ms of reading a file
+    /// into memory of its own); or in a file in the run's directory, where
+    /// memory files cannot be made.
+    Spilled(Spill),
 }
 
 impl Carrier {
@@ -135,15 +135,15 @@ impl Carrier {
     ) {
         match self {
             Self::Inline(value) => (Some(value), None, false, None),
-            Self::Attached(file) => (None, None, true, Some(file)),
-            Self::File(path) => (None, Some(path), false, None),
+            Self::Spilled(Spill::Attached(file)) => (None, None, true, Some(file)),
+            Self::Spilled(Spill::File(path)) => (None, Some(path), false, None),
         }
     }
 }
 
 /// The output inline (see [`inline`]); or, past [`SPILL_OUTPUT_BYTES`],
-/// spilled: into a sealed memory file, or where that cannot be made, into
-/// `name` in `dir`. A spilled output is not parsed here: the server checks
+/// spilled ([`crate::ipc::spill`], into `name` in `dir` where memory files
+/// cannot be made). A spilled output is not parsed here: the server checks
 /// it as it takes it, and fails the prediction if it is not JSON.
 pub(super) fn spill(output: OutputJson, dir: &Path, name: &str) -> io::Result<Carrier> {
     if output.min_len() <= SPILL_OUTPUT_BYTES {
@@ -151,53 +151,10 @@ pub(super) fn spill(output: OutputJson, dir: &Path, name: &str) -> io::Result<Ca
         if text.len() <= SPILL_OUTPUT_BYTES {
             return inline(OutputJson::text(text)).map(Carrier::Inline);
         }
-        return spill_with(dir, name, |file| file.write_all(text.as_bytes()));
+        return crate::ipc::spill(dir, name, |file| file.write_all(text.as_bytes()))
+            .map(Carrier::Spilled);
     }
-    spill_with(dir, name, |file| output.write_to(file))
-}
-
-/// Spills text that `write` writes: into a sealed memory file, or into `name`
-/// in `dir` where memory files cannot be made.
-fn spill_with(
-    dir: &Path,
-    name: &str,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<Carrier> {
-    match crate::ipc::memory_file() {
-        Ok(file) => {
-            write_buffered(&file, write)?;
-            // Should sealing ever fail, the output still goes: the server
-            // copies a file without its seals instead of mapping it.
-            let _ = crate::ipc::seal(&file);
-            Ok(Carrier::Attached(file.into()))
-        }
-        Err(_) => spill_to_file(dir, name, write),
-    }
-}
-
-/// Spills text that `write` writes into `name` in `dir`.
-fn spill_to_file(
-    dir: &Path,
-    name: &str,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<Carrier> {
-    // The server makes a run's directory only when it needs one itself.
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(name);
-    write_buffered(&File::create(&path)?, write)?;
-    Ok(Carrier::File(path))
-}
-
-/// Writes to `file` with `write`. Long strings are written straight from
-/// where they are (a write that large passes the buffer by); the buffer
-/// gathers the small pieces.
-fn write_buffered(
-    mut file: &File,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, &mut file);
-    write(&mut out)?;
-    out.flush()
+    crate::ipc::spill(dir, name, |file| output.write_to(file)).map(Carrier::Spilled)
 }
 
 #[cfg(test)]
@@ -230,12 +187,12 @@ mod tests {
 
     /// The text of a spilled output, and the seals of its memory file.
     fn spilled(carrier: Carrier) -> (String, libc::c_int) {
-        let Carrier::Attached(fd) = carrier else {
+        let Carrier::Spilled(Spill::Attached(fd)) = carrier else {
             panic!("not attached: {carrier:?}");
         };
         // SAFETY: F_GET_SEALS takes no argument.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-        let file = File::from(fd);
+        let file = std::fs::File::from(fd);
         let mut bytes = vec![0; file.metadata().unwrap().len() as usize];
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).unwrap();
         (String::from_utf8(bytes).unwrap(), seals)
@@ -250,7 +207,7 @@ mod tests {
         let big = spill(pieces(&["[", "]"], &[&long]), dir.path(), "big.json").unwrap();
         let (text, seals) = spilled(big);
         assert!(text == serde_json::to_string(&[&long]).unwrap());
-        let all = crate::ipc::OUTPUT_SEALS | libc::F_SEAL_SEAL;
+        let all = crate::ipc::SEALS | libc::F_SEAL_SEAL;
         assert_eq!(seals & all, all, "seals {seals:#x}");
         // Short before escaping, too long after: spilled as well.
         let quotes = "\"".repeat(SPILL_OUTPUT_BYTES / 2 + 1);
@@ -266,28 +223,14 @@ mod tests {
     fn a_sealed_spill_cannot_be_changed() {
         let dir = tempfile::tempdir().unwrap();
         let long = "x".repeat(SPILL_OUTPUT_BYTES + 1);
-        let Carrier::Attached(fd) = spill(pieces(&["", ""], &[&long]), dir.path(), "o").unwrap()
+        let Carrier::Spilled(Spill::Attached(fd)) =
+            spill(pieces(&["", ""], &[&long]), dir.path(), "o").unwrap()
         else {
             panic!("not attached");
         };
-        let file = File::from(fd);
+        let file = std::fs::File::from(fd);
         assert!((&file).write_all(b"y").is_err());
         assert!(file.set_len(1).is_err());
         assert!(file.set_len(1 << 30).is_err());
-    }
-
-    #[test]
-    fn a_spill_file_holds_the_whole_text() {
-        let dir = tempfile::tempdir().unwrap();
-        let sub = dir.path().join("run");
-        let carrier = spill_to_file(&sub, "output.json", |out| {
-            pieces(&["{\"a\":", "}"], &["é\""]).write_to(out)
-        })
-        .unwrap();
-        let Carrier::File(path) = carrier else {
-            panic!("not a file: {carrier:?}");
-        };
-        assert_eq!(path, sub.join("output.json"));
-        assert_eq!(std::fs::read_to_string(path).unwrap(), r#"{"a":"é\""}"#);
     }
 }
