@@ -4,12 +4,17 @@
 //!
 //! Finished predictions are bounded in count, in age, and in the bytes they
 //! hold (input, output, logs): a model that fills every prediction's logs to
-//! the cap must not make the server keep a thousand of them.
+//! the cap must not make the server keep a thousand of them. A finished
+//! prediction without a stream is kept as its final state alone, without the
+//! channels that followed it while it ran: they are most of a small
+//! prediction's memory, and the thousand kept are most of the heap of a
+//! server that runs small predictions.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::prediction::PredictionHandle;
+use crate::prediction::{Prediction, PredictionHandle};
 
 /// Finished predictions kept at most.
 const KEEP_FINISHED: usize = 1000;
@@ -19,38 +24,65 @@ const KEEP_FOR: Duration = Duration::from_secs(10 * 60);
 /// whatever its size.
 const KEEP_BYTES: usize = 256 * 1024 * 1024;
 
+/// One prediction as the registry keeps it.
+enum Kept {
+    /// Running, or finished with a stream that readers attaching late replay.
+    Live(PredictionHandle),
+    /// Finished, with no stream: its final state is all there is to show.
+    Finished(Box<Prediction>),
+}
+
 #[derive(Default)]
 pub(crate) struct Registry {
-    by_id: HashMap<String, PredictionHandle>,
+    /// Every kept prediction by id; the id's text is shared with `finished`.
+    by_id: HashMap<Arc<str>, Kept>,
     /// Finished ids, oldest first, with when they finished and their size.
-    finished: VecDeque<(Instant, String, usize)>,
+    finished: VecDeque<(Instant, Arc<str>, usize)>,
     /// The sum of the sizes in `finished`.
     finished_bytes: usize,
 }
 
 impl Registry {
+    /// The prediction with this id. A finished one kept as its final state
+    /// comes back in a new handle, already terminal: waiting on it returns at
+    /// once, and cancelling it does nothing, as for any finished prediction.
     pub(crate) fn get(&self, id: &str) -> Option<PredictionHandle> {
-        self.by_id.get(id).cloned()
+        match self.by_id.get(id)? {
+            Kept::Live(handle) => Some(handle.clone()),
+            Kept::Finished(prediction) => Some(PredictionHandle::new((**prediction).clone())),
+        }
     }
 
     pub(crate) fn insert(&mut self, id: String, handle: PredictionHandle) {
-        self.by_id.insert(id, handle);
+        self.by_id.insert(id.into(), Kept::Live(handle));
     }
 
     /// Every prediction not yet finished.
     pub(crate) fn unfinished(&self) -> Vec<PredictionHandle> {
         self.by_id
             .values()
-            .filter(|h| !h.snapshot().status.is_terminal())
-            .cloned()
+            .filter_map(|kept| match kept {
+                Kept::Live(handle) if !handle.snapshot().status.is_terminal() => {
+                    Some(handle.clone())
+                }
+                _ => None,
+            })
             .collect()
     }
 
     /// Marks `id` finished; it stays findable for a while.
     pub(crate) fn finished(&mut self, id: &str) {
         let now = Instant::now();
-        let size = self.by_id.get(id).map_or(0, PredictionHandle::size);
-        self.finished.push_back((now, id.to_string(), size));
+        let Some((id, Kept::Live(handle))) = self.by_id.get_key_value(id) else {
+            return;
+        };
+        let id = Arc::clone(id);
+        let size = handle.size();
+        if !handle.has_stream() {
+            let last = Kept::Finished(Box::new(handle.snapshot()));
+            self.by_id.insert(Arc::clone(&id), last);
+        }
+        self.finished.push_back((now, id, size));
         self.finished_bytes += size;
         while let Some((at, _, _)) = self.finished.front() {
             let within = self.finished.len() <= KEEP_FINISHED
@@ -69,7 +101,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prediction::Prediction;
+    use crate::prediction::{Outcome, Status};
 
     fn handle(id: &str) -> PredictionHandle {
         PredictionHandle::new(Prediction::new(id.into(), &serde_json::json!({}), None))
@@ -103,5 +135,39 @@ mod tests {
         assert!(registry.get("p1").is_none());
         assert!(registry.get("p2").is_some() && registry.get("p4").is_some());
         assert!(registry.finished_bytes <= KEEP_BYTES);
+    }
+
+    #[test]
+    fn a_finished_prediction_is_kept_as_its_final_state() {
+        let mut registry = Registry::default();
+        let running = handle("plain");
+        registry.insert("plain".into(), running.clone());
+        running.update(|p| {
+            p.logs.push_str("hello\n");
+            p.finish(Outcome::Succeeded {
+                predict_time: 0.5,
+                is_stream: false,
+            })
+        });
+        registry.finished("plain");
+        assert!(matches!(registry.by_id["plain"], Kept::Finished(_)));
+        let found = registry.get("plain").expect("kept").snapshot();
+        assert_eq!(found.to_json(), running.snapshot().to_json());
+        assert_eq!(found.status, Status::Succeeded);
+        assert!(registry.unfinished().is_empty());
+    }
+
+    #[test]
+    fn a_finished_stream_stays_live_for_late_readers() {
+        let mut registry = Registry::default();
+        let prediction = Prediction::new("streamed".into(), &serde_json::json!({}), None);
+        let streamed = PredictionHandle::with_stream(prediction, 8);
+        registry.insert("streamed".into(), streamed.clone());
+        streamed.publish("output", "\"a\"".into());
+        streamed.update(|p| p.finish(Outcome::Canceled));
+        registry.finished("streamed");
+        let found = registry.get("streamed").expect("kept");
+        let replay = found.subscribe_stream().expect("the stream is kept");
+        assert_eq!(replay.history.len(), 1);
     }
 }
