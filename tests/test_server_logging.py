@@ -5,6 +5,7 @@ while a prediction is handled names it.
 """
 
 import json
+import time
 
 
 def run_and_stop(server, ids=("logged-ok", "logged-failed")):
@@ -63,3 +64,21 @@ def test_log_format_console_gives_plain_text_logs(start_server):
     assert not all(parses_as_json_object(line) for line in lines), lines[:5]
     finished = [line for line in lines if "prediction finished" in line]
     assert len(finished) == 2 and "logged-ok" in finished[0], finished
+
+
+def test_lines_are_written_while_the_server_runs_and_when_it_stops(start_server):
+    # Info lines are written in batches a few milliseconds apart: the line of a
+    # finished prediction reaches stderr with the server still up, and the
+    # last lines before exit (at info too) are not lost.
+    server = start_server("basic")
+    resp = server.put("/predictions/live-line", json={"input": {"mode": "channels"}})
+    assert resp.status_code == 200, resp.text
+    deadline = time.monotonic() + 10
+    while '"prediction_id":"live-line"' not in server.stderr_text():
+        assert time.monotonic() < deadline, server.output_tail()
+        time.sleep(0.01)
+    assert server.proc.poll() is None
+    server.terminate()
+    assert server.wait_exit(timeout=15) == 0
+    last = json.loads(server.stderr_text().splitlines()[-1])
+    assert last["level"] == "INFO" and last["message"] == "stopped", last

@@ -4,10 +4,14 @@
 //! the top level. A line logged anywhere inside a prediction's span thus has
 //! `prediction_id` beside `message`, where log pipelines look for it.
 
-use std::fmt;
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
 
-use chrono::{SecondsFormat, Utc};
-use serde_json::{Map, Value};
+use chrono::{Datelike, Timelike, Utc};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -16,7 +20,15 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// Formats events as flat JSON objects. Span fields must be recorded with
 /// `JsonFields`, so they can be read back as JSON.
+///
+/// The line is written straight into one reused buffer: a key appears once,
+/// where it first appears, with the value of the nearest source (the event,
+/// then the innermost span). `timestamp`, `level` and `target` are the line's
+/// own and always the event's.
 pub(super) struct FlatJson;
+
+/// The keys every line has, which fields do not override.
+const OWN_KEYS: [&str; 3] = ["timestamp", "level", "target"];
 
 impl<S, N> FormatEvent<S, N> for FlatJson
 where
@@ -29,71 +41,206 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let metadata = event.metadata();
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Utc::now()
-                .to_rfc3339_opts(SecondsFormat::Micros, true)
-                .into(),
-        );
-        line.insert("level".into(), metadata.level().as_str().into());
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                let extensions = span.extensions();
-                let Some(fields) = extensions.get::<FormattedFields<N>>() else {
-                    continue;
-                };
-                // A span without fields has empty text, not `{}`.
-                if let Ok(Value::Object(fields)) = serde_json::from_str(fields.as_str()) {
-                    line.extend(fields);
-                }
-            }
+        thread_local! {
+            static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
         }
-        event.record(&mut Fields(&mut line));
-        line.insert("target".into(), metadata.target().into());
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        let metadata = event.metadata();
+        // The spans' fields, outermost first, as the JSON text they were
+        // recorded in; read back without copying their values.
+        let scope: Vec<_> = ctx
+            .event_scope()
+            .into_iter()
+            .flat_map(|s| s.from_root())
+            .collect();
+        let extensions: Vec<_> = scope.iter().map(|span| span.extensions()).collect();
+        let spans: Vec<Entries<'_>> = extensions
+            .iter()
+            .filter_map(|e| e.get::<FormattedFields<N>>())
+            .filter_map(|fields| serde_json::from_str(fields.as_str()).ok())
+            .collect();
+        SCRATCH.with(|scratch| {
+            let (line, values) = &mut *scratch.borrow_mut();
+            line.clear();
+            values.clear();
+            // The event's own fields: names, and their values' text in `values`.
+            let mut fields = Fields {
+                names: Vec::new(),
+                values,
+            };
+            event.record(&mut fields);
+            let Fields { names, values } = fields;
+            write_line(line, metadata, &spans, &names, values).map_err(|_| fmt::Error)?;
+            let text = std::str::from_utf8(line).map_err(|_| fmt::Error)?;
+            writer.write_str(text)
+        })
     }
 }
 
-/// Collects an event's fields into the line.
-struct Fields<'a>(&'a mut Map<String, Value>);
+/// Writes the whole line, newline included, into `line`.
+fn write_line(
+    line: &mut Vec<u8>,
+    metadata: &tracing::Metadata<'_>,
+    spans: &[Entries<'_>],
+    names: &[(&'static str, std::ops::Range<usize>)],
+    values: &[u8],
+) -> std::io::Result<()> {
+    line.extend_from_slice(b"{\"timestamp\":\"");
+    write_timestamp(line);
+    line.extend_from_slice(b"\",\"level\":\"");
+    line.extend_from_slice(metadata.level().as_str().as_bytes());
+    line.push(b'"');
+    // Each key once, where it first appears, with its nearest value.
+    let mut written: Vec<&str> = Vec::new();
+    let nearest = |key: &str| -> &[u8] {
+        if let Some((_, range)) = names.iter().find(|(name, _)| *name == key) {
+            return &values[range.clone()];
+        }
+        spans
+            .iter()
+            .rev()
+            .find_map(|span| span.0.iter().find(|(k, _)| k == key))
+            .map_or(b"null", |(_, value)| value.get().as_bytes())
+    };
+    let keys = spans
+        .iter()
+        .flat_map(|span| span.0.iter().map(|(key, _)| &**key))
+        .chain(names.iter().map(|(name, _)| *name));
+    for key in keys {
+        if OWN_KEYS.contains(&key) || written.contains(&key) {
+            continue;
+        }
+        write_entry(line, key, nearest(key))?;
+        written.push(key);
+    }
+    line.extend_from_slice(b",\"target\":");
+    crate::json::write_str(line, metadata.target())?;
+    line.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// Writes `,"key":value`, the value already JSON text.
+fn write_entry(line: &mut Vec<u8>, key: &str, value: &[u8]) -> std::io::Result<()> {
+    line.push(b',');
+    crate::json::write_str(line, key)?;
+    line.push(b':');
+    line.extend_from_slice(value);
+    Ok(())
+}
+
+/// The time now as RFC 3339 in UTC to the microsecond: `2026-01-02T03:04:05.123456Z`.
+fn write_timestamp(line: &mut Vec<u8>) {
+    let now = Utc::now();
+    let _ = write!(
+        line,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        now.year(),
+        now.month(),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        // A leap second's nanoseconds run past a second: still six digits.
+        (now.nanosecond() % 1_000_000_000) / 1000,
+    );
+}
+
+/// A JSON object's entries in order, values left as text.
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+/// Collects an event's fields: each name with the range of its value's JSON
+/// text in `values`. A name recorded twice keeps its last value.
+struct Fields<'a> {
+    names: Vec<(&'static str, std::ops::Range<usize>)>,
+    values: &'a mut Vec<u8>,
+}
+
+impl Fields<'_> {
+    fn record(&mut self, field: &Field, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.values.len();
+        write(self.values);
+        let range = start..self.values.len();
+        match self
+            .names
+            .iter_mut()
+            .find(|(name, _)| *name == field.name())
+        {
+            Some((_, old)) => *old = range,
+            None => self.names.push((field.name(), range)),
+        }
+    }
+
+    fn record_text(&mut self, field: &Field, text: &str) {
+        self.record(field, |values| {
+            let _ = crate::json::write_str(values, text);
+        });
+    }
+}
 
 impl Visit for Fields<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
+        self.record(field, |values| {
+            // As serde_json writes a number; JSON has no NaN or infinity.
+            let _ = serde_json::to_writer(values, &serde_json::Value::from(value));
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        self.record(field, |values| {
+            let _ = write!(values, "{value}");
+        });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        self.record(field, |values| {
+            let _ = write!(values, "{value}");
+        });
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        self.record(field, |values| {
+            values.extend_from_slice(if value { b"true" } else { b"false" });
+        });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        self.record_text(field, value);
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0.insert(field.name().into(), value.to_string().into());
+        self.record_text(field, &value.to_string());
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), format!("{value:?}").into());
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        self.record_text(field, &text);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::io::Write;
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::fmt::format::JsonFields;
@@ -120,15 +267,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lines_carry_the_fields_of_the_spans_they_are_in() {
+    /// The lines written while `log` runs, each as its keys and values in order.
+    fn lines_of(log: impl FnOnce()) -> Vec<Vec<(String, Value)>> {
         let buffer = Buffer::default();
         let subscriber = tracing_subscriber::fmt()
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson)
             .with_writer(buffer.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(text.ends_with('\n'));
+        text.lines()
+            .map(|l| {
+                let entries: Entries<'_> = serde_json::from_str(l).unwrap();
+                entries
+                    .0
+                    .into_iter()
+                    .map(|(k, v)| (k.into_owned(), serde_json::from_str(v.get()).unwrap()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn get<'a>(line: &'a [(String, Value)], key: &str) -> &'a Value {
+        let found: Vec<_> = line.iter().filter(|(k, _)| k == key).collect();
+        assert_eq!(found.len(), 1, "{key} once in {line:?}");
+        &found[0].1
+    }
+
+    #[test]
+    fn lines_carry_the_fields_of_the_spans_they_are_in() {
+        let lines = lines_of(|| {
             let span = tracing::info_span!("prediction", prediction_id = tracing::field::Empty);
             span.record("prediction_id", "p-1");
             let _entered = span.enter();
@@ -137,19 +307,85 @@ mod tests {
             });
             tracing::warn!(prediction_id = "p-2", "the event's own field wins");
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["prediction_id"], "p-1");
-        assert_eq!(lines[0]["slot"], 2);
-        assert_eq!(lines[0]["status"], "succeeded");
-        assert_eq!(lines[0]["seconds"], 0.5);
-        assert_eq!(lines[0]["message"], "prediction finished");
-        assert_eq!(lines[0]["level"], "INFO");
-        assert!(lines[0]["timestamp"].is_string() && lines[0]["target"].is_string());
-        assert_eq!(lines[1]["prediction_id"], "p-2");
+        let first = &lines[0];
+        assert_eq!(get(first, "prediction_id"), "p-1");
+        assert_eq!(get(first, "slot"), 2);
+        assert_eq!(get(first, "status"), "succeeded");
+        assert_eq!(get(first, "seconds"), 0.5);
+        assert_eq!(get(first, "message"), "prediction finished");
+        assert_eq!(get(first, "level"), "INFO");
+        assert_eq!(get(first, "target"), module_path!());
+        let keys: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "timestamp",
+                "level",
+                "prediction_id",
+                "slot",
+                "message",
+                "status",
+                "seconds",
+                "target"
+            ]
+        );
+        let second = &lines[1];
+        assert_eq!(get(second, "prediction_id"), "p-2");
+        assert_eq!(get(second, "level"), "WARN");
+    }
+
+    #[test]
+    fn a_key_appears_once_with_its_nearest_value() {
+        let lines = lines_of(|| {
+            let outer = tracing::info_span!("outer", id = "outer", depth = 1, level = "span's");
+            let _outer = outer.enter();
+            let inner = tracing::info_span!("inner", depth = 2, note = "a \"quoted\"\nline");
+            let _inner = inner.enter();
+            tracing::info!(id = "event", target = "event's", "message with \u{e9}");
+        });
+        let line = &lines[0];
+        let keys: Vec<&str> = line.iter().map(|(k, _)| k.as_str()).collect();
+        // A span's fields come in the order `JsonFields` keeps them (by name).
+        assert_eq!(
+            keys,
+            [
+                "timestamp",
+                "level",
+                "depth",
+                "id",
+                "note",
+                "message",
+                "target"
+            ]
+        );
+        assert_eq!(get(line, "id"), "event");
+        assert_eq!(get(line, "depth"), 2);
+        assert_eq!(get(line, "note"), "a \"quoted\"\nline");
+        assert_eq!(get(line, "message"), "message with \u{e9}");
+        // The line's own keys are not fields'.
+        assert_eq!(get(line, "level"), "INFO");
+        assert_eq!(get(line, "target"), module_path!());
+    }
+
+    #[test]
+    fn the_timestamp_is_rfc3339_utc_to_the_microsecond() {
+        let lines =
+            lines_of(|| tracing::info!(n = -3i64, big = u64::MAX, ok = true, nan = f64::NAN, "t"));
+        let line = &lines[0];
+        let stamp = get(line, "timestamp").as_str().unwrap();
+        let parsed = chrono::DateTime::parse_from_rfc3339(stamp).unwrap();
+        assert_eq!(stamp.len(), "2026-01-02T03:04:05.123456Z".len(), "{stamp}");
+        assert!(stamp.ends_with('Z'));
+        assert!(
+            (Utc::now() - parsed.with_timezone(&Utc))
+                .num_seconds()
+                .abs()
+                < 60
+        );
+        assert_eq!(get(line, "n"), -3);
+        assert_eq!(get(line, "big"), u64::MAX);
+        assert_eq!(get(line, "ok"), true);
+        assert_eq!(get(line, "nan"), &Value::Null);
     }
 }

@@ -3,7 +3,8 @@
 //! configured, a trace of each prediction.
 //!
 //! Logs are JSON lines on stderr by default (`LOG_FORMAT=console` for people),
-//! filtered by `COG_LOG_LEVEL` or `RUST_LOG`. The service handles each
+//! filtered by `COG_LOG_LEVEL` or `RUST_LOG`, and written in batches
+//! (`writer.rs`: info lines wait up to 10 ms, warnings and errors go at once). The service handles each
 //! prediction inside a `prediction` span whose `prediction_id` field the JSON
 //! lines carry as a top-level key (`json.rs` flattens span fields into each
 //! line), so every line logged while a prediction is handled names it.
@@ -17,6 +18,7 @@
 mod json;
 mod metrics;
 mod traces;
+mod writer;
 
 use tracing::Span;
 use tracing_subscriber::layer::SubscriberExt;
@@ -38,10 +40,17 @@ impl Telemetry {
     /// Exports the spans still buffered and stops the exporter. Call it from
     /// outside the async runtime, which must still exist (the exporter sends
     /// on it).
-    pub fn shutdown(self) {
-        if let Some(exporter) = self.traces {
+    pub fn shutdown(mut self) {
+        if let Some(exporter) = self.traces.take() {
             exporter.shutdown();
         }
+    }
+}
+
+impl Drop for Telemetry {
+    /// Writes the log lines still gathered.
+    fn drop(&mut self) {
+        writer::flush();
     }
 }
 
@@ -63,16 +72,17 @@ pub fn init_with(default_level: &str, default_console: bool) -> Telemetry {
     let console = std::env::var("LOG_FORMAT")
         .map(|f| f.eq_ignore_ascii_case("console"))
         .unwrap_or(default_console);
+    let stderr = writer::Stderr::gathering();
     let logs = if console {
         tracing_subscriber::fmt::layer()
             .with_target(false)
-            .with_writer(std::io::stderr)
+            .with_writer(stderr)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(json::FlatJson)
-            .with_writer(std::io::stderr)
+            .with_writer(stderr)
             .boxed()
     };
     let settings = traces::configured();
@@ -92,6 +102,7 @@ pub fn init_with(default_level: &str, default_console: bool) -> Telemetry {
     if let Some(error) = trace_error {
         tracing::error!(%error, "cannot export traces; running without them");
     }
+    writer::flush_before_panics();
     if !installed {
         // Another subscriber was first (a second init): spans would not
         // reach this exporter.
