@@ -49,8 +49,9 @@ def test_server_logs_are_json_lines_on_stderr_by_default(start_server):
 
 
 def test_every_line_logged_for_a_prediction_names_it(start_server):
-    # At debug, the acceptance line is logged inside the prediction's span and
-    # carries no id of its own: the id comes from the span.
+    # At debug, the acceptance line is logged while the prediction is handled
+    # and carries no id of its own: the id comes from the prediction's log
+    # context (JSON logs) or span (console logs, traces).
     server = start_server("basic", env={"COG_LOG_LEVEL": "info,cogd=debug"})
     lines = [json.loads(line) for line in run_and_stop(server, ids=("first", "second"))]
     accepted = [line for line in lines if line.get("message") == "prediction accepted"]

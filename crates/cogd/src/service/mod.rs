@@ -316,11 +316,14 @@ impl Service {
     }
 
     /// Admits a prediction and starts it, or returns the existing one with the
-    /// same id. The prediction is handled in its own span (see `telemetry`),
-    /// from here to its terminal state.
+    /// same id. The prediction is handled in its own span and log context
+    /// (see `telemetry`), from here to its terminal state.
     pub fn create(&self, request: NewPrediction) -> Result<Admission, AdmissionError> {
         let span = telemetry::prediction_span(&request.trace_headers);
         let _entered = span.enter();
+        // Once known, the id names every line logged for the prediction.
+        let mut logged_id: Option<Arc<str>> = request.id.as_deref().map(Arc::from);
+        let mut _logged = logged_id.as_ref().map(telemetry::Entered::new);
         if let Some(id) = &request.id {
             telemetry::record_prediction_id(&span, id);
         }
@@ -345,6 +348,12 @@ impl Service {
             telemetry::record_prediction_id(&span, &id);
             id
         });
+        let logged_id = logged_id
+            .get_or_insert_with(|| Arc::from(id.as_str()))
+            .clone();
+        if _logged.is_none() {
+            _logged = Some(telemetry::Entered::new(&logged_id));
+        }
         let prediction = Prediction::new(
             id.clone(),
             redacted.as_ref().unwrap_or(&input),
@@ -379,7 +388,8 @@ impl Service {
             output_file_prefix: request.output_file_prefix,
         };
         tracing::debug!("prediction accepted");
-        tokio::spawn(run.execute(admit).instrument(span.clone()));
+        let run = telemetry::Logged::new(logged_id, run.execute(admit));
+        tokio::spawn(run.instrument(span.clone()));
         Ok(Admission::Created(handle))
     }
 
@@ -589,10 +599,11 @@ impl Run {
             changed
         });
         self.publish_state("completed");
-        self.inner.lock_registry().finished(&self.id);
         // A client waiting for the result answers first: the records below
-        // are not its business and need not delay it.
+        // are not its business and need not delay it. (Until the registry
+        // hears, it keeps the whole handle, already terminal.)
         tokio::task::yield_now().await;
+        self.inner.lock_registry().finished(&self.id);
         let (status, error) = ended.expect("update runs its closure");
         let metrics = &self.inner.metrics;
         metrics.prediction_finished(status);

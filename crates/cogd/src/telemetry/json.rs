@@ -27,6 +27,9 @@ use tracing_subscriber::registry::LookupSpan;
 /// own and always the event's.
 pub(super) struct FlatJson;
 
+/// The key that names the prediction a line is about.
+const PREDICTION_ID: &str = "prediction_id";
+
 /// The keys every line has, which fields do not override.
 const OWN_KEYS: [&str; 3] = ["timestamp", "level", "target"];
 
@@ -69,7 +72,10 @@ where
             };
             event.record(&mut fields);
             let Fields { names, values } = fields;
-            write_line(line, metadata, &spans, &names, values).map_err(|_| fmt::Error)?;
+            super::context::with_current(|prediction| {
+                write_line(line, metadata, prediction, &spans, &names, values)
+            })
+            .map_err(|_| fmt::Error)?;
             let text = std::str::from_utf8(line).map_err(|_| fmt::Error)?;
             writer.write_str(text)
         })
@@ -80,6 +86,7 @@ where
 fn write_line(
     line: &mut Vec<u8>,
     metadata: &tracing::Metadata<'_>,
+    prediction: Option<&str>,
     spans: &[Entries<'_>],
     names: &[(&'static str, std::ops::Range<usize>)],
     values: &[u8],
@@ -105,6 +112,13 @@ fn write_line(
         .iter()
         .flat_map(|span| span.0.iter().map(|(key, _)| &**key))
         .chain(names.iter().map(|(name, _)| *name));
+    // The prediction the line is about, unless a span or the line says it.
+    if let Some(id) = prediction {
+        if keys.clone().all(|key| key != PREDICTION_ID) {
+            line.extend_from_slice(b",\"prediction_id\":");
+            crate::json::write_str(line, id)?;
+        }
+    }
     for key in keys {
         if OWN_KEYS.contains(&key) || written.contains(&key) {
             continue;
@@ -387,5 +401,33 @@ mod tests {
         assert_eq!(get(line, "big"), u64::MAX);
         assert_eq!(get(line, "ok"), true);
         assert_eq!(get(line, "nan"), &Value::Null);
+    }
+
+    #[test]
+    fn lines_name_the_prediction_of_their_context_unless_they_say_another() {
+        let lines = lines_of(|| {
+            tracing::info!("before");
+            let _logged = crate::telemetry::Entered::new(&std::sync::Arc::from("p-ctx"));
+            tracing::info!(status = "ok", "inside");
+            tracing::info_span!("prediction", prediction_id = "p-span")
+                .in_scope(|| tracing::info!("a span says another"));
+            tracing::info!(prediction_id = "p-event", "the line says another");
+        });
+        assert!(lines[0].iter().all(|(k, _)| k != "prediction_id"));
+        let keys: Vec<&str> = lines[1].iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "timestamp",
+                "level",
+                "prediction_id",
+                "message",
+                "status",
+                "target"
+            ]
+        );
+        assert_eq!(get(&lines[1], "prediction_id"), "p-ctx");
+        assert_eq!(get(&lines[2], "prediction_id"), "p-span");
+        assert_eq!(get(&lines[3], "prediction_id"), "p-event");
     }
 }

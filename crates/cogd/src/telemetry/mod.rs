@@ -7,7 +7,10 @@
 //! (`writer.rs`: info lines wait up to 10 ms, warnings and errors go at once). The service handles each
 //! prediction inside a `prediction` span whose `prediction_id` field the JSON
 //! lines carry as a top-level key (`json.rs` flattens span fields into each
-//! line), so every line logged while a prediction is handled names it.
+//! line), so every line logged while a prediction is handled names it. That
+//! span is made only where something reads it (traces on, or console logs);
+//! JSON lines get the id from a thread-local set around the prediction's work
+//! instead (`context.rs`), at a fraction of a span's cost.
 //!
 //! Traces (`traces.rs`) are off unless `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; then the `prediction` span and
@@ -15,16 +18,20 @@
 //! Off, nothing is built: no exporter, no layer, and [`phase_span`] returns
 //! the disabled span.
 
+mod context;
 mod json;
 mod metrics;
 mod traces;
 mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::Span;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub use context::{Entered, Logged};
 pub use metrics::{Metrics, SlotCounts, METRICS_CONTENT_TYPE};
 pub use traces::TraceError;
 
@@ -86,6 +93,9 @@ pub fn init_with(default_level: &str, default_console: bool) -> Telemetry {
             .boxed()
     };
     let settings = traces::configured();
+    // JSON lines take the prediction's id from the context; console lines
+    // show it from the span, and traces export the span.
+    PREDICTION_SPANS.store(console || settings.is_some(), Ordering::Relaxed);
     let (trace_layer, exporter, trace_error) = match &settings {
         None => (None, None, None),
         Some(_) => match traces::start() {
@@ -147,12 +157,21 @@ pub fn phase_span(phase: Phase) -> Span {
     }
 }
 
+/// Whether predictions get a `prediction` span (see [`prediction_span`]):
+/// until [`init`] says otherwise, they do.
+static PREDICTION_SPANS: AtomicBool = AtomicBool::new(true);
+
 /// The span one prediction is handled in, from admission to its terminal
 /// state; `prediction_id` is recorded once known (see
 /// [`record_prediction_id`]). With traces on, `trace_headers` (the W3C
 /// `traceparent`/`tracestate` of the creating request) make it a child of the
-/// caller's span.
+/// caller's span. With traces off and JSON logs, nothing reads it: it is the
+/// disabled span, and the id reaches log lines through [`Entered`] and
+/// [`Logged`].
 pub fn prediction_span(trace_headers: &[(String, String)]) -> Span {
+    if !PREDICTION_SPANS.load(Ordering::Relaxed) {
+        return Span::none();
+    }
     let span = tracing::info_span!("prediction", prediction_id = tracing::field::Empty);
     if traces::enabled() {
         traces::continue_trace(&span, trace_headers);
