@@ -322,8 +322,11 @@ impl Service {
         let span = telemetry::prediction_span(&request.trace_headers);
         let _entered = span.enter();
         // Once known, the id names every line logged for the prediction.
-        let mut logged_id: Option<Arc<str>> = request.id.as_deref().map(Arc::from);
-        let mut _logged = logged_id.as_ref().map(telemetry::Entered::new);
+        let log_as = |id: &str| {
+            let id: Arc<str> = Arc::from(id);
+            (telemetry::Entered::new(&id), id)
+        };
+        let logged = request.id.as_deref().map(log_as);
         if let Some(id) = &request.id {
             telemetry::record_prediction_id(&span, id);
         }
@@ -348,12 +351,7 @@ impl Service {
             telemetry::record_prediction_id(&span, &id);
             id
         });
-        let logged_id = logged_id
-            .get_or_insert_with(|| Arc::from(id.as_str()))
-            .clone();
-        if _logged.is_none() {
-            _logged = Some(telemetry::Entered::new(&logged_id));
-        }
+        let (_logged, logged_id) = logged.unwrap_or_else(|| log_as(&id));
         let prediction = Prediction::new(
             id.clone(),
             redacted.as_ref().unwrap_or(&input),

@@ -1,12 +1,13 @@
-//! The JSON log line: one object per event, with its time, level, the fields
-//! of every span the event is in (outermost first, so a nearer span or the
-//! event itself wins a clash), the event's own fields, and its target, all at
-//! the top level. A line logged anywhere inside a prediction's span thus has
+//! The JSON log line: one object per event, with its time, level, the
+//! prediction of its log context (`context.rs`), the fields of every span the
+//! event is in (outermost first, so a nearer span or the event itself wins a
+//! clash), the event's own fields, and its target, all at the top level. A
+//! line logged anywhere while a prediction is handled thus has
 //! `prediction_id` beside `message`, where log pipelines look for it.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::Write as _;
 
 use chrono::{Datelike, Timelike, Utc};
@@ -245,9 +246,7 @@ impl Visit for Fields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let mut text = String::new();
-        let _ = write!(text, "{value:?}");
-        self.record_text(field, &text);
+        self.record_text(field, &format!("{value:?}"));
     }
 }
 

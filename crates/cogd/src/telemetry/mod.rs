@@ -4,13 +4,14 @@
 //!
 //! Logs are JSON lines on stderr by default (`LOG_FORMAT=console` for people),
 //! filtered by `COG_LOG_LEVEL` or `RUST_LOG`, and written in batches
-//! (`writer.rs`: info lines wait up to 10 ms, warnings and errors go at once). The service handles each
-//! prediction inside a `prediction` span whose `prediction_id` field the JSON
-//! lines carry as a top-level key (`json.rs` flattens span fields into each
-//! line), so every line logged while a prediction is handled names it. That
-//! span is made only where something reads it (traces on, or console logs);
-//! JSON lines get the id from a thread-local set around the prediction's work
-//! instead (`context.rs`), at a fraction of a span's cost.
+//! (`writer.rs`: info lines wait up to 10 ms, warnings and errors go at
+//! once). The service handles each prediction inside a `prediction` span
+//! whose `prediction_id` field the JSON lines carry as a top-level key
+//! (`json.rs` flattens span fields into each line), so every line logged
+//! while a prediction is handled names it. That span is made only where
+//! something reads it (traces on, or console logs); JSON lines get the id
+//! from a thread-local set around the prediction's work instead
+//! (`context.rs`), at a fraction of a span's cost.
 //!
 //! Traces (`traces.rs`) are off unless `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; then the `prediction` span and

@@ -15,7 +15,7 @@ use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// How long a line may wait for others to be written with.
-pub(super) const DELAY: Duration = Duration::from_millis(10);
+const DELAY: Duration = Duration::from_millis(10);
 
 /// Gathered bytes past which the line that goes past is written at once
 /// (with the rest): memory stays bounded whatever the rate of logging.
