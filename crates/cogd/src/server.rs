@@ -186,9 +186,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::debug!(%error, "cannot turn Nagle's algorithm off on a connection");
         }
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    });
+    // As a make-service, each connection gets the router by an `Arc` clone;
+    // served as a `Router`, each would copy its whole route table (an
+    // allocation per route, and a connection per SSE client).
+    let server =
+        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        });
     // Waiting synchronous requests end with their predictions; a connection
     // that never ends must not keep the server up past the grace period.
     let grace = config.shutdown_grace;
