@@ -312,6 +312,25 @@ def test_reattach_replays_the_history_then_follows_live_events(start_server, gat
     assert all(e.received_at >= opened_at for e in events[len(replayed) :]), events
 
 
+@pytest.mark.parametrize("history", ["1024", "0"])
+def test_reattach_after_the_end_replays_the_stream_and_ends(start_server, history):
+    # A finished stream keeps its history, not its live channel: a reader
+    # attaching afterwards gets the kept events and the end, never a hang.
+    server = start_server("streamer", env={"COG_STREAM_HISTORY_CAPACITY": history})
+    body = {"input": {"chunks": 3}}
+    start_async(server, "/predictions/ended-1", **body)
+    final = wait_for_prediction(server, "ended-1")
+    assert final["status"] == "succeeded", final
+    for _ in range(2):
+        events = SseStream(server, "PUT", "/predictions/ended-1", body).wait_ended()
+        if history == "0":
+            assert [e.name for e in events] == ["completed"], events
+        else:
+            assert_well_formed(events, "ended-1")
+            assert output_chunks(events) == chunks(3), events
+        assert events[-1].json["output"] == chunks(3), events
+
+
 @pytest.mark.parametrize(
     "held_at, truncated",
     [(4, False), (6, True)],

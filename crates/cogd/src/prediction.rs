@@ -310,7 +310,8 @@ pub struct Prediction {
     /// Where it is.
     pub status: Status,
     /// Outputs received so far: a stream's chunks, or a plain run's one value
-    /// (added just before it finishes).
+    /// (added just before it finishes). Empty once finished: they are in
+    /// `output` then.
     pub outputs: Vec<JsonText>,
     /// The final output, set when the prediction succeeds.
     pub output: Option<JsonText>,
@@ -434,7 +435,10 @@ fn final_output(outputs: &mut Vec<JsonText>, is_stream: bool) -> JsonText {
                 .into()
         });
     }
-    JsonText::written(list_text(outputs))
+    let list = JsonText::written(list_text(outputs));
+    // The chunks are in the list now; a finished prediction is kept a while.
+    *outputs = Vec::new();
+    list
 }
 
 /// The JSON list of `items`, their texts joined as they are: what
@@ -560,6 +564,10 @@ pub struct StreamSubscription {
 /// How many live events a reader may fall behind before it is dropped.
 const LIVE_BUFFER: usize = 1024;
 
+/// About what a kept stream event costs beside its text: its place in the
+/// history, its `Arc` and the two allocations.
+const EVENT_OVERHEAD: usize = 96;
+
 /// The stream of a prediction whose run is marked `@streaming`.
 #[derive(Debug)]
 struct StreamState {
@@ -567,7 +575,10 @@ struct StreamState {
     /// 0 keeps no history: readers see live events only.
     capacity: usize,
     truncated: bool,
-    live: broadcast::Sender<Arc<StreamEvent>>,
+    /// `None` once `completed` is published: a finished stream only replays
+    /// its history, and the channel's buffer (a slot per event a reader may
+    /// fall behind, allocated whole) is not kept with it.
+    live: Option<broadcast::Sender<Arc<StreamEvent>>>,
 }
 
 /// The shared, observable home of one prediction.
@@ -603,7 +614,7 @@ impl PredictionHandle {
                 history: VecDeque::with_capacity(history.min(LIVE_BUFFER)),
                 capacity: history,
                 truncated: false,
-                live,
+                live: Some(live),
             }))),
             ..Self::new(prediction)
         }
@@ -614,7 +625,9 @@ impl PredictionHandle {
         self.stream.is_some()
     }
 
-    /// Records one stream event and sends it to every reader.
+    /// Records one stream event and sends it to every reader. `completed`
+    /// is the last: after it, the live channel is closed (readers still get
+    /// every event sent before) and the history is kept at its size.
     pub fn publish(&self, name: &'static str, data: String) {
         let Some(stream) = &self.stream else {
             return;
@@ -628,7 +641,13 @@ impl PredictionHandle {
             }
             stream.history.push_back(Arc::clone(&event));
         }
-        let _ = stream.live.send(event);
+        if let Some(live) = &stream.live {
+            let _ = live.send(event);
+        }
+        if name == "completed" {
+            stream.live = None;
+            stream.history.shrink_to_fit();
+        }
     }
 
     /// Attaches a reader: the history so far and the live events after it,
@@ -639,7 +658,11 @@ impl PredictionHandle {
         Some(StreamSubscription {
             history: stream.history.iter().cloned().collect(),
             truncated: stream.truncated,
-            live: stream.live.subscribe(),
+            live: match &stream.live {
+                Some(live) => live.subscribe(),
+                // Finished: a receiver that is already closed.
+                None => broadcast::channel(1).1,
+            },
         })
     }
 
@@ -673,12 +696,20 @@ impl PredictionHandle {
     }
 
     /// About how many bytes the prediction holds: its input, outputs and
-    /// logs, as JSON.
+    /// logs, as JSON, and the events its stream keeps for late readers.
     pub fn size(&self) -> usize {
+        let kept = self.stream.as_ref().map_or(0, |stream| {
+            let stream = stream.lock().unwrap_or_else(|e| e.into_inner());
+            stream
+                .history
+                .iter()
+                .map(|e| e.data.len() + EVENT_OVERHEAD)
+                .sum()
+        });
         let state = self.state.borrow();
         let outputs: usize = state.outputs.iter().map(|o| o.get().len()).sum();
         let output = state.output.as_ref().map_or(0, |o| o.get().len());
-        state.input.get().len() + outputs + output + state.logs.len()
+        state.input.get().len() + outputs + output + state.logs.len() + kept
     }
 
     /// A copy of the current state.
@@ -820,6 +851,10 @@ mod tests {
             predict_time: 0.1,
             is_stream: true,
         });
+        assert!(
+            p.outputs.is_empty(),
+            "the chunks are kept in the list alone"
+        );
         assert_eq!(p.output.unwrap().get(), r#"["a","b",{"c":1}]"#);
     }
 
@@ -1012,6 +1047,31 @@ mod tests {
         let mut live = early.live;
         assert_eq!(live.try_recv().unwrap().data, "2");
         assert_eq!(live.try_recv().unwrap().data, "3");
+    }
+
+    #[test]
+    fn a_completed_stream_replays_its_history_and_closes_its_channel() {
+        let handle = PredictionHandle::with_stream(
+            Prediction::new("p".into(), &serde_json::json!({}), None),
+            8,
+        );
+        let reader = handle.subscribe_stream().unwrap();
+        let before = handle.size();
+        handle.publish("output", "1".into());
+        // What the history keeps counts towards what the registry keeps.
+        assert_eq!(handle.size(), before + 1 + EVENT_OVERHEAD);
+        handle.publish("completed", "{}".into());
+        // A reader attached before gets every event, then the end.
+        let mut live = reader.live;
+        assert_eq!(live.try_recv().unwrap().data, "1");
+        assert_eq!(live.try_recv().unwrap().name, "completed");
+        assert_eq!(live.try_recv(), Err(broadcast::error::TryRecvError::Closed));
+        // One attached after replays the history, and its channel is closed.
+        let late = handle.subscribe_stream().unwrap();
+        let names: Vec<_> = late.history.iter().map(|e| e.name).collect();
+        assert_eq!(names, ["output", "completed"]);
+        let mut live = late.live;
+        assert_eq!(live.try_recv(), Err(broadcast::error::TryRecvError::Closed));
     }
 
     #[test]
