@@ -568,10 +568,67 @@ const LIVE_BUFFER: usize = 1024;
 /// history, its `Arc` and the two allocations.
 const EVENT_OVERHEAD: usize = 96;
 
+/// The names events are published under, as a finished stream's history
+/// keeps them ([`Ended`]).
+const EVENT_NAMES: [&str; 5] = ["start", "output", "log", "metric", "completed"];
+
+/// A finished stream's history, kept for readers who attach afterwards in
+/// under half the memory of its events: their text back to back, and where
+/// each ends with the index of its name in [`EVENT_NAMES`]. Made back into
+/// events for each such reader.
+#[derive(Debug, Default)]
+struct Ended {
+    text: String,
+    ends: Vec<(u32, u8)>,
+}
+
+impl Ended {
+    /// Packs `events`; `None` when one has a name not in [`EVENT_NAMES`] or
+    /// the text would not fit its offsets.
+    fn pack(events: &VecDeque<Arc<StreamEvent>>) -> Option<Self> {
+        let len: usize = events.iter().map(|e| e.data.len()).sum();
+        u32::try_from(len).ok()?;
+        let mut ended = Self {
+            text: String::with_capacity(len),
+            ends: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            let name = EVENT_NAMES.iter().position(|n| *n == event.name)?;
+            ended.text.push_str(&event.data);
+            ended.ends.push((ended.text.len() as u32, name as u8));
+        }
+        Some(ended)
+    }
+
+    /// The events, oldest first.
+    fn events(&self) -> Vec<Arc<StreamEvent>> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&(end, name)| {
+                let data = self.text[start..end as usize].to_string();
+                start = end as usize;
+                Arc::new(StreamEvent {
+                    name: EVENT_NAMES[usize::from(name)],
+                    data,
+                })
+            })
+            .collect()
+    }
+
+    /// About how many bytes it holds.
+    fn size(&self) -> usize {
+        self.text.len() + self.ends.len() * std::mem::size_of::<(u32, u8)>()
+    }
+}
+
 /// The stream of a prediction whose run is marked `@streaming`.
 #[derive(Debug)]
 struct StreamState {
     history: VecDeque<Arc<StreamEvent>>,
+    /// The history once `completed` is published, packed (`history` is then
+    /// empty), unless it could not be.
+    ended: Option<Ended>,
     /// 0 keeps no history: readers see live events only.
     capacity: usize,
     truncated: bool,
@@ -614,6 +671,7 @@ impl PredictionHandle {
                 history: VecDeque::with_capacity(history.min(LIVE_BUFFER)),
                 capacity: history,
                 truncated: false,
+                ended: None,
                 live: Some(live),
             }))),
             ..Self::new(prediction)
@@ -627,7 +685,7 @@ impl PredictionHandle {
 
     /// Records one stream event and sends it to every reader. `completed`
     /// is the last: after it, the live channel is closed (readers still get
-    /// every event sent before) and the history is kept at its size.
+    /// every event sent before) and the history is packed.
     pub fn publish(&self, name: &'static str, data: String) {
         let Some(stream) = &self.stream else {
             return;
@@ -646,7 +704,13 @@ impl PredictionHandle {
         }
         if name == "completed" {
             stream.live = None;
-            stream.history.shrink_to_fit();
+            match Ended::pack(&stream.history) {
+                Some(ended) => {
+                    stream.ended = Some(ended);
+                    stream.history = VecDeque::new();
+                }
+                None => stream.history.shrink_to_fit(),
+            }
         }
     }
 
@@ -656,7 +720,10 @@ impl PredictionHandle {
         let stream = self.stream.as_ref()?;
         let stream = stream.lock().unwrap_or_else(|e| e.into_inner());
         Some(StreamSubscription {
-            history: stream.history.iter().cloned().collect(),
+            history: match &stream.ended {
+                Some(ended) => ended.events(),
+                None => stream.history.iter().cloned().collect(),
+            },
             truncated: stream.truncated,
             live: match &stream.live {
                 Some(live) => live.subscribe(),
@@ -700,11 +767,12 @@ impl PredictionHandle {
     pub fn size(&self) -> usize {
         let kept = self.stream.as_ref().map_or(0, |stream| {
             let stream = stream.lock().unwrap_or_else(|e| e.into_inner());
-            stream
+            let live: usize = stream
                 .history
                 .iter()
                 .map(|e| e.data.len() + EVENT_OVERHEAD)
-                .sum()
+                .sum();
+            live + stream.ended.as_ref().map_or(0, Ended::size)
         });
         let state = self.state.borrow();
         let outputs: usize = state.outputs.iter().map(|o| o.get().len()).sum();
@@ -1060,7 +1128,9 @@ mod tests {
         handle.publish("output", "1".into());
         // What the history keeps counts towards what the registry keeps.
         assert_eq!(handle.size(), before + 1 + EVENT_OVERHEAD);
+        let live = handle.size() + 2 + EVENT_OVERHEAD;
         handle.publish("completed", "{}".into());
+        assert!(handle.size() < live, "a finished history is packed");
         // A reader attached before gets every event, then the end.
         let mut live = reader.live;
         assert_eq!(live.try_recv().unwrap().data, "1");
@@ -1068,10 +1138,40 @@ mod tests {
         assert_eq!(live.try_recv(), Err(broadcast::error::TryRecvError::Closed));
         // One attached after replays the history, and its channel is closed.
         let late = handle.subscribe_stream().unwrap();
-        let names: Vec<_> = late.history.iter().map(|e| e.name).collect();
-        assert_eq!(names, ["output", "completed"]);
+        let events: Vec<_> = late
+            .history
+            .iter()
+            .map(|e| (e.name, e.data.as_str()))
+            .collect();
+        assert_eq!(events, [("output", "1"), ("completed", "{}")]);
         let mut live = late.live;
         assert_eq!(live.try_recv(), Err(broadcast::error::TryRecvError::Closed));
+    }
+
+    #[test]
+    fn a_packed_history_unpacks_to_the_same_events() {
+        let events: VecDeque<_> = [
+            ("start", "{\"id\":\"é\"}"),
+            ("log", ""),
+            ("output", "{\"chunk\":\"ü\",\"index\":0}"),
+            ("metric", "{}"),
+            ("completed", "{}"),
+        ]
+        .into_iter()
+        .map(|(name, data)| {
+            Arc::new(StreamEvent {
+                name,
+                data: data.into(),
+            })
+        })
+        .collect();
+        let packed = Ended::pack(&events).unwrap();
+        assert_eq!(packed.events(), Vec::from(events));
+        let unknown = VecDeque::from([Arc::new(StreamEvent {
+            name: "other",
+            data: String::new(),
+        })]);
+        assert!(Ended::pack(&unknown).is_none(), "only known names pack");
     }
 
     #[test]
