@@ -58,6 +58,9 @@ MODELS = BENCH / "models"
 HELLO = REPO / "examples" / "hello"
 REFERENCE_VENV = BENCH / ".venv-ref"
 REFERENCE_PACKAGE = "cog==0.23.1"
+#: Where the reference runtime makes a directory for each prediction (its
+#: inputs and outputs), whatever TMPDIR says, and leaves it.
+REFERENCE_SCRATCH = Path("/tmp/coglet/predictions")
 TOOLS = REPO / "target" / "release"
 
 
@@ -219,6 +222,9 @@ class Servers:
         env["TMPDIR"] = str(tmpdir)
         log = self.scratch / f"{name}-{model.name}-{port}.log"
         self.logs.append(log)
+        # What the reference leaves outside TMPDIR counts as left in temp too.
+        elsewhere = REFERENCE_SCRATCH if name == "reference" else None
+        before = entries(elsewhere)
         with open(log, "wb") as out:
             started = time.perf_counter()
             proc = subprocess.Popen(
@@ -237,9 +243,17 @@ class Servers:
             yield running
         finally:
             stop(proc)
+            left = [tmpdir]
+            if elsewhere is not None:
+                left += [elsewhere / n for n in sorted(entries(elsewhere) - before)]
             if running is not None:
-                running.temp_left = disk_bytes(tmpdir)
-            subprocess.run(["rm", "-rf", str(tmpdir)], check=False)
+                counts = [disk_bytes(path) for path in left]
+                # The new directories themselves are entries left too.
+                running.temp_left = (
+                    sum(b for b, _ in counts),
+                    sum(e for _, e in counts) + len(left) - 1,
+                )
+            subprocess.run(["rm", "-rf", *map(str, left)], check=False)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -285,6 +299,16 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def entries(path: Path | None) -> set[str]:
+    """The names in directory `path` (none when it is `None` or missing)."""
+    if path is None:
+        return set()
+    try:
+        return set(os.listdir(path))
+    except FileNotFoundError:
+        return set()
 
 
 def disk_bytes(path: Path) -> tuple[int, int]:
