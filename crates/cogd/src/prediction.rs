@@ -576,7 +576,7 @@ const EVENT_NAMES: [&str; 5] = ["start", "output", "log", "metric", "completed"]
 /// under half the memory of its events: their text back to back, and where
 /// each ends with the index of its name in [`EVENT_NAMES`]. Made back into
 /// events for each such reader.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Ended {
     text: String,
     ends: Vec<(u32, u8)>,

@@ -721,32 +721,28 @@ impl Run {
         // and fails whatever it does next.
         let mut unsent = false;
         // The first event is often only microseconds away: watched for
-        // without sleeping, then waited for with the rest below.
-        let mut early = watch_for_first_event(&mut events).await;
+        // without sleeping, then received below with the rest.
+        watch_for_first_event(&events).await;
         loop {
-            let event = if let Some(event) = early.take() {
-                Some(event)
-            } else {
-                tokio::select! {
-                    event = events.recv() => event,
-                    () = self.handle.cancelled(), if deadline.is_none() => {
-                        self.inner.supervisor.cancel(slot).await;
-                        deadline = Some(tokio::time::Instant::now() + self.inner.config.cancel_grace);
-                        continue;
-                    }
-                    () = sleep_until(timeout_at), if deadline.is_none() => {
-                        let limit = time_limit.unwrap_or_default().as_secs_f64();
-                        stopped = Outcome::Failed(format!(
-                            "the prediction took longer than {limit} s (COG_PREDICT_TIMEOUT) and was stopped"
-                        ));
-                        self.inner.supervisor.cancel(slot).await;
-                        deadline = Some(tokio::time::Instant::now() + self.inner.config.cancel_grace);
-                        continue;
-                    }
-                    () = sleep_until(deadline) => {
-                        tracing::warn!(prediction_id = %self.id, slot, "the cancelled run did not stop; giving up its slot");
-                        return Ended { outcome: stopped, stuck: true, dir_used: true };
-                    }
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = self.handle.cancelled(), if deadline.is_none() => {
+                    self.inner.supervisor.cancel(slot).await;
+                    deadline = Some(tokio::time::Instant::now() + self.inner.config.cancel_grace);
+                    continue;
+                }
+                () = sleep_until(timeout_at), if deadline.is_none() => {
+                    let limit = time_limit.unwrap_or_default().as_secs_f64();
+                    stopped = Outcome::Failed(format!(
+                        "the prediction took longer than {limit} s (COG_PREDICT_TIMEOUT) and was stopped"
+                    ));
+                    self.inner.supervisor.cancel(slot).await;
+                    deadline = Some(tokio::time::Instant::now() + self.inner.config.cancel_grace);
+                    continue;
+                }
+                () = sleep_until(deadline) => {
+                    tracing::warn!(prediction_id = %self.id, slot, "the cancelled run did not stop; giving up its slot");
+                    return Ended { outcome: stopped, stuck: true, dir_used: true };
                 }
             };
             let Some(event) = event else {
@@ -915,35 +911,31 @@ impl Run {
 /// How long a run's task keeps the runtime awake for the worker's first event.
 const WATCH_FOR_FIRST_EVENT: Duration = Duration::from_micros(200);
 
-/// The worker's first event on this run, when it comes within
-/// [`WATCH_FOR_FIRST_EVENT`]; `None` otherwise (the run's loop then waits as
-/// usual). Until then the task yields in a loop, so the runtime polls its
-/// sockets without sleeping: parked in `epoll_wait`, it would be woken by
-/// the reply, and on a virtual machine whose idle CPUs halt that wake-up
-/// took about as long as the worker's whole answer to a small prediction.
-/// With two cores and a streaming model, the first chunk reached the
-/// client 0.05-0.1 ms sooner (0.35 against 0.45 ms, medians of six
-/// rounds), for up to 0.2 ms of the server's CPU per prediction. Never on
-/// one CPU, where the loop would only keep the worker from running.
-async fn watch_for_first_event(
-    events: &mut tokio::sync::mpsc::Receiver<SlotEvent>,
-) -> Option<SlotEvent> {
-    static SEVERAL_CPUS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let several = *SEVERAL_CPUS
-        .get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
-    if !several {
-        return None;
+/// Returns once the worker's first event on this run is there to receive
+/// (or its channel has closed), or after [`WATCH_FOR_FIRST_EVENT`]. Until
+/// then the task yields in a loop, so the runtime polls its sockets without
+/// sleeping: parked in `epoll_wait`, it would be woken by the reply, and on
+/// a virtual machine whose idle CPUs halt that wake-up took about as long
+/// as the worker's whole answer to a small prediction. With two cores and
+/// a streaming model, the first chunk reached the client 0.05-0.1 ms
+/// sooner (0.35 against 0.45 ms, medians of six rounds), for up to 0.2 ms
+/// of the server's CPU per prediction. Never on one CPU, where the loop
+/// would only keep the worker from running.
+async fn watch_for_first_event(events: &tokio::sync::mpsc::Receiver<SlotEvent>) {
+    if !several_cpus() {
+        return;
     }
     let until = Instant::now() + WATCH_FOR_FIRST_EVENT;
-    loop {
-        if let Ok(event) = events.try_recv() {
-            return Some(event);
-        }
-        if Instant::now() >= until {
-            return None;
-        }
+    while events.is_empty() && !events.is_closed() && Instant::now() < until {
         tokio::task::yield_now().await;
     }
+}
+
+/// Whether this process may run on more than one CPU (its affinity and
+/// cgroup quota included).
+fn several_cpus() -> bool {
+    static SEVERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SEVERAL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
 /// How many finished predictions between two [`release_free_memory`] calls.
@@ -982,21 +974,22 @@ mod tests {
             tx.send(SlotEvent::Cancelled).await.unwrap();
             tx
         });
-        let several = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-        let mut seen = watch_for_first_event(&mut rx).await;
-        if seen.is_none() {
-            // Not within the window (or one CPU): it is still there to receive.
-            seen = rx.recv().await;
-        }
-        assert!(matches!(seen, Some(SlotEvent::Cancelled)));
+        watch_for_first_event(&rx).await;
+        // Whether it came within the window or not, nothing was taken.
+        assert!(matches!(rx.recv().await, Some(SlotEvent::Cancelled)));
         // Nothing comes: the watch gives up after its window, never waits on.
-        let _tx = sender.await.unwrap();
+        let tx = sender.await.unwrap();
         let watched = Instant::now();
-        assert!(watch_for_first_event(&mut rx).await.is_none());
+        watch_for_first_event(&rx).await;
         let waited = watched.elapsed();
-        if several {
+        if several_cpus() {
             assert!(waited >= WATCH_FOR_FIRST_EVENT, "{waited:?}");
         }
+        assert!(rx.is_empty());
+        // A closed channel is left to the loop, which ends the run.
+        drop(tx);
+        watch_for_first_event(&rx).await;
+        assert!(rx.recv().await.is_none());
     }
 
     #[test]
