@@ -114,3 +114,24 @@ def test_a_chunk_too_large_for_one_message_travels_by_file_and_arrives_whole(sta
     assert output[1] == "x" * 10_000_000
     ok = server.predict_ok({"size": 10})
     assert ok["status"] == "succeeded" and ok["output"] == ["small", "x" * 10, "after"], ok
+
+
+def test_worker_memory_stays_flat_over_many_large_string_outputs(start_server):
+    # Each output is 20 MiB of text; a worker that kept every one of them
+    # until its cyclic collector ran would grow by 400 MiB over 20 runs.
+    size = 20 * 1024 * 1024
+    server = start_server("hostile")
+    pid = int(worker_pid(server, "warm"))
+    for _ in range(2):
+        warm = server.predict_ok({"mode": "large_output", "size": size}, timeout=60)
+        assert warm["status"] == "succeeded", warm.get("error")
+    before = proc_status_bytes(pid)
+    for _ in range(20):
+        prediction = server.predict_ok({"mode": "large_output", "size": size}, timeout=60)
+        assert prediction["status"] == "succeeded", prediction.get("error")
+        assert len(prediction["output"]) == size
+    after = proc_status_bytes(pid)
+    grown = after - before
+    print(f"worker RSS {before / 2**20:.0f} MiB -> {after / 2**20:.0f} MiB over 20 runs")
+    assert grown < 3 * size, f"the worker grew by {grown / 2**20:.0f} MiB over 20 runs"
+    assert worker_pid(server, "next") == str(pid), "the worker was restarted"

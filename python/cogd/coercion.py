@@ -140,30 +140,40 @@ def extract_files(
     to it in the order the walk meets them, which is the order ``json.dumps``
     writes them in."""
     files: list[dict[str, str]] = []
+    return _extract(data, pointer, files, long_strings), files
 
-    def walk(value: Any, at: str) -> Any:
-        if isinstance(value, str):
-            if long_strings is None or len(value) < LONG_STRING:
-                return value
-            long_strings.append(value)
-            return _LONG_STRING_MARKER
-        if isinstance(value, FileRef):
-            files.append(
-                {
-                    "pointer": at,
-                    "path": value.path,
-                    "filename": value.filename,
-                    "mime_type": value.mime_type,
-                }
-            )
-            return None
-        if isinstance(value, list):
-            return [walk(v, f"{at}/{i}") for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            return {k: walk(v, f"{at}/{_pointer_token(k)}") for k, v in value.items()}
-        return value
 
-    return walk(data, pointer), files
+def _extract(
+    value: Any, at: str, files: list[dict[str, str]], long_strings: list[str] | None
+) -> Any:
+    """The walk of :func:`extract_files`. A module-level function, not a closure
+    that calls itself: such a closure is a reference cycle (the function, its
+    cell, the function), which would keep ``files`` and ``long_strings`` (the
+    run's long output strings, tens of megabytes) alive until the cyclic
+    collector runs, every 70-odd runs."""
+    if isinstance(value, str):
+        if long_strings is None or len(value) < LONG_STRING:
+            return value
+        long_strings.append(value)
+        return _LONG_STRING_MARKER
+    if isinstance(value, FileRef):
+        files.append(
+            {
+                "pointer": at,
+                "path": value.path,
+                "filename": value.filename,
+                "mime_type": value.mime_type,
+            }
+        )
+        return None
+    if isinstance(value, list):
+        return [_extract(v, f"{at}/{i}", files, long_strings) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {
+            k: _extract(v, f"{at}/{_pointer_token(k)}", files, long_strings)
+            for k, v in value.items()
+        }
+    return value
 
 
 # -- inputs ---------------------------------------------------------------------

@@ -9,6 +9,10 @@
              (`via` "print") or straight to fd 1 (`via` "fd")
 - endless:   write `via` print or fd, 64 KiB lines, until cancelled
 - raise_huge: raise ValueError with a message of `size` characters
+- large_output: return a string of `size` characters
+- size:      return `size` as text (exactly as the run received it)
+- env:       return the worker's environment variable named by `token`, or
+             "<unset>"
 - fake_marker: write lines that look like the worker's log sync markers, then
              "<token>:after"
 """
@@ -64,6 +68,12 @@ class Predictor(BasePredictor):
             os.write(2, b"\x00\x1bcogd-sync-0123456789abcdef:18446744073709551615\n")
             print(f"{token}:after", flush=True)
             return f"fake_marker:{token}"
+        if mode == "size":
+            return str(size)
+        if mode == "env":
+            return os.environ.get(token, "<unset>")
+        if mode == "large_output":
+            return "o" * size
         if mode == "raise_huge":
             raise ValueError("z" * size)
         raise ValueError(f"unknown mode {mode!r}")
