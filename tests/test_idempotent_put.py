@@ -92,3 +92,39 @@ def test_put_with_body_id_differing_from_path_id_is_rejected(start_server, tmp_p
     assert resp.status_code == 200, resp.text
     assert resp.json()["id"] == "same-id"
     assert len(runs_recorded(counter_file)) == 1
+
+
+def test_a_put_of_a_prediction_evicted_from_memory_never_runs_it_again(start_server, tmp_path):
+    """Finished predictions are bounded in the bytes they hold; one evicted
+    for room leaves a tombstone, so repeating its PUT answers 410 with how it
+    ended instead of running the model a second time."""
+    server = start_server("counter")
+    counter_file = tmp_path / "runs.txt"
+    first = server.put(
+        "/predictions/evict-me",
+        json={"input": {"counter_file": str(counter_file), "name": "first", "sleep": 0}},
+    )
+    assert first.status_code == 200, first.text
+    first = first.json()
+    assert first["status"] == "succeeded", first
+    # Each holds 20 MiB of input and 20 MiB of output: eight are over the
+    # 256 MiB the registry keeps, so the oldest goes.
+    big = "x" * (20 * 1024 * 1024)
+    for i in range(8):
+        body = {"input": {"counter_file": str(counter_file), "name": big, "sleep": 0}}
+        resp = server.put(f"/predictions/filler-{i}", json=body, timeout=60)
+        assert resp.status_code == 200, resp.text[:500]
+    assert len(runs_recorded(counter_file)) == 9
+
+    again = server.put(
+        "/predictions/evict-me",
+        json={"input": {"counter_file": str(counter_file), "name": "first", "sleep": 0}},
+    )
+    gone = assert_json_error(again, 410)
+    assert "no longer kept" in gone["detail"] and "not run again" in gone["detail"], gone
+    assert gone["id"] == "evict-me" and gone["status"] == "succeeded", gone
+    assert parse_timestamp(gone["completed_at"]) == parse_timestamp(first["completed_at"])
+    assert len(runs_recorded(counter_file)) == 9, "the evicted prediction ran again"
+    assert assert_json_error(server.get("/predictions/evict-me"), 410)["status"] == "succeeded"
+    # The newest are still whole.
+    assert server.get("/predictions/filler-7").json()["status"] == "succeeded"

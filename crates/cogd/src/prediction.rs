@@ -457,7 +457,8 @@ fn list_text(items: &[JsonText]) -> String {
     text
 }
 
-fn timestamp(t: &DateTime<Utc>) -> String {
+/// A time as the envelope writes it: RFC 3339 with microseconds.
+pub(crate) fn timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, false)
 }
 

@@ -100,6 +100,9 @@ impl IntoResponse for ApiError {
             e @ Self::TooManyStreams { .. } => Some(e.to_string()),
             _ => None,
         };
+        if let Self::Admission(e @ AdmissionError::Evicted { .. }) = &self {
+            return evicted(e);
+        }
         if let Some(detail) = too_many {
             // Retry-After tells well-behaved clients when to come back.
             return (
@@ -125,6 +128,9 @@ impl IntoResponse for ApiError {
             ),
             Self::Admission(AdmissionError::QueueFull) | Self::TooManyStreams { .. } => {
                 unreachable!("answered above with its Retry-After header")
+            }
+            Self::Admission(AdmissionError::Evicted { .. }) => {
+                unreachable!("answered above with what is left of it")
             }
             e @ Self::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, json!(e.to_string())),
             e @ Self::HeadersTooLarge { .. } => (
@@ -152,4 +158,20 @@ impl IntoResponse for ApiError {
         };
         (status, Json(json!({ "detail": detail }))).into_response()
     }
+}
+
+/// 410 for a prediction that ran and was evicted from memory: the detail
+/// says so, and the id, status and completion time that are left are beside
+/// it, so a client that repeats a `PUT` learns how its prediction ended.
+fn evicted(error: &AdmissionError) -> Response {
+    let AdmissionError::Evicted { id, tombstone } = error else {
+        unreachable!("only called for an evicted prediction")
+    };
+    let body = json!({
+        "detail": error.to_string(),
+        "id": id,
+        "status": tombstone.status,
+        "completed_at": tombstone.completed_at.as_ref().map(crate::prediction::timestamp),
+    });
+    (StatusCode::GONE, Json(body)).into_response()
 }

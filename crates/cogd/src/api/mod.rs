@@ -28,7 +28,7 @@ pub use error::ApiError;
 pub use limits::StreamLimit;
 
 use crate::ipc::Mode;
-use crate::service::{Admission, Health, Service};
+use crate::service::{Admission, AdmissionError, Health, Service};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -356,7 +356,12 @@ impl Drop for CancelOnDrop {
 
 fn get_run(state: &AppState, mode: Mode, id: String) -> Result<Response, ApiError> {
     served(state, mode)?;
-    let handle = state.service.get(&id).ok_or(ApiError::NotFound(id))?;
+    let Some(handle) = state.service.get(&id) else {
+        return Err(match state.service.evicted(&id) {
+            Some(tombstone) => AdmissionError::Evicted { id, tombstone }.into(),
+            None => ApiError::NotFound(id),
+        });
+    };
     Ok(prediction_response(StatusCode::OK, &handle.snapshot()))
 }
 

@@ -40,6 +40,7 @@ use crate::supervisor::{OutputValue, SetupRecord, SlotEvent, Supervisor, WorkerS
 use crate::telemetry::{self, Metrics, Phase, SlotCounts};
 use crate::webhook::{Subscription, WebhookSender};
 use registry::Registry;
+pub use registry::Tombstone;
 use slots::{Admit, Refusal, SlotPool};
 
 /// The model's health, as `/health-check` reports it.
@@ -131,6 +132,19 @@ pub enum AdmissionError {
     /// The input does not match the model's schema: every problem found.
     #[error("the input is invalid")]
     Invalid(Vec<InputError>),
+    /// A prediction with this id finished and was evicted from memory; it is
+    /// not run again.
+    #[error(
+        "prediction {id:?} already ran ({}) and its result is no longer kept: \
+         it is not run again",
+        tombstone.status.as_str()
+    )]
+    Evicted {
+        /// The id.
+        id: String,
+        /// What is left of it.
+        tombstone: Tombstone,
+    },
 }
 
 /// How the service runs predictions.
@@ -331,8 +345,14 @@ impl Service {
             telemetry::record_prediction_id(&span, id);
         }
         let mut registry = self.inner.lock_registry();
-        if let Some(existing) = request.id.as_deref().and_then(|id| registry.get(id)) {
-            return Ok(Admission::Existing(existing));
+        if let Some(id) = request.id.as_deref() {
+            if let Some(existing) = registry.get(id) {
+                return Ok(Admission::Existing(existing));
+            }
+            if let Some(tombstone) = registry.evicted(id) {
+                let id = id.to_string();
+                return Err(AdmissionError::Evicted { id, tombstone });
+            }
         }
         match self.health() {
             Health::Ready | Health::Busy => {}
@@ -428,6 +448,11 @@ impl Service {
     /// The prediction with this id, running or recently finished.
     pub fn get(&self, id: &str) -> Option<PredictionHandle> {
         self.inner.lock_registry().get(id)
+    }
+
+    /// What is left of a finished prediction evicted from memory.
+    pub fn evicted(&self, id: &str) -> Option<Tombstone> {
+        self.inner.lock_registry().evicted(id)
     }
 
     /// Asks the prediction with this id to stop; false if it is unknown.

@@ -9,12 +9,19 @@
 //! channels that followed it while it ran: they are most of a small
 //! prediction's memory, and the thousand kept are most of the heap of a
 //! server that runs small predictions.
+//!
+//! A finished prediction evicted by the count or byte bound before its time
+//! is up leaves a [`Tombstone`] (its id, status and completion time) for the
+//! rest of [`KEEP_FOR`]: a repeated `PUT` of its id must never run the model
+//! a second time, and is answered with the tombstone instead (410 Gone).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::prediction::{Prediction, PredictionHandle};
+use chrono::{DateTime, Utc};
+
+use crate::prediction::{Prediction, PredictionHandle, Status};
 
 /// Finished predictions kept at most.
 const KEEP_FINISHED: usize = 1000;
@@ -23,6 +30,19 @@ const KEEP_FOR: Duration = Duration::from_secs(10 * 60);
 /// The most bytes finished predictions hold together; the newest one is kept
 /// whatever its size.
 const KEEP_BYTES: usize = 256 * 1024 * 1024;
+
+/// Tombstones kept at most (about 100 bytes each); past it the oldest go,
+/// as a tombstone is a guard and not a record.
+const KEEP_TOMBSTONES: usize = 100_000;
+
+/// What is left of a finished prediction evicted before its time was up.
+#[derive(Debug, Clone)]
+pub struct Tombstone {
+    /// How it ended.
+    pub status: Status,
+    /// When it ended.
+    pub completed_at: Option<DateTime<Utc>>,
+}
 
 /// One prediction as the registry keeps it.
 enum Kept {
@@ -40,6 +60,10 @@ pub(crate) struct Registry {
     finished: VecDeque<(Instant, Arc<str>, usize)>,
     /// The sum of the sizes in `finished`.
     finished_bytes: usize,
+    /// Evicted predictions by id, until their time is up.
+    tombstones: HashMap<Arc<str>, Tombstone>,
+    /// Tombstone ids, oldest first, with when their prediction finished.
+    tombstone_order: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl Registry {
@@ -51,6 +75,11 @@ impl Registry {
             Kept::Live(handle) => Some(handle.clone()),
             Kept::Finished(prediction) => Some(PredictionHandle::new((**prediction).clone())),
         }
+    }
+
+    /// What is left of `id` if it finished and was evicted before its time.
+    pub(crate) fn evicted(&self, id: &str) -> Option<Tombstone> {
+        self.tombstones.get(id).cloned()
     }
 
     pub(crate) fn insert(&mut self, id: String, handle: PredictionHandle) {
@@ -91,9 +120,43 @@ impl Registry {
             if within {
                 break;
             }
-            let (_, old, size) = self.finished.pop_front().expect("front exists");
+            let (at, old, size) = self.finished.pop_front().expect("front exists");
             self.finished_bytes -= size;
-            self.by_id.remove(&old);
+            let last = self.by_id.remove(&old);
+            if now.duration_since(at) < KEEP_FOR {
+                if let Some(last) = last {
+                    self.bury(at, old, last);
+                }
+            }
+        }
+        self.expire_tombstones(now);
+    }
+
+    /// Leaves a tombstone for `id`, which finished `at` and was evicted.
+    fn bury(&mut self, at: Instant, id: Arc<str>, last: Kept) {
+        let (status, completed_at) = match last {
+            Kept::Live(handle) => {
+                let last = handle.snapshot();
+                (last.status, last.completed_at)
+            }
+            Kept::Finished(last) => (last.status, last.completed_at),
+        };
+        let tombstone = Tombstone {
+            status,
+            completed_at,
+        };
+        self.tombstones.insert(Arc::clone(&id), tombstone);
+        self.tombstone_order.push_back((at, id));
+    }
+
+    /// Drops the tombstones whose time is up, and the oldest past the bound.
+    fn expire_tombstones(&mut self, now: Instant) {
+        while let Some((at, _)) = self.tombstone_order.front() {
+            if now.duration_since(*at) < KEEP_FOR && self.tombstone_order.len() <= KEEP_TOMBSTONES {
+                break;
+            }
+            let (_, id) = self.tombstone_order.pop_front().expect("front exists");
+            self.tombstones.remove(&id);
         }
     }
 }
@@ -101,7 +164,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prediction::{Outcome, Status};
+    use crate::prediction::Outcome;
 
     fn handle(id: &str) -> PredictionHandle {
         PredictionHandle::new(Prediction::new(id.into(), &serde_json::json!({}), None))
@@ -119,6 +182,11 @@ mod tests {
         assert!(registry.get("p4").is_none());
         assert!(registry.get("p5").is_some());
         assert_eq!(registry.by_id.len(), KEEP_FINISHED);
+        // The evicted leave tombstones; the kept do not need one.
+        let tombstone = registry.evicted("p0").expect("a tombstone");
+        assert_eq!(tombstone.status, Status::Starting);
+        assert!(registry.evicted("p5").is_none());
+        assert_eq!(registry.tombstones.len(), 5);
     }
 
     #[test]
