@@ -79,13 +79,22 @@ async fn require_token(
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
         if !open && !constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return ApiError::Unauthorized.into_response();
         }
     }
     next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme's name
+/// is case-insensitive, as every HTTP authentication scheme's is.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// Compares without an early exit, so timing says nothing about the token.
@@ -399,7 +408,16 @@ async fn shutdown(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer t", "bearer t", "BEARER t", "bEaReR  t"] {
+            assert_eq!(bearer_token(value), Some("t"), "{value}");
+        }
+        assert_eq!(bearer_token("Basic t"), None);
+        assert_eq!(bearer_token("Bearert"), None);
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -25,13 +25,31 @@ use super::limits::StreamLimit;
 use crate::prediction::{PredictionHandle, StreamEvent};
 use crate::service::{Admission, NewPrediction, Service};
 
-/// True when the client asked for server-sent events.
+/// True when the client asked for server-sent events: `Accept` names
+/// `text/event-stream` with a weight above zero (`;q=0` means "not this").
 pub(super) fn wanted(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
+        .flat_map(|v| v.split(','))
+        .any(accepts_event_stream)
+}
+
+/// Whether one media range of `Accept` is `text/event-stream`, not refused.
+fn accepts_event_stream(range: &str) -> bool {
+    let mut parts = range.split(';').map(str::trim);
+    if !parts
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+    {
+        return false;
+    }
+    let weight = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+        .map_or(Some(1.0), |(_, q)| q.trim().parse::<f32>().ok());
+    weight.is_some_and(|q| q > 0.0)
 }
 
 /// Creates (or re-attaches to) the prediction and answers with its stream.
@@ -146,5 +164,29 @@ async fn next_live(
             (Phase::Done, handle),
         )),
         Err(RecvError::Closed) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_event_stream;
+
+    #[test]
+    fn a_zero_weight_refuses_the_event_stream() {
+        for range in [
+            "text/event-stream",
+            "Text/Event-Stream",
+            " text/event-stream;q=0.5",
+        ] {
+            assert!(accepts_event_stream(range), "{range}");
+        }
+        for range in [
+            "text/event-stream;q=0",
+            "text/event-stream; q=0.0",
+            "*/*",
+            "text/plain",
+        ] {
+            assert!(!accepts_event_stream(range), "{range}");
+        }
     }
 }

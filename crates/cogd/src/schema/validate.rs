@@ -113,6 +113,41 @@ struct Field {
     required: bool,
     default: Option<Value>,
     secret: SecretShape,
+    /// Where the input holds integers, which must fit in 64 bits.
+    integers: IntegerShape,
+}
+
+/// Where an input holds integers: `int`, or `list[int]`. A whole number
+/// beyond 64 bits cannot reach the model exactly (the JSON parser keeps it
+/// as the nearest double), so it is refused rather than changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IntegerShape {
+    None,
+    Value,
+    List,
+}
+
+impl IntegerShape {
+    fn of(schema: &Map<String, Value>) -> Self {
+        let is_integer = |s: &Value| s.get("type").and_then(Value::as_str) == Some("integer");
+        match schema.get("type").and_then(Value::as_str) {
+            Some("integer") => Self::Value,
+            Some("array") if schema.get("items").is_some_and(is_integer) => Self::List,
+            _ => Self::None,
+        }
+    }
+}
+
+/// A whole number the parser could keep only as a double: one beyond the
+/// 64-bit range, whose digits were lost on the way in.
+fn is_beyond_64_bits(value: &Value) -> bool {
+    const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+    match value {
+        Value::Number(n) if n.is_f64() => n
+            .as_f64()
+            .is_some_and(|x| x.fract() == 0.0 && (x >= 2.0 * TWO_TO_63 || x <= -TWO_TO_63)),
+        _ => false,
+    }
 }
 
 /// The compiled `Input` schema of one model; cheap to share, immutable.
@@ -180,6 +215,7 @@ impl InputValidator {
             let nullable = own.remove("nullable").and_then(|v| v.as_bool()) == Some(true);
             let default = own.get("default").filter(|d| !d.is_null()).cloned();
             let secret = secret_shape(&own);
+            let integers = IntegerShape::of(&own);
             let standalone = openapi::standalone(&Value::Object(own), components);
             let validator = compile_one(name, &standalone)?;
             fields.push(Field {
@@ -189,6 +225,7 @@ impl InputValidator {
                 required: required.contains(&name.as_str()),
                 default,
                 secret,
+                integers,
             });
         }
         // A required input the schema does not describe still must be sent.
@@ -201,6 +238,7 @@ impl InputValidator {
                     required: true,
                     default: None,
                     secret: SecretShape::None,
+                    integers: IntegerShape::None,
                 });
             }
         }
@@ -293,12 +331,45 @@ impl Field {
         if value.is_null() && self.nullable {
             return;
         }
+        if self.has_integers_beyond_64_bits(value, errors) {
+            return;
+        }
         let Some(validator) = &self.validator else {
             return;
         };
         for error in validator.iter_errors(value) {
             describe(&self.name, &error, errors);
         }
+    }
+}
+
+impl Field {
+    /// Reports each whole number beyond 64 bits where integers go; true if
+    /// there was one.
+    fn has_integers_beyond_64_bits(&self, value: &Value, errors: &mut Vec<InputError>) -> bool {
+        let too_big = |path: Vec<PathSegment>| InputError {
+            field: self.name.clone(),
+            path,
+            msg: "Input should be a whole number within 64 bits: a larger one cannot reach \
+                  the model exactly"
+                .into(),
+            kind: "int_parsing",
+        };
+        let before = errors.len();
+        match (self.integers, value) {
+            (IntegerShape::Value, value) if is_beyond_64_bits(value) => {
+                errors.push(too_big(Vec::new()));
+            }
+            (IntegerShape::List, Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    if is_beyond_64_bits(item) {
+                        errors.push(too_big(vec![PathSegment::Index(i)]));
+                    }
+                }
+            }
+            _ => {}
+        }
+        errors.len() > before
     }
 }
 
@@ -694,6 +765,26 @@ mod tests {
         assert_eq!(errors[1].msg, "Input should be greater than or equal to 1");
         let errors = check(json!({"prompt": "a", "api_key": "k", "steps": 101})).unwrap_err();
         assert_eq!(fields(&errors), vec![("steps", "less_than_equal")]);
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused_not_rounded() {
+        let input: Value = serde_json::from_str(
+            r#"{"prompt": "a", "api_key": "k", "seed": 18446744073709551617}"#,
+        )
+        .unwrap();
+        let errors = check(input).unwrap_err();
+        assert_eq!(fields(&errors), vec![("seed", "int_parsing")]);
+        for edge in ["18446744073709551615", "-9223372036854775808"] {
+            let text = format!(r#"{{"prompt": "a", "api_key": "k", "seed": {edge}}}"#);
+            let input = check(serde_json::from_str(&text).unwrap()).unwrap();
+            assert_eq!(input["seed"].to_string(), edge);
+        }
+        let text = r#"{"prompt": "a", "api_key": "k", "seed": -9223372036854775809}"#;
+        assert!(check(serde_json::from_str(text).unwrap()).is_err());
+        // A number input takes a large double as it is.
+        let input = check(json!({"prompt": "a", "api_key": "k", "scale": 1e30})).unwrap();
+        assert_eq!(input["scale"], json!(1e30));
     }
 
     #[test]
