@@ -303,3 +303,34 @@ def test_the_prediction_files_are_gone_after_a_cancel(start_server, short_tmpdir
     assert got["status"] == "canceled", got
     assert got["output"] == [data_uri("text/html", b"<p>hi</p>")]
     wait_until(lambda: not prediction_dirs(short_tmpdir), timeout=5, what="no directories")
+
+
+def test_a_hung_upload_receiver_fails_the_prediction_and_frees_the_slot(
+    start_server, upload_receiver
+):
+    """A receiver that takes the PUT and never answers: each attempt gives up
+    after COG_UPLOAD_TIMEOUT, the prediction fails naming the upload, and the
+    slot is free for the next request."""
+    release = threading.Event()
+    upload_receiver.on_upload = lambda upload: release.wait(60)
+    server = serve(start_server, "one_path", env={"COG_UPLOAD_TIMEOUT": "0.5"})
+    try:
+        started = time.monotonic()
+        resp = server.post(
+            "/predictions",
+            json={"input": {"name": "a.txt"}, "output_file_prefix": upload_receiver.url("/hung")},
+            timeout=60,
+        )
+        took = time.monotonic() - started
+        assert resp.status_code == 200, resp.text
+        got = resp.json()
+        assert got["status"] == "failed", got
+        assert "cannot upload output file a.txt" in got["error"], got["error"]
+        assert "timed out" in got["error"], got["error"]
+        assert upload_receiver.attempts == 5, "each attempt timed out and was retried"
+        # Five attempts of 0.5 s plus the backoff between them.
+        assert took < 15, f"the prediction took {took:.1f} s"
+        after = server.predict_ok({"name": "b.txt", "size": 3})
+        assert after["status"] == "succeeded", after
+    finally:
+        release.set()

@@ -48,12 +48,23 @@ pub struct Config {
     pub download_timeout: Duration,
     /// The largest file input accepted (`COG_DOWNLOAD_MAX_BYTES`, default 2 GiB).
     pub download_max_bytes: u64,
+    /// Refuse file inputs, webhooks and uploads whose address is loopback,
+    /// private, link-local or the server's own
+    /// (`COG_BLOCK_PRIVATE_NETWORKS=1`, default off).
+    pub block_private_networks: bool,
+    /// How long one attempt at uploading a file output may take, reply
+    /// included (`COG_UPLOAD_TIMEOUT`, seconds, default 30).
+    pub upload_timeout: Duration,
     /// Stream events replayed to SSE readers who attach late
     /// (`COG_STREAM_HISTORY_CAPACITY`, default 1024, 0 for live only).
     pub stream_history: usize,
     /// Event streams open at once (`COG_MAX_STREAMS`, default 1024); past
     /// it, 429.
     pub max_streams: usize,
+    /// How long a client may take to send a request head, each piece of a
+    /// body, or its next request on an idle kept-alive connection
+    /// (`COG_CLIENT_TIMEOUT`, seconds, default 30).
+    pub client_timeout: Duration,
     /// Address to listen on.
     pub host: String,
     /// Port to listen on.
@@ -199,6 +210,24 @@ impl Config {
         let download_max_bytes =
             number(&env, "COG_DOWNLOAD_MAX_BYTES", "expected a number of bytes")?
                 .unwrap_or(2 << 30);
+        let block_private_networks = match env("COG_BLOCK_PRIVATE_NETWORKS")
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "" | "0" | "false" | "no" => false,
+            "1" | "true" | "yes" => true,
+            _ => {
+                return Err(ConfigError::BadEnv {
+                    name: "COG_BLOCK_PRIVATE_NETWORKS",
+                    value: env("COG_BLOCK_PRIVATE_NETWORKS").unwrap_or_default(),
+                    message: "expected 1 or 0",
+                })
+            }
+        };
+        let client_timeout = above_zero(&env, "COG_CLIENT_TIMEOUT", Duration::from_secs(30))?;
+        let upload_timeout = above_zero(&env, "COG_UPLOAD_TIMEOUT", Duration::from_secs(30))?;
         let cancel_grace = seconds(&env, "COG_CANCEL_GRACE")?.unwrap_or(Duration::from_secs(5));
         let healthcheck_timeout = match seconds(&env, "COG_HEALTHCHECK_TIMEOUT")? {
             Some(timeout) if timeout.is_zero() => {
@@ -250,6 +279,9 @@ impl Config {
             shutdown_grace,
             download_timeout,
             download_max_bytes,
+            upload_timeout,
+            block_private_networks,
+            client_timeout,
             host: flags.host,
             port: flags.port,
             upload_url: flags.upload_url,
@@ -294,6 +326,23 @@ fn positive(
             message: AT_LEAST_ONE,
         }),
         n => Ok(n),
+    }
+}
+
+/// A duration above zero in (fractional) seconds from the environment, or
+/// `default` when it is not set.
+fn above_zero(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match seconds(env, name)? {
+        Some(duration) if duration.is_zero() => Err(ConfigError::BadEnv {
+            name,
+            value: env(name).unwrap_or_default(),
+            message: "expected a number of seconds above 0",
+        }),
+        duration => Ok(duration.unwrap_or(default)),
     }
 }
 

@@ -3,7 +3,9 @@
 //! so the run sees a local path. The directory goes when the prediction ends.
 //!
 //! Downloads are streamed to disk (never held whole in memory), run in
-//! parallel, follow redirects, and are bounded in time and size. Any other
+//! parallel (8 at a time per prediction, 64 across the server), follow
+//! redirects, reach only the addresses the [`AddressPolicy`] allows, and
+//! are bounded in time and size. Any other
 //! scheme (`file://`, `ftp://`, a bare path) is refused: a client must not be
 //! able to make the model read the server's own files. A failure names the
 //! input and the URL, with credentials and query string left out.
@@ -16,14 +18,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use futures_util::future::try_join_all;
+use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
+
+use crate::outbound::{AddressPolicy, OutboundClient};
+
+/// Files of one prediction downloaded at the same time.
+const PARALLEL_DOWNLOADS: usize = 8;
+/// Downloads in flight across the server; past it, downloads wait.
+const MAX_DOWNLOADS: usize = 64;
 
 /// Downloads and decodes file inputs; one per server, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
+    client: OutboundClient,
     /// The largest file accepted.
     max_bytes: u64,
 }
@@ -36,14 +45,20 @@ struct Job {
 }
 
 impl Fetcher {
-    /// A fetcher whose downloads give up after `timeout` and `max_bytes`.
-    pub fn new(timeout: Duration, max_bytes: u64, user_agent: &str) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(timeout)
-            .user_agent(user_agent)
-            .build()
-            .expect("the HTTP client configuration is valid");
+    /// A fetcher whose downloads give up after `timeout` and `max_bytes`,
+    /// and reach only what `policy` allows.
+    pub fn new(
+        timeout: Duration,
+        max_bytes: u64,
+        user_agent: &str,
+        policy: &AddressPolicy,
+    ) -> Self {
+        let client = OutboundClient::new(policy, MAX_DOWNLOADS, |builder| {
+            builder
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(timeout)
+                .user_agent(user_agent)
+        });
         Self { client, max_bytes }
     }
 
@@ -80,18 +95,19 @@ impl Fetcher {
         if jobs.is_empty() {
             return Ok(());
         }
-        let fetched = try_join_all(jobs.iter().enumerate().map(|(n, job)| async move {
-            // One directory per file: names from URLs cannot collide or escape.
-            let target = dir.join(format!("input-{n}"));
-            self.fetch(&job.url, &target).await.map_err(|e| {
-                let which = match job.index {
-                    Some(i) => format!("{}[{i}]", job.field),
-                    None => job.field.clone(),
-                };
-                format!("input {which:?}: {e}")
-            })
-        }))
-        .await?;
+        // A few at a time, each in its own place: a request with thousands
+        // of URLs opens no more connections and files than this at once.
+        // (The futures are made first: a stream of a closure's futures that
+        // borrow would not be `Send` for every lifetime.)
+        let fetches: Vec<_> = jobs
+            .iter()
+            .enumerate()
+            .map(|(n, job)| self.fetch_job(job, dir.join(format!("input-{n}"))))
+            .collect();
+        let fetched: Vec<PathBuf> = stream::iter(fetches)
+            .buffered(PARALLEL_DOWNLOADS)
+            .try_collect()
+            .await?;
         for (job, path) in jobs.iter().zip(fetched) {
             let local = Value::String(path.to_string_lossy().into_owned());
             match (job.index, input.get_mut(&job.field)) {
@@ -101,6 +117,18 @@ impl Fetcher {
             }
         }
         Ok(())
+    }
+
+    /// Fetches one job's URL into the directory `target` (one per file:
+    /// names from URLs cannot collide or escape); errors name the input.
+    async fn fetch_job(&self, job: &Job, target: PathBuf) -> Result<PathBuf, String> {
+        self.fetch(&job.url, &target).await.map_err(|e| {
+            let which = match job.index {
+                Some(i) => format!("{}[{i}]", job.field),
+                None => job.field.clone(),
+            };
+            format!("input {which:?}: {e}")
+        })
     }
 
     /// Fetches one URL into the directory `target`; returns the file's path.
@@ -121,9 +149,11 @@ impl Fetcher {
             ));
         }
         let shown = redact(&parsed);
+        let _permit = self.client.permit().await;
         let mut response = self
             .client
-            .get(parsed.clone())
+            .request(reqwest::Method::GET, parsed.clone())
+            .map_err(|e| format!("cannot download {shown}: {e}"))?
             .send()
             .await
             .map_err(|e| format!("cannot download {shown}: {}", without_url(&e)))?;
@@ -175,7 +205,7 @@ impl Fetcher {
 }
 
 /// The URL as it may appear in errors and logs: no credentials, no query.
-fn redact(url: &reqwest::Url) -> String {
+pub(crate) fn redact(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
@@ -185,13 +215,13 @@ fn redact(url: &reqwest::Url) -> String {
 }
 
 /// A reqwest error without the URL it carries (which may hold secrets).
-fn without_url(error: &reqwest::Error) -> String {
+pub(crate) fn without_url(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
         "cannot connect"
     } else if error.is_redirect() {
-        "too many redirects"
+        "redirect not followed"
     } else {
         "transfer failed"
     };
@@ -350,7 +380,8 @@ mod tests {
 
     #[tokio::test]
     async fn other_schemes_are_refused() {
-        let fetcher = Fetcher::new(Duration::from_secs(1), 1024, "test");
+        let policy = AddressPolicy::new(false, None);
+        let fetcher = Fetcher::new(Duration::from_secs(1), 1024, "test", &policy);
         let dir = tempfile::tempdir().unwrap();
         for url in ["file:///etc/passwd", "ftp://example.com/x", "/etc/passwd"] {
             let err = fetcher.fetch(url, dir.path()).await.unwrap_err();

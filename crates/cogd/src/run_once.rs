@@ -96,7 +96,8 @@ async fn run_async(config: Config, args: InputArgs) -> Result<(), Failure> {
     let predictions_dir = temp.path().join("predictions");
     std::fs::create_dir_all(&predictions_dir)
         .map_err(|e| Failure::Failed(format!("cannot create temp space: {e}")))?;
-    let (supervisor, service) = crate::server::start_model(&config, temp.path(), predictions_dir);
+    let (supervisor, service) =
+        crate::server::start_model(&config, temp.path(), predictions_dir, None);
     let outcome = async {
         wait_for_setup(&config, &supervisor, &service).await?;
         let schema = supervisor.schema();

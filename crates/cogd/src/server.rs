@@ -3,13 +3,17 @@
 
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::files::outputs::OutputSender;
 use crate::files::Fetcher;
+use crate::outbound::AddressPolicy;
 use crate::service::{Outbound, Service, ServiceConfig};
 use crate::supervisor::{Supervisor, WorkerConfig, WorkerState};
 use crate::telemetry::Metrics;
@@ -74,11 +78,13 @@ fn remove_ready_file() {
 
 /// Starts the worker and the service that runs predictions on it, as the
 /// server and `cogd predict` both do: slot sockets go in `socket_dir`, each
-/// prediction's files in `predictions_dir`.
+/// prediction's files in `predictions_dir`; outbound requests never reach
+/// `listen_port` on this host.
 pub(crate) fn start_model(
     config: &Config,
     socket_dir: &std::path::Path,
     predictions_dir: std::path::PathBuf,
+    listen_port: Option<u16>,
 ) -> (Supervisor, Service) {
     let metrics = Metrics::new();
     let supervisor = Supervisor::start(
@@ -98,19 +104,27 @@ pub(crate) fn start_model(
     );
     let user_agent =
         std::env::var("COG_USER_AGENT").unwrap_or_else(|_| format!("cogd/{}", crate::VERSION));
+    let policy = AddressPolicy::new(config.block_private_networks, listen_port);
     let outbound = Outbound {
         webhooks: WebhookSender::new(
             std::env::var("WEBHOOK_AUTH_TOKEN").ok(),
             config.webhook_throttle,
             &user_agent,
             metrics.clone(),
+            &policy,
         ),
         fetcher: Fetcher::new(
             config.download_timeout,
             config.download_max_bytes,
             &user_agent,
+            &policy,
         ),
-        outputs: OutputSender::new(config.upload_url.clone(), &user_agent),
+        outputs: OutputSender::new(
+            config.upload_url.clone(),
+            &user_agent,
+            config.upload_timeout,
+            &policy,
+        ),
     };
     let service = Service::new(
         supervisor.clone(),
@@ -147,8 +161,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             source,
         })?;
 
-    let (supervisor, service) = start_model(&config, temp.path(), predictions_dir);
-    let (shutdown, mut stop) = watch::channel(false);
+    let listen_port = listener.local_addr().ok().map(|addr| addr.port());
+    let (supervisor, service) = start_model(&config, temp.path(), predictions_dir, listen_port);
+    let (shutdown, stop) = watch::channel(false);
     tokio::spawn(watch_signals(
         shutdown.clone(),
         config.await_explicit_shutdown,
@@ -177,22 +192,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.max_body_bytes,
     );
     let mut stopped = stop.clone();
-    // Nagle off: a stream's events are small writes, each of which would
-    // otherwise wait for the client's acknowledgement of the one before
-    // (up to its delayed-ACK timer, 40 ms) once the connection has left
-    // quick-ACK mode.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot turn Nagle's algorithm off on a connection");
-        }
-    });
-    // As a make-service, each connection gets the router by an `Arc` clone;
-    // served as a `Router`, each would copy its whole route table (an
-    // allocation per route, and a connection per SSE client).
-    let server =
-        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        });
+    // A body that stops arriving fails its request instead of holding it.
+    let app = app.layer(RequestBodyTimeoutLayer::new(config.client_timeout));
+    let server = serve_connections(listener, app, stop, config.client_timeout);
     // Waiting synchronous requests end with their predictions; a connection
     // that never ends must not keep the server up past the grace period.
     let grace = config.shutdown_grace;
@@ -213,6 +215,76 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     drop(temp);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves HTTP/1 connections from `listener` with `app` until `stop`, then
+/// lets those still open finish their request in flight and close.
+///
+/// Served here rather than by `axum::serve` to give hyper a timer, so that
+/// `client_timeout` bounds the wait for each request head: the first on a
+/// connection (a client that connects and sends nothing, or sends its head a
+/// byte at a time) and each next one on a kept-alive connection (an idle
+/// one). Without it, idle connections hold descriptors until the client
+/// closes them, and a few hundred lock every client out at the fd limit.
+/// Each connection gets the router by an `Arc` clone; Nagle's algorithm is
+/// off on each, as a stream's events are small writes, each of which would
+/// otherwise wait for the client's acknowledgement of the one before (up to
+/// its delayed-ACK timer, 40 ms).
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    client_timeout: Duration,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(client_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot turn Nagle's algorithm off on a connection");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Returns once `stop` is set.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// After a failed `accept`: a connection the client gave up on is nothing;
+/// anything else (out of descriptors, above all) gets a pause, so the loop
+/// does not spin while the condition lasts.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(%error, "cannot accept a connection");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// SIGTERM stops the server (unless shutdown must be explicit); SIGINT always.

@@ -17,6 +17,8 @@ use reqwest::StatusCode;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::files::{redact, without_url};
+use crate::outbound::{is_refused, AddressPolicy, OutboundClient};
 use crate::prediction::{Prediction, PredictionHandle};
 use crate::telemetry::Metrics;
 
@@ -67,7 +69,7 @@ pub struct Subscription {
 /// Sends webhooks; one per server, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
-    client: reqwest::Client,
+    client: OutboundClient,
     /// `WEBHOOK_AUTH_TOKEN`, sent as a bearer token.
     token: Option<String>,
     /// The least time between two `output`/`logs` webhooks of one prediction.
@@ -94,6 +96,10 @@ impl Drop for Pending {
     }
 }
 
+/// Webhook requests in flight across the server; past it, deliveries wait
+/// (holding no connection), so receivers that never answer cannot use up
+/// the server's file descriptors.
+const MAX_DELIVERIES: usize = 64;
 /// Attempts at delivering `completed` before giving up.
 const COMPLETED_ATTEMPTS: u32 = 8;
 /// The first pause between attempts; it doubles each time.
@@ -102,19 +108,21 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl WebhookSender {
-    /// A sender with its own connection pool (kept-alive connections).
+    /// A sender with its own connection pool (kept-alive connections) that
+    /// reaches only what `policy` allows.
     pub fn new(
         token: Option<String>,
         throttle: Duration,
         user_agent: &str,
         metrics: Metrics,
+        policy: &AddressPolicy,
     ) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .user_agent(user_agent)
-            .build()
-            .expect("the HTTP client configuration is valid");
+        let client = OutboundClient::new(policy, MAX_DELIVERIES, |builder| {
+            builder
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(30))
+                .user_agent(user_agent)
+        });
         Self {
             client,
             token: token.filter(|t| !t.is_empty()),
@@ -217,12 +225,22 @@ impl WebhookSender {
     /// POSTs `prediction`, retrying up to `attempts` times in all.
     async fn send(&self, subscription: &Subscription, prediction: &Prediction, attempts: u32) {
         let mut backoff = FIRST_BACKOFF;
+        let shown = shown(&subscription.url);
+        let Ok(url) = reqwest::Url::parse(&subscription.url) else {
+            tracing::warn!(prediction_id = %prediction.id, url = %shown, "webhook URL does not parse");
+            return;
+        };
         // Written once, shared by every attempt.
         let body = bytes::Bytes::from(prediction.to_json());
         for attempt in 1..=attempts {
-            let mut request = self
-                .client
-                .post(&subscription.url)
+            let mut request = match self.client.request(reqwest::Method::POST, url.clone()) {
+                Ok(request) => request,
+                Err(refused) => {
+                    tracing::warn!(prediction_id = %prediction.id, url = %shown, reason = %refused, "webhook refused by the address policy");
+                    return;
+                }
+            };
+            request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
             if let Some(token) = &self.token {
@@ -231,7 +249,10 @@ impl WebhookSender {
             for (name, value) in &subscription.trace_headers {
                 request = request.header(name, value);
             }
-            let wait = match request.send().await {
+            let permit = self.client.permit().await;
+            let sent = request.send().await;
+            drop(permit);
+            let wait = match sent {
                 Ok(response) if response.status().is_success() => {
                     self.metrics.webhook_delivered();
                     return;
@@ -242,7 +263,7 @@ impl WebhookSender {
                     let retryable = status.is_server_error()
                         || status == StatusCode::TOO_MANY_REQUESTS
                         || status == StatusCode::REQUEST_TIMEOUT;
-                    tracing::warn!(prediction_id = %prediction.id, %status, attempt, "webhook refused");
+                    tracing::warn!(prediction_id = %prediction.id, url = %shown, %status, attempt, "webhook refused");
                     if !retryable {
                         return;
                     }
@@ -250,7 +271,10 @@ impl WebhookSender {
                 }
                 Err(error) => {
                     self.metrics.webhook_failed();
-                    tracing::warn!(prediction_id = %prediction.id, %error, attempt, "webhook failed");
+                    tracing::warn!(prediction_id = %prediction.id, url = %shown, error = %without_url(&error), attempt, "webhook failed");
+                    if is_refused(&error) {
+                        return;
+                    }
                     backoff
                 }
             };
@@ -259,8 +283,13 @@ impl WebhookSender {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        tracing::error!(prediction_id = %prediction.id, attempts, "giving up on a webhook");
+        tracing::error!(prediction_id = %prediction.id, url = %shown, attempts, "giving up on a webhook");
     }
+}
+
+/// A webhook URL as logs may show it: without credentials or query.
+fn shown(url: &str) -> String {
+    reqwest::Url::parse(url).map_or_else(|_| "the webhook URL".into(), |u| redact(&u))
 }
 
 /// A `Retry-After` in seconds, as 429 and 503 answers may carry.

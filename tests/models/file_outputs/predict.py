@@ -93,6 +93,11 @@ def symlink_to_device() -> Path:
     return Path(link)
 
 
+def given_path(path: str = "/proc/self/environ") -> Path:
+    """Whatever path the caller names, as a file output."""
+    return Path(path)
+
+
 def long_text(mib: int = 20) -> str:
     """A string output far larger than one protocol frame."""
     return "x" * (mib * 1024 * 1024)

@@ -10,7 +10,8 @@
 //! inlined as a `data:<mime>;base64,…` URI, encoded straight from disk into
 //! the final JSON text, or, with an upload base URL (`--upload-url`, or the
 //! request's `output_file_prefix`), sent with `PUT BASE/<filename>`, the body
-//! streamed from disk and retried on connection failures, 5xx and 429; the
+//! streamed from disk, each attempt bounded in time, and retried on
+//! connection failures, timeouts, 5xx and 429; the
 //! value is then the reply's `Location` (query string dropped) or the PUT URL.
 //! A file inside the prediction's directory is removed once it is sent.
 //!
@@ -29,6 +30,7 @@ use futures_util::future::try_join_all;
 
 use super::{redact, sanitize, without_url};
 use crate::ipc::FileOutput;
+use crate::outbound::{is_refused, AddressPolicy, OutboundClient};
 use crate::prediction::JsonText;
 use crate::supervisor::{OutputJson, OutputValue};
 
@@ -40,6 +42,8 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Files of one output uploaded at the same time.
 const PARALLEL_UPLOADS: usize = 4;
+/// Uploads in flight across the server; past it, uploads wait.
+const MAX_UPLOADS: usize = 32;
 /// Bytes read from disk at a time while uploading: each read is a trip to
 /// the blocking pool, and the file's own reads go at most this far at once.
 /// Against 256 KiB, a 20 MiB upload took 1-4 ms less (14.3-16.0 ms
@@ -95,9 +99,13 @@ pub enum OutputError {
 /// Sends file outputs; one per server, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct OutputSender {
-    client: reqwest::Client,
+    client: OutboundClient,
     /// `--upload-url`: where files go when the request names no prefix.
     upload_url: Option<String>,
+    /// The longest one upload attempt may take, reply included
+    /// (`COG_UPLOAD_TIMEOUT`): a receiver that takes the body and never
+    /// answers must not hold the prediction, and its slot, forever.
+    upload_timeout: Duration,
 }
 
 /// What one prediction's outputs need to be sent.
@@ -118,14 +126,25 @@ struct Resolved<'a> {
 }
 
 impl OutputSender {
-    /// A sender that uploads to `upload_url` when set, else inlines files.
-    pub fn new(upload_url: Option<String>, user_agent: &str) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(user_agent)
-            .build()
-            .expect("the HTTP client configuration is valid");
-        Self { client, upload_url }
+    /// A sender that uploads to `upload_url` when set, else inlines files;
+    /// each upload attempt gives up after `upload_timeout`, and reaches only
+    /// what `policy` allows.
+    pub fn new(
+        upload_url: Option<String>,
+        user_agent: &str,
+        upload_timeout: Duration,
+        policy: &AddressPolicy,
+    ) -> Self {
+        let client = OutboundClient::new(policy, MAX_UPLOADS, |builder| {
+            builder
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(user_agent)
+        });
+        Self {
+            client,
+            upload_url,
+            upload_timeout,
+        }
     }
 
     /// The output's final JSON: its files sent and their URLs in place.
@@ -212,12 +231,16 @@ impl OutputSender {
                 file,
                 UPLOAD_CHUNK,
             ));
-            let sent = self
+            let permit = self.client.permit().await;
+            let request = self
                 .client
-                .put(url.clone())
+                .request(reqwest::Method::PUT, url.clone())
+                .map_err(|refused| failed(refused.to_string()))?;
+            let sent = request
                 .header(reqwest::header::CONTENT_TYPE, &r.file.mime_type)
                 .header(reqwest::header::CONTENT_LENGTH, r.len)
                 .body(body)
+                .timeout(self.upload_timeout)
                 .send()
                 .await;
             let (reason, retry_after) = match sent {
@@ -230,9 +253,12 @@ impl OutputSender {
                     }
                     (reason, retry_after(&reply))
                 }
-                Err(e) if e.is_connect() => (without_url(&e), None),
+                Err(e) if (e.is_connect() || e.is_timeout()) && !is_refused(&e) => {
+                    (without_url(&e), None)
+                }
                 Err(e) => return Err(failed(without_url(&e))),
             };
+            drop(permit);
             if attempt == UPLOAD_ATTEMPTS {
                 return Err(failed(format!("{reason} (after {attempt} attempts)")));
             }
@@ -284,16 +310,34 @@ async fn read_spilled(path: PathBuf, dir: PathBuf) -> Result<JsonText, OutputErr
     .map_err(|e| OutputError::Malformed(format!("the spill task failed: {e}")))?
 }
 
+/// Why a file under /proc or /sys is refused.
+const PSEUDO_FILE: &str = "it is under /proc or /sys, whose files read differently for each \
+     process (/proc/self here would be the server): copy it to a regular file first";
+
+/// Whether `path` is a kernel pseudo-file. Its content depends on the process
+/// that reads it, so the server can never read it as the run would have; no
+/// model means to return one, and resolving `/proc/self` against the worker
+/// would still leave `/proc/<server's pid>` and `/proc/thread-self` open.
+fn is_pseudo_file(path: &Path) -> bool {
+    path.starts_with("/proc") || path.starts_with("/sys")
+}
+
 /// Follows symlinks to the real file, which must be a regular one (never a
-/// device or a directory).
+/// device, a directory or a file under /proc or /sys).
 async fn resolve(file: &FileOutput) -> Result<Resolved<'_>, OutputError> {
     let failed = |reason: String| OutputError::Read {
         path: file.path.clone(),
         reason,
     };
+    if is_pseudo_file(&file.path) {
+        return Err(failed(PSEUDO_FILE.into()));
+    }
     let real = tokio::fs::canonicalize(&file.path)
         .await
         .map_err(|e| failed(e.to_string()))?;
+    if is_pseudo_file(&real) {
+        return Err(failed(PSEUDO_FILE.into()));
+    }
     let meta = tokio::fs::metadata(&real)
         .await
         .map_err(|e| failed(e.to_string()))?;
@@ -643,7 +687,12 @@ mod tests {
         let b = elsewhere.path().join("b.bin");
         std::fs::write(&a, b"hello").unwrap();
         std::fs::write(&b, [0u8, 1, 2, 3]).unwrap();
-        let sender = OutputSender::new(None, "test");
+        let sender = OutputSender::new(
+            None,
+            "test",
+            Duration::from_secs(30),
+            &AddressPolicy::new(false, None),
+        );
         let value = inline(
             r#"[null,{"file":null,"n":1},"\u0000cogd"]"#,
             vec![

@@ -9,6 +9,7 @@ use super::WorkerConfig;
 /// Starts `python -m cogd.worker` in the model directory with the control
 /// channel on its stdin/stdout. Its stderr is the server's until the worker
 /// captures it, so a crash before that is still visible to the operator.
+/// The API token and the webhook token are left out of its environment.
 pub(super) fn spawn(config: &WorkerConfig) -> Result<Child, String> {
     Command::new(&config.python)
         .args(["-m", "cogd.worker"])
@@ -16,6 +17,9 @@ pub(super) fn spawn(config: &WorkerConfig) -> Result<Child, String> {
         // Python output reaches the capture pipes as it is written, so each line
         // lands in the logs of the run that wrote it.
         .env("PYTHONUNBUFFERED", "1")
+        // The server's own secrets are not the model's to read.
+        .env_remove("COG_API_TOKEN")
+        .env_remove("WEBHOOK_AUTH_TOKEN")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
