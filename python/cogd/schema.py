@@ -40,8 +40,6 @@ from cogd.decorators import declared_streaming
 from cogd.types import (
     MISSING,
     AsyncConcatenateIterator,
-    BasePredictor,
-    BaseRunner,
     ConcatenateIterator,
     FieldInfo,
     File,
@@ -936,20 +934,21 @@ def openapi_document(predict: Signature | None, train: Signature | None = None) 
 # -- loading predictors and training functions ----------------------------------
 
 
-def run_callable(predictor: Any, method_names: tuple[str, ...]) -> tuple[Callable, bool]:
-    """``(function, skip_self)`` of a predictor class's run method, or of a function.
+def run_callable(predictor: Any, mode: str = "predict") -> tuple[Callable, bool]:
+    """``(function, skip_self)`` of a predictor class's run method (chosen as
+    the worker chooses it, ``cogd.runner.run_method_name``), or of a function.
 
     The class is not instantiated: its function is read from the class.
     """
     if inspect.isclass(predictor):
-        bases = {"run": BaseRunner, "predict": BasePredictor}
-        for name in method_names:
-            attr = getattr(predictor, name, None)
-            base = bases.get(name)
-            if attr is not None and (base is None or attr is not getattr(base, name, None)):
-                return attr, not isinstance(inspect.getattr_static(predictor, name), staticmethod)
-        wanted = " or ".join(f"{n}()" for n in method_names)
-        raise SchemaError(f"{predictor.__name__} defines no {wanted}")
+        from cogd.runner import LoadError, run_method_name
+
+        try:
+            name = run_method_name(predictor, mode)
+        except LoadError as e:
+            raise SchemaError(str(e)) from None
+        static = isinstance(inspect.getattr_static(predictor, name), staticmethod)
+        return getattr(predictor, name), not static
     if callable(predictor):
         return predictor, False
     raise SchemaError(f"{predictor!r} is neither a class nor a function")
@@ -969,23 +968,36 @@ def _load(ref: str) -> Any:
 
 def configured_ref(mode: str, model_dir: str = ".") -> str | None:
     """What runs in ``mode``: ``COG_PREDICT_TYPE_STUB``/``COG_TRAIN_TYPE_STUB``,
-    else ``predict:``/``train:`` in cog.yaml."""
-    key = "train" if mode == "train" else "predict"
-    ref = os.environ.get(f"COG_{key.upper()}_TYPE_STUB", "").strip()
+    else ``run:`` (or the older ``predict:``)/``train:`` in cog.yaml.
+
+    ``run:`` and ``predict:`` both set is refused by the server before the
+    worker starts; here ``run:`` wins."""
+    variable = "COG_TRAIN_TYPE_STUB" if mode == "train" else "COG_PREDICT_TYPE_STUB"
+    ref = os.environ.get(variable, "").strip()
     if ref:
         return ref
+    keys = ("train",) if mode == "train" else ("run", "predict")
     try:
         with open(os.path.join(model_dir, "cog.yaml"), encoding="utf-8") as f:
             text = f.read()
     except OSError:
         return None
+    for key in keys:
+        value = _cog_yaml_value(text, key)
+        if value:
+            return value
+    return None
+
+
+def _cog_yaml_value(text: str, key: str) -> str | None:
+    """A top-level string of cog.yaml, or ``None`` when unset, empty or unreadable."""
     try:
         import yaml  # type: ignore[import-untyped]
 
         value = (yaml.safe_load(text) or {}).get(key)
-        return value if isinstance(value, str) and value.strip() else None
+        return value.strip() if isinstance(value, str) and value.strip() else None
     except ImportError:
-        # PyYAML is not a dependency: a top-level `train: "FILE.py:NAME"` line
+        # PyYAML is not a dependency: a top-level `run: "FILE.py:NAME"` line
         # is all this needs to read.
         match = re.search(rf"""^{key}:\s*["']?([^"'#\s]+)["']?\s*(?:#.*)?$""", text, re.M)
         return match.group(1) if match else None
@@ -1006,9 +1018,8 @@ def _other_signature(mode: str, served_ref: str) -> Signature | None:
     ref = configured_ref(other)
     if not ref or ref == served_ref:
         return None
-    names = ("train",) if other == "train" else ("run", "predict")
     try:
-        fn, skip_self = run_callable(_load(ref), names)
+        fn, skip_self = run_callable(_load(ref), other)
         return signature_of(fn, skip_self=skip_self)
     except Exception as e:  # noqa: BLE001 - any failure only drops that part
         noun = "trainings" if other == "train" else "predictions"
@@ -1107,9 +1118,8 @@ def document_for(predictor_ref: str, mode: str = "predict") -> str:
     prebuilt = read_prebuilt()
     if prebuilt is not None:
         return prebuilt
-    names = ("train",) if mode == "train" else ("run", "predict")
     predictor = _load(predictor_ref)
-    fn, skip_self = run_callable(predictor, names)
+    fn, skip_self = run_callable(predictor, mode)
     streaming = declared_streaming(fn, getattr(fn, "__func__", None), predictor)
     return prepare(fn, predictor_ref, mode, skip_self=skip_self, streaming=streaming)[1]
 
