@@ -50,11 +50,16 @@ class BaseModel:
             cls._cog_auto_dataclass = False
             return
         _adopt_pydantic_declarations(cls)
+        # A failed attempt has already replaced the class's defaults by what
+        # the dataclass keeps of them; the retry must see them as declared.
+        declared = {name: cls.__dict__[name] for name in _own_fields(cls) if name in cls.__dict__}
         try:
             dataclasses.dataclass(init=init, **kwargs)(cls)
         except TypeError as e:
             if "kw_only" in kwargs or "follows default argument" not in str(e):
                 raise
+            for name, value in declared.items():
+                setattr(cls, name, value)
             dataclasses.dataclass(init=init, kw_only=True, **kwargs)(cls)
         cls._cog_auto_dataclass = True
 
@@ -88,7 +93,7 @@ def _check_bases(cls: type, auto_dataclass: bool) -> None:
 def _adopt_pydantic_declarations(cls: type) -> None:
     """Rewrites the class's own field defaults that pydantic took and a
     dataclass refuses (see the module's docstring), before it is made one."""
-    names = list(cls.__dict__.get("__annotations__", {}))
+    names = _own_fields(cls)
     for name in names:
         if name in cls.__dict__:
             value = _pydantic_default(cls.__dict__[name])
@@ -134,6 +139,11 @@ def _pydantic_default(value: Any) -> Any:
 def _is_pydantic_field(value: Any) -> bool:
     cls = type(value)
     return cls.__name__ == "FieldInfo" and cls.__module__.startswith("pydantic")
+
+
+def _own_fields(cls: type) -> list[str]:
+    """The names the class itself annotates, in order."""
+    return list(cls.__dict__.get("__annotations__", {}))
 
 
 def _own_hints(cls: type) -> dict[str, Any]:

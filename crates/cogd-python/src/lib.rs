@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
+use pyo3::types::PyString;
 
 use cogd::ipc::LogSource;
 use cogd::worker::{
@@ -71,9 +72,9 @@ fn write_output(
     py: Python<'_>,
     slot: usize,
     index: u64,
-    pieces: Vec<String>,
+    pieces: Vec<Bound<'_, PyString>>,
     files: &str,
-    strings: Vec<PyBackedStr>,
+    strings: Vec<Bound<'_, PyString>>,
 ) -> PyResult<bool> {
     let output = output_json(pieces, strings).map_err(pyo3::exceptions::PyValueError::new_err)?;
     let files = parse_files(files).map_err(pyo3::exceptions::PyValueError::new_err)?;
@@ -84,13 +85,30 @@ fn write_output(
 /// An output as `cogd.coercion.output_json` makes it: JSON text in pieces,
 /// with its long strings between them, borrowed from Python as they are (a
 /// `str` of ASCII is read in place; others through the UTF-8 copy Python
-/// keeps with the `str`) and escaped only as the output is written.
-fn output_json(pieces: Vec<String>, strings: Vec<PyBackedStr>) -> Result<OutputJson, String> {
+/// keeps with the `str`) and escaped only as the output is written. Python's
+/// JSON text is UTF-8 (not `\u` escapes), so a lone surrogate, which UTF-8
+/// cannot carry, is written as U+FFFD: the output stays valid JSON.
+fn output_json(
+    pieces: Vec<Bound<'_, PyString>>,
+    strings: Vec<Bound<'_, PyString>>,
+) -> Result<OutputJson, String> {
+    let pieces = pieces.iter().map(utf8_lossy).collect();
     let strings = strings
         .into_iter()
-        .map(|s| Box::new(s) as cogd::worker::LongString)
+        .map(|s| match PyBackedStr::try_from(s.clone()) {
+            Ok(borrowed) => Box::new(borrowed) as cogd::worker::LongString,
+            Err(_) => Box::new(utf8_lossy(&s)) as cogd::worker::LongString,
+        })
         .collect();
     OutputJson::from_pieces(pieces, strings)
+}
+
+/// A `str` as UTF-8, its lone surrogates replaced by U+FFFD.
+fn utf8_lossy(text: &Bound<'_, PyString>) -> String {
+    match text.to_str() {
+        Ok(utf8) => utf8.to_owned(),
+        Err(_) => text.to_string_lossy().into_owned(),
+    }
 }
 
 /// The files an output refers to, as `cogd.coercion` lists them in JSON.
@@ -318,7 +336,9 @@ impl Handler for PyHandler {
                         slot,
                     ),
                 )
-                .and_then(|out| out.extract::<(Option<Vec<String>>, String, Vec<PyBackedStr>)>())
+                .and_then(|out| {
+                    out.extract::<(Option<Vec<Bound<'_, PyString>>>, String, Vec<Bound<'_, PyString>>)>()
+                })
                 .map_err(|e| {
                     if e.is_instance(py, self.cancelation.bind(py)) {
                         RunError::Canceled
@@ -326,15 +346,16 @@ impl Handler for PyHandler {
                         RunError::Failed(describe(py, &e))
                     }
                 })
+                .and_then(|output| match output {
+                    (Some(pieces), files, strings) => {
+                        let output = output_json(pieces, strings).map_err(RunError::Failed)?;
+                        let files = parse_files(&files).map_err(RunError::Failed)?;
+                        Ok(RunOutput::Value(output, files))
+                    }
+                    (None, _, _) => Ok(RunOutput::Streamed),
+                })
         })?;
-        match output {
-            (Some(pieces), files, strings) => {
-                let output = output_json(pieces, strings).map_err(RunError::Failed)?;
-                let files = parse_files(&files).map_err(RunError::Failed)?;
-                Ok(RunOutput::Value(output, files))
-            }
-            (None, _, _) => Ok(RunOutput::Streamed),
-        }
+        Ok(output)
     }
 
     fn cancel(&self, slot: usize) {
