@@ -123,7 +123,8 @@ def test_a_pydantic_era_predictor_loads_and_its_output_is_an_object(start_server
     # The list default is copied for each instance, as pydantic made it.
     assert server.predict_ok({"count": 0})["output"] == {"text": "hi", "tags": [], "seed": None}
     output = server.get("/openapi.json").json()["components"]["schemas"]["Output"]
-    assert output["required"] == ["text"], output
+    assert list(output["properties"]) == ["text", "tags", "seed"], output
+    assert output["properties"]["seed"]["nullable"] is True
 
 
 def test_cogd_predict_runs_a_model_named_by_run_key(tmp_path: Path):

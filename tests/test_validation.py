@@ -180,7 +180,7 @@ def test_a_secret_reaches_the_run_but_never_a_log_a_reply_or_an_error(coercion):
     token = prediction["output"]["token"]
     assert token == {"type": "Secret", "value": "**********", "length": len(SECRET)}
     # The run printed the Secret (str and repr): the logs show it masked.
-    assert log_lines(prediction) == ["using token ********** (Secret('**********'))"]
+    assert log_lines(prediction) == ["using token ********** (Secret(**********))"]
     assert prediction["input"]["token"] == "**********"
     # An invalid request carrying the secret: the error must not echo it.
     resp = coercion.predict({"text": SECRET, "token": SECRET, "code": SECRET})

@@ -103,12 +103,43 @@ fn output_json(
     OutputJson::from_pieces(pieces, strings)
 }
 
-/// A `str` as UTF-8, its lone surrogates replaced by U+FFFD.
+/// A `str` as UTF-8, each lone surrogate replaced by one U+FFFD.
 fn utf8_lossy(text: &Bound<'_, PyString>) -> String {
     match text.to_str() {
         Ok(utf8) => utf8.to_owned(),
-        Err(_) => text.to_string_lossy().into_owned(),
+        // Only a str with a lone surrogate gets here: read as UTF-16, where
+        // a surrogate is one unit, so it becomes one replacement character.
+        Err(_) => text
+            .call_method1("encode", ("utf-16-le", "surrogatepass"))
+            .and_then(|bytes| bytes.extract::<Vec<u8>>())
+            .map(|bytes| {
+                let units: Vec<u16> = bytes
+                    .chunks_exact(2)
+                    .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+                    .collect();
+                String::from_utf16_lossy(&units)
+            })
+            .unwrap_or_else(|_| text.to_string_lossy().into_owned()),
     }
+}
+
+/// What `Runner.run` returns: the output's JSON text in pieces (`None` for a
+/// stream, whose chunks were sent as they came), its files as JSON text, and
+/// the long strings between the pieces (see [`output_json`]).
+type PyRunOutput<'py> = (
+    Option<Vec<Bound<'py, PyString>>>,
+    String,
+    Vec<Bound<'py, PyString>>,
+);
+
+/// A run's result as the worker sends it.
+fn run_output((pieces, files, strings): PyRunOutput<'_>) -> Result<RunOutput, RunError> {
+    let Some(pieces) = pieces else {
+        return Ok(RunOutput::Streamed);
+    };
+    let output = output_json(pieces, strings).map_err(RunError::Failed)?;
+    let files = parse_files(&files).map_err(RunError::Failed)?;
+    Ok(RunOutput::Value(output, files))
 }
 
 /// The files an output refers to, as `cogd.coercion` lists them in JSON.
@@ -321,7 +352,7 @@ impl Handler for PyHandler {
     }
 
     fn run(&self, slot: usize, request: RunRequest) -> Result<RunOutput, RunError> {
-        let output = Python::attach(|py| {
+        Python::attach(|py| {
             let inputs = py_json(py, &request.input_json)
                 .map_err(|e| RunError::Failed(format!("the input is not valid JSON: {e}")))?;
             drop(request.input_json);
@@ -336,9 +367,7 @@ impl Handler for PyHandler {
                         slot,
                     ),
                 )
-                .and_then(|out| {
-                    out.extract::<(Option<Vec<Bound<'_, PyString>>>, String, Vec<Bound<'_, PyString>>)>()
-                })
+                .and_then(|out| out.extract::<PyRunOutput<'_>>())
                 .map_err(|e| {
                     if e.is_instance(py, self.cancelation.bind(py)) {
                         RunError::Canceled
@@ -346,16 +375,8 @@ impl Handler for PyHandler {
                         RunError::Failed(describe(py, &e))
                     }
                 })
-                .and_then(|output| match output {
-                    (Some(pieces), files, strings) => {
-                        let output = output_json(pieces, strings).map_err(RunError::Failed)?;
-                        let files = parse_files(&files).map_err(RunError::Failed)?;
-                        Ok(RunOutput::Value(output, files))
-                    }
-                    (None, _, _) => Ok(RunOutput::Streamed),
-                })
-        })?;
-        Ok(output)
+                .and_then(run_output)
+        })
     }
 
     fn cancel(&self, slot: usize) {

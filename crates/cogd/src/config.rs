@@ -110,7 +110,9 @@ pub enum ConfigError {
     #[error("no predictor: set `run: \"run.py:Runner\"` in {0}/cog.yaml or COG_PREDICT_TYPE_STUB")]
     NoPredictor(PathBuf),
     /// `cog.yaml` names the entry point twice, as Cog refuses too.
-    #[error("'run' and 'predict' cannot both be set in {0}/cog.yaml; use 'run' (predict is deprecated)")]
+    #[error(
+        "'run' and 'predict' cannot both be set in {0}/cog.yaml; use 'run' (predict is deprecated)"
+    )]
     RunAndPredict(PathBuf),
     /// Training mode, and nothing says what trains.
     #[error("no training function: set `train: \"train.py:train\"` in {0}/cog.yaml or COG_TRAIN_TYPE_STUB")]
@@ -405,14 +407,19 @@ mod tests {
         let dir = model("run: run.py:Runner\npredict: predict.py:Predictor\n");
         let error = resolve(dir.path(), &[]).unwrap_err();
         assert!(matches!(error, ConfigError::RunAndPredict(_)), "{error}");
-        assert!(error.to_string().contains("'run' and 'predict' cannot both be set"));
+        assert!(error
+            .to_string()
+            .contains("'run' and 'predict' cannot both be set"));
     }
 
     #[test]
     fn without_an_entry_point_the_error_names_run() {
         let dir = model("build:\n  python_version: '3.11'\n");
         let error = resolve(dir.path(), &[]).unwrap_err();
-        assert!(error.to_string().contains("`run: \"run.py:Runner\"`"), "{error}");
+        assert!(
+            error.to_string().contains("`run: \"run.py:Runner\"`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -692,7 +692,10 @@ mod tests {
     fn ints_pass_for_numbers_and_null_is_refused_even_where_nullable() {
         let input = check(json!({"prompt": "a", "api_key": "k", "scale": 3})).unwrap();
         assert_eq!(input["scale"], 3, "an int reaches a number input as it is");
-        assert!(!input.contains_key("seed"), "an omitted optional input stays out");
+        assert!(
+            !input.contains_key("seed"),
+            "an omitted optional input stays out"
+        );
         // Cog's validator ignores `nullable`: an explicit null is refused.
         let errors = check(json!({
             "prompt": "a", "api_key": "k", "seed": null, "image": null, "choice": null,
@@ -700,7 +703,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             fields(&errors),
-            vec![("seed", "int_type"), ("image", "string_type"), ("choice", "enum")]
+            vec![
+                ("seed", "int_type"),
+                ("image", "string_type"),
+                ("choice", "enum")
+            ]
         );
         let errors = check(json!({"prompt": "a", "api_key": "k", "steps": null})).unwrap_err();
         assert_eq!(errors[0].msg, "Input should be a valid integer (got null)");
