@@ -382,13 +382,10 @@ def test_concurrent_takes_cogs_forms():
     async def four() -> None: ...
 
     assert bare._cog_concurrency_max == 1 and four._cog_concurrency_max == 4
-    with pytest.raises(TypeError, match="requires an async function"):
-
-        @cog.concurrent(max=2)
-        def sync() -> None: ...
-
     with pytest.raises(ValueError, match="at least 1"):
         cog.concurrent(max=0)
+    with pytest.raises(TypeError, match="must be an integer"):
+        cog.concurrent(max="2")
 
 
 def test_coder_registry_finds_a_registered_coder():

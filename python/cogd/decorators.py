@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,9 +25,8 @@ def concurrent(fn: Any = None, *, max: int = 1) -> Any:  # noqa: A002 - Cog's ke
         raise ValueError("concurrent max must be at least 1")
 
     def apply(target: T) -> T:
-        is_async = inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
-        if max > 1 and inspect.isfunction(target) and not is_async:
-            raise TypeError(f"concurrent max greater than 1 requires an async function (max={max})")
+        # More than one slot for a sync run fails setup, saying so, rather
+        # than the import (as in Cog): COG_MAX_CONCURRENCY=1 can still serve it.
         setattr(target, CONCURRENCY_ATTR, max)
         return target
 
