@@ -706,6 +706,7 @@ mod tests {
             vec![
                 ("seed", "int_type"),
                 ("image", "string_type"),
+                ("choice", "int_type"),
                 ("choice", "enum")
             ]
         );
