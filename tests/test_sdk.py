@@ -298,6 +298,8 @@ def test_input_returns_field_info_and_refuses_default_factory():
     assert info.choices == [1, 2, 3] and info.deprecated is True
     with pytest.raises(TypeError, match="default_factory is not supported in Input()"):
         Input(default_factory=list)
+    # Cog 0.13 passed Input to pydantic, where `...` means required.
+    assert Input(..., description="x").required and not Input(default=None).required
 
 
 # -- Secret, Path, File, URLFile --------------------------------------------------

@@ -149,7 +149,11 @@ def Input(  # noqa: N802 - the name is Cog's public API
     should send, as in HTML's ``accept`` attribute; it is published in the
     schema as ``x-cog-accept`` and not enforced. ``default_factory`` is
     refused, as Cog refuses it: a default must be a literal the schema can show.
+    ``Input(...)`` (Ellipsis, pydantic's "required", as Cog 0.13 took it) is
+    the same as no default.
     """
+    if default is Ellipsis:
+        default = MISSING
     if default_factory is not None:
         raise TypeError(
             "default_factory is not supported in Input(). "
