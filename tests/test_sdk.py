@@ -17,7 +17,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import warnings
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -121,8 +120,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_deprecated_names_work_and_print_their_line_once_on_stderr():
     result = run_python(
         """
-        import warnings
-        import cog
+                import cog
         from cog import ExperimentalFeatureWarning
         from cog import ExperimentalFeatureWarning as again
         from cog.types import ExperimentalFeatureWarning as from_types
@@ -468,8 +466,7 @@ def test_a_reference_without_a_name_loads_runner_then_predictor(tmp_path, monkey
         "    def predict(self) -> str:\n"
         "        return 'predictor'\n"
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
+    with pytest.warns(DeprecationWarning, match="Predictor is deprecated; use Runner instead"):
         assert load_predictor_from_ref(str(only)).predict() == "predictor"
     assert load_predictor_from_ref(f"{only}:Predictor").run() == "predictor"
 
