@@ -120,7 +120,8 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_deprecated_names_work_and_print_their_line_once_on_stderr():
     result = run_python(
         """
-                import cog
+        import warnings
+        import cog
         from cog import ExperimentalFeatureWarning
         from cog import ExperimentalFeatureWarning as again
         from cog.types import ExperimentalFeatureWarning as from_types
