@@ -1,43 +1,18 @@
 """The Cog SDK as model code imports it, served by cogd.
 
-Every name here is re-exported from ``cogd`` so that unchanged Cog models run.
+Every name is cogd's (``cogd.__all__``), so that unchanged Cog models run; the
+deprecated ``ExperimentalFeatureWarning`` and ``emit_metric`` still work and
+say once on stderr that they are deprecated, as Cog's do.
 """
 
-from cogd.decorators import concurrent, streaming
-from cogd.scope import Scope, current_scope
-from cogd.types import (
-    AsyncConcatenateIterator,
-    BaseModel,
-    BasePredictor,
-    BaseRunner,
-    CancelationException,
-    ConcatenateIterator,
-    File,
-    Input,
-    Opaque,
-    Path,
-    Secret,
-    URLPath,
-)
+from typing import Any
 
-__version__ = "0.1.0"
+import cogd as _cogd
+from cogd import *  # noqa: F403 - the SDK is cogd's, name for name
+from cogd import __version__  # noqa: F401 - the one version string
 
-__all__ = [
-    "concurrent",
-    "current_scope",
-    "streaming",
-    "AsyncConcatenateIterator",
-    "BaseModel",
-    "BasePredictor",
-    "BaseRunner",
-    "CancelationException",
-    "ConcatenateIterator",
-    "File",
-    "Input",
-    "Opaque",
-    "Path",
-    "Scope",
-    "Secret",
-    "URLPath",
-    "__version__",
-]
+__all__ = [*_cogd.__all__, *_cogd.compat.DEPRECATED_NAMES]
+
+
+def __getattr__(name: str) -> Any:
+    return _cogd.compat.deprecated(__name__, name)

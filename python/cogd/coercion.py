@@ -3,10 +3,14 @@
 The server has already validated a request's input against the schema and
 filled in defaults, so what arrives here is well-typed JSON. :func:`coerce_inputs`
 makes it the Python values the run method declared (``Path`` for files,
-``Secret`` wrappers, ``float`` for an int sent to a float input, the most
-specific member of a union). :func:`encode_output` walks the same type tree
-(``cogd.schema``) the other way: it turns what the run returned into JSON and
-fails, saying what was returned, when it does not match the declared type.
+``Secret`` wrappers, the most specific member of a union); a JSON int sent to
+a ``float`` input stays an int, as Cog's runtime hands it over.
+:func:`encode_output` walks the same type tree
+(``cogd.schema``) the other way: it turns what the run returned into JSON,
+guided by the declared type where the value fits it (a path string of a
+``-> Path`` run is sent as a file) and as the value is where it does not, as
+Cog does: an output is never failed for not matching its annotation, and
+``None`` is always an output. Only a value JSON cannot carry fails the run.
 
 A file input arrives as a local path (the server downloaded it). A file
 output is not read here: :func:`file_output` stands a :class:`FileRef` in for
@@ -242,10 +246,6 @@ def coerce(node: Node, value: Any) -> Any:
 
 
 def _coerce_scalar(kind: str, value: Any) -> Any:
-    if kind == "float":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
     if kind == "int":
         if isinstance(value, float) and value.is_integer():
             return int(value)  # JSON Schema counts 3.0 as an integer
@@ -314,7 +314,7 @@ def _members_for(node: UnionOf, value: Any) -> list[Node]:
 
 
 class OutputTypeError(TypeError):
-    """What the run returned does not match its declared output type."""
+    """What the run returned cannot be sent as its output."""
 
 
 #: Strings at least this long are left out of the JSON text written here:
@@ -325,7 +325,7 @@ LONG_STRING = 64 * 1024
 #: What stands in for a long string in the JSON text: a NUL (which JSON text
 #: always escapes) and a random token, so no string of an output can be it.
 _LONG_STRING_MARKER = f"\x00cogd-long-string-{os.urandom(12).hex()}"
-_LONG_STRING_MARKER_JSON = json.dumps(_LONG_STRING_MARKER)
+_LONG_STRING_MARKER_JSON = json.dumps(_LONG_STRING_MARKER, ensure_ascii=False)
 
 
 def output_json(
@@ -361,8 +361,10 @@ def output_json(
     return pieces, json.dumps(files), strings
 
 
-#: Output JSON: strict (no NaN or infinity), made once rather than per output.
-_JSON = json.JSONEncoder(allow_nan=False)
+#: Output JSON as Cog writes it: compact UTF-8 (``{"count":42}``, ``héllo``),
+#: strict (no NaN or infinity); made once rather than per output. A lone
+#: surrogate, which UTF-8 cannot carry, becomes U+FFFD on the Rust side.
+_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def encode_output(
@@ -371,12 +373,14 @@ def encode_output(
     run_async: RunAsync | None = None,
     output_dir: str | None = None,
 ) -> Any:
-    """The run's return value as JSON-ready data, checked against ``node``;
-    files are :class:`FileRef` values (see :func:`extract_files`).
+    """The run's return value as JSON-ready data, guided by ``node``; files
+    are :class:`FileRef` values (see :func:`extract_files`).
 
     Iterators and generators are drained into a list; async ones through
     ``run_async`` on the worker's event loop. File objects are copied into
-    ``output_dir``. Raises :class:`OutputTypeError` saying what was returned where.
+    ``output_dir``. Raises :class:`OutputTypeError`, saying what was returned
+    where, for what JSON cannot carry (``bytes``, ``nan``, an arbitrary object)
+    and for a structured output missing one of its fields.
     """
     return _Encoder(run_async, output_dir).encode(node, value, "output")
 
@@ -411,12 +415,6 @@ class _Encoder:
         except ValueError as e:
             raise OutputTypeError(f"{where} should be a file, but {e}") from None
 
-    def mismatch(self, node: Node | str, value: Any, where: str) -> OutputTypeError:
-        expected = node if isinstance(node, str) else type_name(node)
-        return OutputTypeError(
-            f"{where} should be {expected}, but the run returned {_describe(value)}"
-        )
-
     def drain(self, value: Any) -> list[Any] | None:
         """The items of a list, tuple, iterator or generator (sync or async)."""
         if isinstance(value, (list, tuple)):
@@ -434,82 +432,64 @@ class _Encoder:
         return None
 
     def encode(self, node: Node, value: Any, where: str) -> Any:
+        """``value`` as JSON, guided by ``node`` where it fits; where it does
+        not, the value goes as it is (:meth:`anything`), as Cog sends it."""
+        if value is None:
+            return None
         if isinstance(node, Nullable):
-            return None if value is None else self.encode(node.inner, value, where)
+            return self.encode(node.inner, value, where)
         if isinstance(node, Scalar):
             return self.scalar(node, value, where)
         if isinstance(node, (ListOf, IteratorOf)):
             items = self.drain(value)
             if items is None:
-                raise self.mismatch(node, value, where)
+                return self.anything(value, where)
             return [self.encode(node.item, v, f"{where}[{i}]") for i, v in enumerate(items)]
         if isinstance(node, UnionOf):
             for member in node.members:
-                try:
+                if _accepts(member, value):
                     return self.encode(member, value, where)
-                except OutputTypeError:
-                    continue
-            raise self.mismatch(node, value, where)
+            return self.anything(value, where)
         return self.structured(node, value, where)
 
     def scalar(self, node: Scalar, value: Any, where: str) -> Any:
         kind = node.kind
-        if kind in ("any", "opaque"):
-            return self.anything(value, where)
         if kind in ("int", "float", "bool"):
             value = _numeric(value)
             if isinstance(value, enum.Enum):
                 value = value.value
-            if kind == "bool" and isinstance(value, bool):
-                return value
-            if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
-                return int(value)
-            if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                if not math.isfinite(value):
-                    raise OutputTypeError(f"{where} is {value!r}, which JSON cannot represent")
-                return float(value)
-            raise self.mismatch(node, value, where)
-        if kind == "str":
-            if isinstance(value, enum.Enum):
-                value = value.value
-            if isinstance(value, str):
-                return str(value)
-            raise self.mismatch(node, value, where)
-        if kind == "secret":
-            if isinstance(value, Secret):
-                return value.get_secret_value()
-            if isinstance(value, str):
-                return value
-            raise self.mismatch(node, value, where)
-        if kind in ("path", "file"):
-            readable = kind == "file" and callable(getattr(value, "read", None))
-            if isinstance(value, (str, os.PathLike)) or readable:
-                return self.file(value, where)
-            raise self.mismatch(node, value, where)
-        # dict (and Opaque): any JSON object
-        if isinstance(value, Mapping):
-            return self.anything(value, where)
-        raise self.mismatch(node, value, where)
+            if kind == "float" and type(value) is int:
+                return float(value)  # what the annotation says; Cog 0.13 did the same
+        elif kind == "str" and isinstance(value, enum.Enum):
+            value = value.value
+        elif kind in ("path", "file") and isinstance(value, (str, os.PathLike)):
+            if isinstance(value, str) and not os.path.isfile(value):
+                return value  # not a local file (a URL, say): sent as the string it is
+            return self.file(value, where)
+        return self.anything(value, where)
 
-    def structured(self, node: ObjectOf, value: Any, where: str) -> dict[str, Any]:
+    def structured(self, node: ObjectOf, value: Any, where: str) -> Any:
+        fields = dict(node.fields)
         if isinstance(value, Mapping):
-            present = {k: value[k] for k, _ in node.fields if k in value}
-        elif isinstance(value, node.cls) or all(hasattr(value, k) for k, _ in node.fields):
-            present = {k: getattr(value, k) for k, _ in node.fields if hasattr(value, k)}
-        else:
-            raise self.mismatch(node, value, where)
+            return {
+                str(k): self.encode(fields[k], v, f"{where}.{k}")
+                if k in fields
+                else self.anything(v, f"{where}.{k}")
+                for k, v in value.items()
+            }
+        if not isinstance(value, node.cls) and not all(hasattr(value, k) for k in fields):
+            return self.anything(value, where)
         result = {}
         for name, field_node in node.fields:
             field_where = f"{where}.{name}"
-            if name not in present or present[name] is None:
-                if not isinstance(field_node, Nullable):
-                    raise OutputTypeError(
-                        f"{field_where} is required by {node.cls.__name__}, "
-                        f"but the run returned {_describe(present.get(name))}"
-                    )
-                result[name] = None
-                continue
-            result[name] = self.encode(field_node, present[name], field_where)
+            try:
+                field_value = getattr(value, name)
+            except AttributeError:
+                raise OutputTypeError(
+                    f"{field_where} is required by {node.cls.__name__}, "
+                    f"but the run's {type(value).__name__} has no {name!r}"
+                ) from None
+            result[name] = self.encode(field_node, field_value, field_where)
         return result
 
     def anything(self, value: Any, where: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -11,20 +10,31 @@ T = TypeVar("T")
 CONCURRENCY_ATTR = "_cog_concurrency_max"
 
 
-def concurrent(max: int) -> Callable[[T], T]:  # noqa: A002 - Cog's keyword name
+def concurrent(fn: Any = None, *, max: int = 1) -> Any:  # noqa: A002 - Cog's keyword name
     """Allow up to ``max`` predictions at once; the run must be ``async def``.
 
-    Apply it to the run/predict method or to the predictor class.
+    ``@concurrent(max=N)``, ``@concurrent()`` or bare ``@concurrent`` (one at
+    a time), on the run/predict method or on the predictor class.
     ``COG_MAX_CONCURRENCY`` wins over it; it wins over ``cog.yaml``.
     """
-    if not isinstance(max, int) or isinstance(max, bool) or max < 1:
-        raise ValueError(f"concurrent(max=...) needs a whole number of at least 1, got {max!r}")
+    if isinstance(fn, int) and not isinstance(fn, bool):
+        fn, max = None, fn  # `concurrent(4)`, as cogd has always taken it
+    if isinstance(max, bool) or not isinstance(max, int):
+        raise TypeError("concurrent max must be an integer")
+    if max < 1:
+        raise ValueError("concurrent max must be at least 1")
 
     def apply(target: T) -> T:
+        # More than one slot for a sync run fails setup, saying so, rather
+        # than the import (as in Cog): COG_MAX_CONCURRENCY=1 can still serve it.
         setattr(target, CONCURRENCY_ATTR, max)
         return target
 
-    return apply
+    if fn is None:
+        return apply
+    if not callable(fn):
+        raise TypeError("concurrent must be used as @concurrent or @concurrent(max=...)")
+    return apply(fn)
 
 
 def declared_concurrency(*targets: Any) -> int | None:

@@ -25,13 +25,15 @@ import signal
 import sys
 import threading
 import traceback
+import types
+import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cogd import capture, coercion, schema
 from cogd import scope as scopes
 from cogd.decorators import declared_concurrency, declared_streaming
-from cogd.types import BasePredictor, BaseRunner, CancelationException
+from cogd.types import CancelationException, user_method_owner
 
 
 class LoadError(Exception):
@@ -39,10 +41,25 @@ class LoadError(Exception):
 
 
 def load_predictor(ref: str) -> Any:
-    """Import ``FILE.py:NAME`` relative to the working directory and return ``NAME``."""
+    """Import ``FILE.py:NAME`` relative to the working directory and return ``NAME``.
+
+    Without ``:NAME`` the module's ``Runner`` is taken, else its ``Predictor``,
+    as Cog chooses (and warns as Cog does).
+    """
     path, sep, name = ref.rpartition(":")
-    if not sep or not path or not name:
+    if not sep:
+        path, name = ref, ""
+    if not path or (sep and not name):
         raise LoadError(f"invalid predictor reference {ref!r}: expected FILE.py:NAME")
+    module = _import_file(path)
+    name = name or _default_class_name(module)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise LoadError(f"{path!r} has no attribute {name!r}") from None
+
+
+def _import_file(path: str) -> types.ModuleType:
     full = os.path.abspath(path)
     if not os.path.isfile(full):
         raise LoadError(f"predictor file {path!r} not found in {os.getcwd()}")
@@ -57,16 +74,66 @@ def load_predictor(ref: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise LoadError(f"{path!r} has no attribute {name!r}") from None
+    return module
 
 
-def _overrides(cls: type, name: str, base: type) -> bool:
-    """True when ``cls`` defines ``name`` itself rather than inheriting ``base``'s."""
-    attr = getattr(cls, name, None)
-    return attr is not None and attr is not getattr(base, name, None)
+def _default_class_name(module: types.ModuleType) -> str:
+    """``Runner`` when the module has a usable one, else ``Predictor``."""
+    runner = getattr(module, "Runner", None)
+    usable = callable(runner) and (
+        not inspect.isclass(runner) or any(user_method_owner(runner, n) for n in ("run", "predict"))
+    )
+    if usable:
+        if hasattr(module, "Predictor"):
+            warnings.warn(
+                "Both Runner and Predictor are defined; using Runner. Specify a class "
+                "name explicitly if this is not intended.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return "Runner"
+    if hasattr(module, "Predictor"):
+        warnings.warn("Predictor is deprecated; use Runner instead", DeprecationWarning, 2)
+        return "Predictor"
+    raise LoadError(f"module {module.__name__!r} has no Runner or Predictor")
+
+
+def load_predictor_from_ref(ref: str) -> Any:
+    """Cog's loader: the model of ``FILE.py[:NAME]``, a class instantiated
+    (its run method found as the worker finds it), a function as it is."""
+    predictor = load_predictor(ref)
+    if inspect.isclass(predictor):
+        run_method_name(predictor)
+        return predictor()
+    return predictor
+
+
+def run_method_name(cls: type, mode: str = "predict") -> str:
+    """Which method of a predictor class runs: ``train`` in train mode, else
+    the model's own ``run`` or ``predict``.
+
+    A class with both (Cog 0.16 and later refuse it) is an older model whose
+    entry point was ``predict``, a ``run`` being its own helper: ``predict``
+    runs, with a warning.
+    """
+    if mode == "train":
+        if not callable(getattr(cls, "train", None)):
+            raise LoadError(f"{cls.__name__} defines no train() method")
+        return "train"
+    has_run = user_method_owner(cls, "run") is not None
+    has_predict = user_method_owner(cls, "predict") is not None
+    if has_run and has_predict:
+        print(
+            f"cogd: {cls.__name__} defines both run() and predict(); running predict() "
+            "(Cog 0.16 and later refuse this: keep one)",
+            file=sys.stderr,
+        )
+        return "predict"
+    if has_run:
+        return "run"
+    if has_predict:
+        return "predict"
+    raise LoadError(f"run or predict method not found: {cls.__name__}")
 
 
 def find_run_method(predictor: Any, mode: str = "predict") -> tuple[Any, Callable[..., Any]]:
@@ -76,24 +143,24 @@ def find_run_method(predictor: Any, mode: str = "predict") -> tuple[Any, Callabl
     an optional ``setup()``), as Cog's training interface has it.
     """
     if inspect.isclass(predictor):
+        name = run_method_name(predictor, mode)
         instance = predictor()
-        cls = type(instance)
-        if mode == "train":
-            if not callable(getattr(instance, "train", None)):
-                raise LoadError(f"{cls.__name__} defines no train() method")
-            return instance, instance.train
-        if _overrides(cls, "run", BaseRunner):
-            return instance, instance.run
-        if _overrides(cls, "predict", BasePredictor):
-            return instance, instance.predict
-        raise LoadError(f"{cls.__name__} defines neither run() nor predict()")
+        return instance, getattr(instance, name)
     if callable(predictor):
         return None, predictor
     raise LoadError(f"{predictor!r} is neither a class nor a function")
 
 
-def _weights_argument() -> Any:
-    """What a ``setup(weights)`` parameter receives, as Cog defines it."""
+def has_setup_weights(predictor: Any) -> bool:
+    """Whether the model's ``setup`` takes a ``weights`` parameter."""
+    setup = getattr(predictor, "setup", None)
+    return setup is not None and "weights" in inspect.signature(setup).parameters
+
+
+def extract_setup_weights(predictor: Any = None) -> Any:
+    """What a ``setup(weights)`` parameter receives: ``COG_WEIGHTS`` (a URL),
+    else ``Path("weights")`` when ``./weights`` exists, else ``None``."""
+    del predictor  # Cog's signature; the answer does not depend on the model
     url = os.environ.get("COG_WEIGHTS")
     if url:
         return url
@@ -215,7 +282,7 @@ class Runner:
             if setup is not None:
                 kwargs = {}
                 if "weights" in inspect.signature(setup).parameters:
-                    kwargs["weights"] = _weights_argument()
+                    kwargs["weights"] = extract_setup_weights()
                 self._call(setup, **kwargs)
         except BaseException:
             traceback.print_exc()

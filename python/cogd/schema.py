@@ -40,8 +40,6 @@ from cogd.decorators import declared_streaming
 from cogd.types import (
     MISSING,
     AsyncConcatenateIterator,
-    BasePredictor,
-    BaseRunner,
     ConcatenateIterator,
     FieldInfo,
     File,
@@ -444,7 +442,7 @@ def signature_of(fn: Callable[..., Any], *, skip_self: bool = False) -> Signatur
         if info.default is None and not isinstance(node, Nullable):
             # `x: int = None` means "may be left out" in Cog, as in pydantic.
             node = Nullable(node)
-        _check_constraints(param.name, node, info)
+        info = _checked_info(param.name, node, info)
         inputs.append(InputSpec(param.name, order, node, info))
 
     returns = hints.get("return", inspect.Signature.empty)
@@ -491,49 +489,79 @@ def _leaf(node: Node) -> Node:
     return _core(node.item) if isinstance(node, ListOf) else node
 
 
-def _check_constraints(name: str, node: Node, info: FieldInfo) -> None:
+def _warn(name: str, problem: str) -> None:
+    """One line in the setup logs about an input's declaration that Cog took
+    and cogd serves without the part that cannot apply."""
+    print(f"cogd: warning: input {name!r}: {problem}", file=sys.stderr)
+
+
+def _checked_info(name: str, node: Node, info: FieldInfo) -> FieldInfo:
+    """``info`` without the constraints that cannot apply to the input.
+
+    Cog's runtime never checked a declaration against its type, so a model
+    it served may carry constraints that make no sense (``ge`` on a string,
+    ``choices=[]`` computed at import time): each is dropped with a warning
+    in the setup logs, never a failed setup.
+    """
     leaf = _leaf(node)
     kind = leaf.kind if isinstance(leaf, Scalar) else None
     shown = type_name(node)
+    dropped: dict[str, Any] = {}
     if (info.ge is not None or info.le is not None) and kind not in ("int", "float"):
-        raise SchemaError(f"input {name!r}: ge/le apply to int and float inputs, not {shown}")
+        _warn(name, f"ge/le apply to int and float inputs, not {shown}; ignoring them")
+        dropped.update(ge=None, le=None)
     text_rules = (info.min_length, info.max_length, info.regex)
     if any(r is not None for r in text_rules) and kind not in ("str", "secret"):
-        raise SchemaError(
-            f"input {name!r}: min_length/max_length/regex apply to str inputs, not {shown}"
-        )
-    if info.regex is not None:
+        _warn(name, f"min_length/max_length/regex apply to str inputs, not {shown}; ignoring them")
+        dropped.update(min_length=None, max_length=None, regex=None)
+    elif info.regex is not None:
         try:
             re.compile(info.regex)
         except re.error as e:
-            raise SchemaError(f"input {name!r}: regex {info.regex!r} is invalid: {e}") from None
+            _warn(name, f"regex {info.regex!r} is invalid ({e}); ignoring it")
+            dropped.update(regex=None)
     if info.choices is not None:
-        core = _core(node)
-        if not (isinstance(core, Scalar) and core.kind in ("str", "int")):
-            raise SchemaError(f"input {name!r}: choices apply to str and int inputs, not {shown}")
-        if not info.choices:
-            raise SchemaError(f"input {name!r}: choices must not be empty")
-        expected = str if core.kind == "str" else int
-        values = [c.value if isinstance(c, enum.Enum) else c for c in info.choices]
-        for value in values:
-            if type(value) is not expected:
-                raise SchemaError(
-                    f"input {name!r}: choice {value!r} is not a {expected.__name__} like the input"
-                )
-        default = info.default.value if isinstance(info.default, enum.Enum) else info.default
-        if default is not MISSING and default is not None and default not in values:
-            raise SchemaError(f"input {name!r}: default {default!r} is not one of its choices")
+        problem = _choices_problem(node, info)
+        if problem:
+            _warn(name, f"{problem}; ignoring the choices")
+            dropped.update(choices=None)
+    info = dataclasses.replace(info, **dropped) if dropped else info
     _check_default(name, node, info)
+    return info
+
+
+def _choices_problem(node: Node, info: FieldInfo) -> str | None:
+    """Why ``info.choices`` cannot be served for ``node``, or ``None``."""
+    core = _core(node)
+    expected = {"str": str, "int": int, "float": float}
+    if not (isinstance(core, Scalar) and core.kind in expected):
+        return f"choices apply to str, int and float inputs, not {type_name(node)}"
+    if not info.choices:
+        return "choices is empty"
+    values = [c.value if isinstance(c, enum.Enum) else c for c in info.choices]
+    for value in values:
+        if type(value) is not expected[core.kind] and not (
+            core.kind == "float" and type(value) is int
+        ):
+            return f"choice {value!r} is not a {core.kind} like the input"
+    return None
 
 
 def _check_default(name: str, node: Node, info: FieldInfo) -> None:
-    """A default must pass the input's own constraints: the server applies it unchecked."""
+    """Warns when a default breaks the input's own constraints: the server
+    applies it unchecked, as Cog does."""
     default = info.default
     if default is MISSING or default is None:
         return
     listed = isinstance(_core(node), ListOf) and isinstance(default, (list, tuple))
     for value in default if listed else [default]:
         problem = None
+        if isinstance(value, enum.Enum):
+            value = value.value
+        if info.choices is not None:
+            choices = [c.value if isinstance(c, enum.Enum) else c for c in info.choices]
+            if value not in choices:
+                problem = "not one of its choices"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if info.ge is not None and value < info.ge:
                 problem = f"less than ge={info.ge}"
@@ -547,7 +575,7 @@ def _check_default(name: str, node: Node, info: FieldInfo) -> None:
             elif info.regex is not None and re.search(info.regex, value) is None:
                 problem = f"not a match for regex {info.regex!r}"
         if problem:
-            raise SchemaError(f"input {name!r}: the default {value!r} is {problem}")
+            _warn(name, f"the default {value!r} is {problem}; it is applied all the same")
 
 
 # -- the OpenAPI document --------------------------------------------------------
@@ -936,20 +964,21 @@ def openapi_document(predict: Signature | None, train: Signature | None = None) 
 # -- loading predictors and training functions ----------------------------------
 
 
-def run_callable(predictor: Any, method_names: tuple[str, ...]) -> tuple[Callable, bool]:
-    """``(function, skip_self)`` of a predictor class's run method, or of a function.
+def run_callable(predictor: Any, mode: str = "predict") -> tuple[Callable, bool]:
+    """``(function, skip_self)`` of a predictor class's run method (chosen as
+    the worker chooses it, ``cogd.runner.run_method_name``), or of a function.
 
     The class is not instantiated: its function is read from the class.
     """
     if inspect.isclass(predictor):
-        bases = {"run": BaseRunner, "predict": BasePredictor}
-        for name in method_names:
-            attr = getattr(predictor, name, None)
-            base = bases.get(name)
-            if attr is not None and (base is None or attr is not getattr(base, name, None)):
-                return attr, not isinstance(inspect.getattr_static(predictor, name), staticmethod)
-        wanted = " or ".join(f"{n}()" for n in method_names)
-        raise SchemaError(f"{predictor.__name__} defines no {wanted}")
+        from cogd.runner import LoadError, run_method_name
+
+        try:
+            name = run_method_name(predictor, mode)
+        except LoadError as e:
+            raise SchemaError(str(e)) from None
+        static = isinstance(inspect.getattr_static(predictor, name), staticmethod)
+        return getattr(predictor, name), not static
     if callable(predictor):
         return predictor, False
     raise SchemaError(f"{predictor!r} is neither a class nor a function")
@@ -969,23 +998,36 @@ def _load(ref: str) -> Any:
 
 def configured_ref(mode: str, model_dir: str = ".") -> str | None:
     """What runs in ``mode``: ``COG_PREDICT_TYPE_STUB``/``COG_TRAIN_TYPE_STUB``,
-    else ``predict:``/``train:`` in cog.yaml."""
-    key = "train" if mode == "train" else "predict"
-    ref = os.environ.get(f"COG_{key.upper()}_TYPE_STUB", "").strip()
+    else ``run:`` (or the older ``predict:``)/``train:`` in cog.yaml.
+
+    ``run:`` and ``predict:`` both set is refused by the server before the
+    worker starts; here ``run:`` wins."""
+    variable = "COG_TRAIN_TYPE_STUB" if mode == "train" else "COG_PREDICT_TYPE_STUB"
+    ref = os.environ.get(variable, "").strip()
     if ref:
         return ref
+    keys = ("train",) if mode == "train" else ("run", "predict")
     try:
         with open(os.path.join(model_dir, "cog.yaml"), encoding="utf-8") as f:
             text = f.read()
     except OSError:
         return None
+    for key in keys:
+        value = _cog_yaml_value(text, key)
+        if value:
+            return value
+    return None
+
+
+def _cog_yaml_value(text: str, key: str) -> str | None:
+    """A top-level string of cog.yaml, or ``None`` when unset, empty or unreadable."""
     try:
         import yaml  # type: ignore[import-untyped]
 
         value = (yaml.safe_load(text) or {}).get(key)
-        return value if isinstance(value, str) and value.strip() else None
+        return value.strip() if isinstance(value, str) and value.strip() else None
     except ImportError:
-        # PyYAML is not a dependency: a top-level `train: "FILE.py:NAME"` line
+        # PyYAML is not a dependency: a top-level `run: "FILE.py:NAME"` line
         # is all this needs to read.
         match = re.search(rf"""^{key}:\s*["']?([^"'#\s]+)["']?\s*(?:#.*)?$""", text, re.M)
         return match.group(1) if match else None
@@ -1006,9 +1048,8 @@ def _other_signature(mode: str, served_ref: str) -> Signature | None:
     ref = configured_ref(other)
     if not ref or ref == served_ref:
         return None
-    names = ("train",) if other == "train" else ("run", "predict")
     try:
-        fn, skip_self = run_callable(_load(ref), names)
+        fn, skip_self = run_callable(_load(ref), other)
         return signature_of(fn, skip_self=skip_self)
     except Exception as e:  # noqa: BLE001 - any failure only drops that part
         noun = "trainings" if other == "train" else "predictions"
@@ -1107,9 +1148,8 @@ def document_for(predictor_ref: str, mode: str = "predict") -> str:
     prebuilt = read_prebuilt()
     if prebuilt is not None:
         return prebuilt
-    names = ("train",) if mode == "train" else ("run", "predict")
     predictor = _load(predictor_ref)
-    fn, skip_self = run_callable(predictor, names)
+    fn, skip_self = run_callable(predictor, mode)
     streaming = declared_streaming(fn, getattr(fn, "__func__", None), predictor)
     return prepare(fn, predictor_ref, mode, skip_self=skip_self, streaming=streaming)[1]
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
+use pyo3::types::PyString;
 
 use cogd::ipc::LogSource;
 use cogd::worker::{
@@ -71,9 +72,9 @@ fn write_output(
     py: Python<'_>,
     slot: usize,
     index: u64,
-    pieces: Vec<String>,
+    pieces: Vec<Bound<'_, PyString>>,
     files: &str,
-    strings: Vec<PyBackedStr>,
+    strings: Vec<Bound<'_, PyString>>,
 ) -> PyResult<bool> {
     let output = output_json(pieces, strings).map_err(pyo3::exceptions::PyValueError::new_err)?;
     let files = parse_files(files).map_err(pyo3::exceptions::PyValueError::new_err)?;
@@ -84,13 +85,61 @@ fn write_output(
 /// An output as `cogd.coercion.output_json` makes it: JSON text in pieces,
 /// with its long strings between them, borrowed from Python as they are (a
 /// `str` of ASCII is read in place; others through the UTF-8 copy Python
-/// keeps with the `str`) and escaped only as the output is written.
-fn output_json(pieces: Vec<String>, strings: Vec<PyBackedStr>) -> Result<OutputJson, String> {
+/// keeps with the `str`) and escaped only as the output is written. Python's
+/// JSON text is UTF-8 (not `\u` escapes), so a lone surrogate, which UTF-8
+/// cannot carry, is written as U+FFFD: the output stays valid JSON.
+fn output_json(
+    pieces: Vec<Bound<'_, PyString>>,
+    strings: Vec<Bound<'_, PyString>>,
+) -> Result<OutputJson, String> {
+    let pieces = pieces.iter().map(utf8_lossy).collect();
     let strings = strings
         .into_iter()
-        .map(|s| Box::new(s) as cogd::worker::LongString)
+        .map(|s| match PyBackedStr::try_from(s.clone()) {
+            Ok(borrowed) => Box::new(borrowed) as cogd::worker::LongString,
+            Err(_) => Box::new(utf8_lossy(&s)) as cogd::worker::LongString,
+        })
         .collect();
     OutputJson::from_pieces(pieces, strings)
+}
+
+/// A `str` as UTF-8, each lone surrogate replaced by one U+FFFD.
+fn utf8_lossy(text: &Bound<'_, PyString>) -> String {
+    match text.to_str() {
+        Ok(utf8) => utf8.to_owned(),
+        // Only a str with a lone surrogate gets here: read as UTF-16, where
+        // a surrogate is one unit, so it becomes one replacement character.
+        Err(_) => text
+            .call_method1("encode", ("utf-16-le", "surrogatepass"))
+            .and_then(|bytes| bytes.extract::<Vec<u8>>())
+            .map(|bytes| {
+                let units: Vec<u16> = bytes
+                    .chunks_exact(2)
+                    .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+                    .collect();
+                String::from_utf16_lossy(&units)
+            })
+            .unwrap_or_else(|_| text.to_string_lossy().into_owned()),
+    }
+}
+
+/// What `Runner.run` returns: the output's JSON text in pieces (`None` for a
+/// stream, whose chunks were sent as they came), its files as JSON text, and
+/// the long strings between the pieces (see [`output_json`]).
+type PyRunOutput<'py> = (
+    Option<Vec<Bound<'py, PyString>>>,
+    String,
+    Vec<Bound<'py, PyString>>,
+);
+
+/// A run's result as the worker sends it.
+fn run_output((pieces, files, strings): PyRunOutput<'_>) -> Result<RunOutput, RunError> {
+    let Some(pieces) = pieces else {
+        return Ok(RunOutput::Streamed);
+    };
+    let output = output_json(pieces, strings).map_err(RunError::Failed)?;
+    let files = parse_files(&files).map_err(RunError::Failed)?;
+    Ok(RunOutput::Value(output, files))
 }
 
 /// The files an output refers to, as `cogd.coercion` lists them in JSON.
@@ -303,7 +352,7 @@ impl Handler for PyHandler {
     }
 
     fn run(&self, slot: usize, request: RunRequest) -> Result<RunOutput, RunError> {
-        let output = Python::attach(|py| {
+        Python::attach(|py| {
             let inputs = py_json(py, &request.input_json)
                 .map_err(|e| RunError::Failed(format!("the input is not valid JSON: {e}")))?;
             drop(request.input_json);
@@ -318,7 +367,7 @@ impl Handler for PyHandler {
                         slot,
                     ),
                 )
-                .and_then(|out| out.extract::<(Option<Vec<String>>, String, Vec<PyBackedStr>)>())
+                .and_then(|out| out.extract::<PyRunOutput<'_>>())
                 .map_err(|e| {
                     if e.is_instance(py, self.cancelation.bind(py)) {
                         RunError::Canceled
@@ -326,15 +375,8 @@ impl Handler for PyHandler {
                         RunError::Failed(describe(py, &e))
                     }
                 })
-        })?;
-        match output {
-            (Some(pieces), files, strings) => {
-                let output = output_json(pieces, strings).map_err(RunError::Failed)?;
-                let files = parse_files(&files).map_err(RunError::Failed)?;
-                Ok(RunOutput::Value(output, files))
-            }
-            (None, _, _) => Ok(RunOutput::Streamed),
-        }
+                .and_then(run_output)
+        })
     }
 
     fn cancel(&self, slot: usize) {

@@ -118,8 +118,13 @@ pub enum ConfigError {
         message: String,
     },
     /// Nothing says what to run.
-    #[error("no predictor: set `predict: \"predict.py:Predictor\"` in {0}/cog.yaml or COG_PREDICT_TYPE_STUB")]
+    #[error("no predictor: set `run: \"run.py:Runner\"` in {0}/cog.yaml or COG_PREDICT_TYPE_STUB")]
     NoPredictor(PathBuf),
+    /// `cog.yaml` names the entry point twice, as Cog refuses too.
+    #[error(
+        "'run' and 'predict' cannot both be set in {0}/cog.yaml; use 'run' (predict is deprecated)"
+    )]
+    RunAndPredict(PathBuf),
     /// Training mode, and nothing says what trains.
     #[error("no training function: set `train: \"train.py:train\"` in {0}/cog.yaml or COG_TRAIN_TYPE_STUB")]
     NoTrainer(PathBuf),
@@ -141,6 +146,9 @@ pub enum ConfigError {
 /// The parts of `cog.yaml` the server reads; the rest is for builds.
 #[derive(Debug, Default, Deserialize)]
 struct CogYaml {
+    /// The entry point as current Cog writes it (`run: "run.py:Runner"`).
+    run: Option<String>,
+    /// The entry point as older Cog wrote it; the same meaning as `run`.
     predict: Option<String>,
     train: Option<String>,
     concurrency: Option<Concurrency>,
@@ -173,7 +181,7 @@ impl Config {
         } else {
             let predict = env("COG_PREDICT_TYPE_STUB")
                 .filter(|s| !s.trim().is_empty())
-                .or(cog_yaml.predict)
+                .or(entry_point(cog_yaml.run, cog_yaml.predict, &model_dir)?)
                 .ok_or_else(|| ConfigError::NoPredictor(model_dir.clone()))?;
             (Mode::Predict, predict)
         };
@@ -364,6 +372,20 @@ fn seconds(
     }
 }
 
+/// What `run:` or (the older spelling) `predict:` names; both at once is an
+/// error, as Cog's own check of `cog.yaml` makes it. An empty value is unset.
+fn entry_point(
+    run: Option<String>,
+    predict: Option<String>,
+    model_dir: &Path,
+) -> Result<Option<String>, ConfigError> {
+    let set = |value: Option<String>| value.filter(|s| !s.trim().is_empty());
+    match (set(run), set(predict)) {
+        (Some(_), Some(_)) => Err(ConfigError::RunAndPredict(model_dir.to_path_buf())),
+        (run, predict) => Ok(run.or(predict)),
+    }
+}
+
 fn read_cog_yaml(model_dir: &Path) -> Result<CogYaml, ConfigError> {
     let path = model_dir.join("cog.yaml");
     match std::fs::read_to_string(&path) {
@@ -416,6 +438,37 @@ mod tests {
         assert_eq!(config.predictor_ref, "predict.py:Predictor");
         assert_eq!(config.slots_default, Some(4));
         assert_eq!(config.slots_override, None);
+    }
+
+    #[test]
+    fn cog_yaml_run_names_the_entry_point_as_predict_does() {
+        let dir = model("build:\n  python_version: '3.11'\nrun: \"run.py:Runner\"\n");
+        let config = resolve(dir.path(), &[]).unwrap();
+        assert_eq!(config.predictor_ref, "run.py:Runner");
+        assert_eq!(config.mode, Mode::Predict);
+        let empty_run = model("run: ''\npredict: predict.py:Predictor\n");
+        let config = resolve(empty_run.path(), &[]).unwrap();
+        assert_eq!(config.predictor_ref, "predict.py:Predictor");
+    }
+
+    #[test]
+    fn cog_yaml_with_both_run_and_predict_is_refused() {
+        let dir = model("run: run.py:Runner\npredict: predict.py:Predictor\n");
+        let error = resolve(dir.path(), &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::RunAndPredict(_)), "{error}");
+        assert!(error
+            .to_string()
+            .contains("'run' and 'predict' cannot both be set"));
+    }
+
+    #[test]
+    fn without_an_entry_point_the_error_names_run() {
+        let dir = model("build:\n  python_version: '3.11'\n");
+        let error = resolve(dir.path(), &[]).unwrap_err();
+        assert!(
+            error.to_string().contains("`run: \"run.py:Runner\"`"),
+            "{error}"
+        );
     }
 
     #[test]

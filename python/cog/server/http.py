@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cogd.compat import Mode  # noqa: F401 - a public name of Cog's module
+
 
 def _flag(value: str) -> bool:
     """Cog passes booleans as words: ``--await-explicit-shutdown true``."""

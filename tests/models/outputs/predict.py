@@ -177,3 +177,7 @@ def lies_missing_field() -> Point:
 
 def lies_nan() -> float:
     return float("nan")
+
+
+def returns_bytes() -> str:
+    return b"raw"

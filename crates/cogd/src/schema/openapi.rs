@@ -1,12 +1,15 @@
 //! From an OpenAPI 3.0 schema to a JSON Schema a validator can compile.
 //!
 //! OpenAPI 3.0 schemas are JSON Schema with three differences that matter for
-//! validation: `nullable: true` (JSON Schema spells it with a `null` type),
-//! boolean `exclusiveMinimum`/`exclusiveMaximum` (JSON Schema puts the limit
-//! there), and references into the document (`#/components/schemas/X`), which
-//! mean nothing in a schema compiled on its own. [`standalone`] rewrites one
-//! schema of the document with all three resolved: the components it refers to
-//! (transitively) travel with it under `$defs`, and its references point there.
+//! validation: `nullable: true`, boolean `exclusiveMinimum`/`exclusiveMaximum`
+//! (JSON Schema puts the limit there), and references into the document
+//! (`#/components/schemas/X`), which mean nothing in a schema compiled on its
+//! own. [`standalone`] rewrites one schema of the document with all three
+//! resolved: the components it refers to (transitively) travel with it under
+//! `$defs`, and its references point there. `nullable` is dropped: Cog's
+//! validator ignores it, so an explicit `null` is refused where the type says
+//! otherwise (an optional input left out is still `None` for the run), and
+//! clients written against Cog rely on that answer.
 //!
 //! Data inside a schema (`default`, `enum`, `const`, examples, `x-` extensions)
 //! is copied as it is, never rewritten.
@@ -93,10 +96,9 @@ fn translate(value: &Value) -> Value {
 
 fn translate_object(map: &Map<String, Value>) -> Value {
     let mut out = Map::with_capacity(map.len());
-    let mut nullable = false;
     for (key, value) in map {
         match key.as_str() {
-            "nullable" => nullable = value.as_bool() == Some(true),
+            "nullable" => {}
             "$ref" => {
                 let target = value
                     .as_str()
@@ -131,13 +133,7 @@ fn translate_object(map: &Map<String, Value>) -> Value {
             None => {}
         }
     }
-    if nullable {
-        // A JSON Schema `type` alone cannot say "or null" once `enum`, `$ref`
-        // or `allOf` are involved; `anyOf` with `null` always can.
-        serde_json::json!({"anyOf": [Value::Object(out), {"type": "null"}]})
-    } else {
-        Value::Object(out)
-    }
+    Value::Object(out)
 }
 
 /// A JSON pointer segment (`~1` is `/`, `~0` is `~`) as the name it encodes.
@@ -162,12 +158,12 @@ mod tests {
     }
 
     #[test]
-    fn nullable_becomes_any_of_with_null() {
-        let out = standalone(&json!({"type": "string", "nullable": true}), &components());
-        assert_eq!(
-            out,
-            json!({"anyOf": [{"type": "string"}, {"type": "null"}]})
+    fn nullable_is_dropped_as_cog_validates_without_it() {
+        let out = standalone(
+            &json!({"type": "array", "nullable": true, "items": {"type": "string", "nullable": true}}),
+            &components(),
         );
+        assert_eq!(out, json!({"type": "array", "items": {"type": "string"}}));
     }
 
     #[test]

@@ -108,8 +108,6 @@ struct Field {
     name: String,
     /// `None` when the schema accepts any value.
     validator: Option<Validator>,
-    /// `nullable: true`: `null` is accepted whatever the schema says.
-    nullable: bool,
     required: bool,
     default: Option<Value>,
     secret: SecretShape,
@@ -211,8 +209,7 @@ impl InputValidator {
             if is_file(prop) {
                 file_inputs.push(name.clone());
             }
-            let mut own = prop.as_object().cloned().unwrap_or_default();
-            let nullable = own.remove("nullable").and_then(|v| v.as_bool()) == Some(true);
+            let own = prop.as_object().cloned().unwrap_or_default();
             let default = own.get("default").filter(|d| !d.is_null()).cloned();
             let secret = secret_shape(&own);
             let integers = IntegerShape::of(&own);
@@ -221,7 +218,6 @@ impl InputValidator {
             fields.push(Field {
                 name: name.clone(),
                 validator,
-                nullable,
                 required: required.contains(&name.as_str()),
                 default,
                 secret,
@@ -234,7 +230,6 @@ impl InputValidator {
                 fields.push(Field {
                     name: name.to_string(),
                     validator: None,
-                    nullable: false,
                     required: true,
                     default: None,
                     secret: SecretShape::None,
@@ -328,9 +323,6 @@ impl InputValidator {
 
 impl Field {
     fn check(&self, value: &Value, errors: &mut Vec<InputError>) {
-        if value.is_null() && self.nullable {
-            return;
-        }
         if self.has_integers_beyond_64_bits(value, errors) {
             return;
         }
@@ -788,12 +780,27 @@ mod tests {
     }
 
     #[test]
-    fn ints_pass_for_numbers_and_nullable_inputs_take_null() {
-        let input = check(json!({
-            "prompt": "a", "api_key": "k", "scale": 3, "seed": null, "image": null, "choice": null,
+    fn ints_pass_for_numbers_and_null_is_refused_even_where_nullable() {
+        let input = check(json!({"prompt": "a", "api_key": "k", "scale": 3})).unwrap();
+        assert_eq!(input["scale"], 3, "an int reaches a number input as it is");
+        assert!(
+            !input.contains_key("seed"),
+            "an omitted optional input stays out"
+        );
+        // Cog's validator ignores `nullable`: an explicit null is refused.
+        let errors = check(json!({
+            "prompt": "a", "api_key": "k", "seed": null, "image": null, "choice": null,
         }))
-        .unwrap();
-        assert_eq!(input["seed"], Value::Null);
+        .unwrap_err();
+        assert_eq!(
+            fields(&errors),
+            vec![
+                ("seed", "int_type"),
+                ("image", "string_type"),
+                ("choice", "int_type"),
+                ("choice", "enum")
+            ]
+        );
         let errors = check(json!({"prompt": "a", "api_key": "k", "steps": null})).unwrap_err();
         assert_eq!(errors[0].msg, "Input should be a valid integer (got null)");
         let errors = check(json!({"prompt": "a", "api_key": "k", "choice": 3})).unwrap_err();

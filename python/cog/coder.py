@@ -1,0 +1,5 @@
+"""``cog.coder``: the registry of custom type encoders/decoders."""
+
+from cogd.coder import Coder
+
+__all__ = ["Coder"]
