@@ -269,12 +269,13 @@ impl Service {
     }
 
     /// The model's health for `/health-check`: [`Service::health`], and when
-    /// the model is ready or busy and defines its own `healthcheck()`, what
-    /// that says. Concurrent callers share one check.
+    /// the model is ready or busy, whether the worker answers, and its own
+    /// `healthcheck()` (when it defines one) says it is healthy. Concurrent
+    /// callers share one check.
     pub async fn check_health(&self) -> HealthReport {
         let supervisor = &self.inner.supervisor;
         let serving = |health| matches!(health, Health::Ready | Health::Busy);
-        if serving(self.health()) && supervisor.has_healthcheck() {
+        if serving(self.health()) {
             let checked = supervisor
                 .healthcheck(self.inner.config.healthcheck_timeout)
                 .await;
