@@ -201,12 +201,31 @@ impl Service {
         let ready = supervisor.clone();
         let opened = Arc::new(watch::Sender::new(0u64));
         let announce = Arc::clone(&opened);
-        // Each worker (the first, and any restarted one) brings its own slots.
+        // Each worker (the first, and any restarted one) brings its own
+        // slots, and takes them along when it goes: predictions waiting for
+        // one wait on for the next worker's.
         tokio::spawn(async move {
-            while state.wait_for(|s| *s == WorkerState::Ready).await.is_ok() {
-                pool.open(ready.slots());
-                announce.send_modify(|n| *n += 1);
-                if state.wait_for(|s| *s != WorkerState::Ready).await.is_err() {
+            let mut open = false;
+            loop {
+                let now = *state.borrow_and_update();
+                match now {
+                    WorkerState::Ready if !open => {
+                        pool.open(ready.slots());
+                        announce.send_modify(|n| *n += 1);
+                        open = true;
+                    }
+                    WorkerState::Starting if open => {
+                        pool.withdraw();
+                        open = false;
+                    }
+                    // No worker will come: the waiting are told.
+                    WorkerState::SetupFailed | WorkerState::Defunct => {
+                        pool.close();
+                        return;
+                    }
+                    WorkerState::Ready | WorkerState::Starting => {}
+                }
+                if state.changed().await.is_err() {
                     return;
                 }
             }
@@ -534,16 +553,18 @@ struct Ended {
 impl Run {
     async fn execute(self, admit: Admit) {
         let permit = match admit {
-            Admit::Now(permit) => Some(permit),
+            Admit::Now(permit) => Ok(permit),
             Admit::Queued(ticket) => tokio::select! {
-                permit = ticket.acquire() => permit,
-                () = self.handle.cancelled() => None,
+                permit = ticket.acquire() => permit.ok_or_else(|| Outcome::Failed(
+                    "the model stopped serving before the prediction could run".into(),
+                )),
+                // Cancelled while it waited for a slot: it never runs.
+                () = self.handle.cancelled() => Err(Outcome::Canceled),
             },
         };
-        let Some(permit) = permit else {
-            // Cancelled while it waited for a slot: it never runs.
-            self.finish(Outcome::Canceled, None).await;
-            return;
+        let permit = match permit {
+            Ok(permit) => permit,
+            Err(outcome) => return self.finish(outcome, None).await,
         };
         let started = Instant::now();
         self.inner
