@@ -5,7 +5,8 @@ is not a bool, or no answer within COG_HEALTHCHECK_TIMEOUT (default 5 s)
 report `UNHEALTHY` with a readable `user_healthcheck_error`, and nothing else
 changes: predictions are still accepted. Concurrent health requests share one
 check; it runs beside a prediction in progress, and what it prints never lands
-in that prediction's logs.
+in that prediction's logs. A worker that stops answering (SIGSTOP) is
+`UNHEALTHY` within the deadline whether or not the model defines a check.
 
 The model is tests/models/healthcheck: each check appends a line to the
 HEALTH_CALLS file and does what the HEALTH_MODE file says (true, false, raise,
@@ -13,6 +14,9 @@ none, sleep:N), so a test changes the answer on a running server by writing
 that file.
 """
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +193,42 @@ def test_the_check_does_not_run_until_setup_has_finished(start_server, health, g
 def test_a_bad_healthcheck_timeout_stops_start_up(start_server, health):
     with pytest.raises(AssertionError, match="COG_HEALTHCHECK_TIMEOUT"):
         start_server("healthcheck", env=health.env(COG_HEALTHCHECK_TIMEOUT="0"))
+
+
+def worker_pid(server) -> int:
+    """The pid of the server's worker process (its one child)."""
+
+    def children():
+        pids = set()
+        for task in os.listdir(f"/proc/{server.proc.pid}/task"):
+            with open(f"/proc/{server.proc.pid}/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        return pids
+
+    pids = wait_until(children, 10, "the worker process")
+    assert len(pids) == 1, pids
+    return pids.pop()
+
+
+@pytest.mark.parametrize("model", ["basic", "healthcheck"])
+def test_a_worker_that_stops_answering_is_unhealthy_within_the_deadline(
+    start_server, health, model
+):
+    # With or without a healthcheck() of the model's own, a worker that no
+    # longer answers (stopped, or wedged) is not READY.
+    server = start_server(model, env=health.env(COG_HEALTHCHECK_TIMEOUT="1"))
+    assert check(server) == ("READY", None)
+    worker = worker_pid(server)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        status, error = check(server)
+        elapsed = time.monotonic() - t0
+        assert status == "UNHEALTHY", (status, error)
+        assert "COG_HEALTHCHECK_TIMEOUT" in error, error
+        assert elapsed < 3, elapsed
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_until(lambda: check(server) == ("READY", None), 10, "the model to be healthy again")
+    assert server.predict_ok()["status"] == "succeeded"
+    assert worker_pid(server) == worker

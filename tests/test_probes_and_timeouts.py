@@ -2,7 +2,8 @@
 the process runs; /readyz answers 503 during setup and 200 once the model is
 ready (both open even with COG_API_TOKEN); a run longer than
 COG_PREDICT_TIMEOUT is stopped and fails with a message saying so, and the
-model keeps serving.
+model keeps serving; one that does not stop is replaced with its worker, which
+never counts against the restart budget.
 """
 
 import time
@@ -35,3 +36,24 @@ def test_a_run_past_the_time_limit_fails_and_the_model_keeps_serving(start_serve
     assert "COG_PREDICT_TIMEOUT" in prediction["error"], prediction["error"]
     quick = server.predict_ok({"mode": "ok", "token": "quick"})
     assert quick["status"] == "succeeded", quick
+
+
+def test_a_run_deaf_past_the_time_limit_is_replaced_without_spending_the_restart_budget(
+    start_server, tmp_path
+):
+    env = {
+        "COG_PREDICT_TIMEOUT": "0.5",
+        "COG_CANCEL_GRACE": "0.2",
+        "COG_MAX_WORKER_RESTARTS": "1",
+    }
+    server = start_server("cancellable", env=env)
+    for _ in range(3):
+        # Stuck where the time limit's cancel cannot reach it.
+        deaf = {"mode": "deaf", "release": str(tmp_path / "never")}
+        prediction = server.predict_ok(deaf, timeout=10)
+        assert prediction["status"] == "failed", prediction
+        assert "COG_PREDICT_TIMEOUT" in prediction["error"], prediction["error"]
+        # The worker is replaced, which is no crash: the budget of one
+        # restart is never used up.
+        server.wait_for_status("READY", timeout=30)
+    assert server.predict_ok({"mode": "ok", "token": "after"})["output"] == "ok:after"

@@ -2,13 +2,14 @@
 comes back promptly as failed and the HTTP server stays up. The worker is
 restarted, set up again and serves; once the restarts allowed
 (COG_MAX_WORKER_RESTARTS within a window) are used up, health goes DEFUNCT and
-new predictions get 503.
+new predictions get 503. Predictions still waiting in the queue when the
+worker dies are not failed: they run on its successor.
 """
 
 import time
 
 import pytest
-from harness import assert_json_error
+from harness import assert_json_error, start_async, wait_for_prediction
 
 
 @pytest.mark.parametrize("mode", ["exit", "segfault"])
@@ -57,3 +58,20 @@ def test_restarts_give_up_into_defunct_after_the_allowed_number(start_server):
     assert second["status"] == "failed", second
     server.wait_for_status("DEFUNCT", timeout=10)
     assert_json_error(server.predict({"mode": "ok"}), 503)
+
+
+def test_predictions_waiting_when_the_worker_dies_run_on_its_successor(start_server, gate):
+    server = start_server("basic", env={"COG_QUEUE_SIZE": "2"})
+    start_async(server, "/predictions/crash", input={"mode": "exit", "gate": str(gate)})
+    for i in range(2):
+        queued = start_async(server, f"/predictions/wait-{i}", input={"token": f"wait-{i}"})
+        assert queued["status"] == "starting", queued
+    gate.open()
+
+    crashed = wait_for_prediction(server, "crash", timeout=10)
+    assert crashed["status"] == "failed", crashed
+    for i in range(2):
+        done = wait_for_prediction(server, f"wait-{i}", timeout=30)
+        assert done["status"] == "succeeded", done
+        assert done["output"] == f"ok:wait-{i}", done
+    assert server.health()["status"] == "READY"

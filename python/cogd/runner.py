@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 import types
 import warnings
@@ -197,12 +198,16 @@ _STREAMED = object()
 class _ActiveRun:
     """What ``cancel`` needs to know about the run in one slot."""
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, prediction_id: str) -> None:
         self.thread_id = threading.get_ident()
+        self.prediction_id = prediction_id
         # The prediction's directory: file objects the run returns are copied here.
         self.output_dir = output_dir
         self.task: asyncio.Task[Any] | None = None
         self.cancelled = False
+        # Set once the run is inside the code that turns a cancel into its
+        # end; before that a cancel signal is left to the check made there.
+        self.armed = False
         self.raised = False
         self.done = False
 
@@ -224,6 +229,10 @@ class Runner:
         # once loaded, so each run need not inspect it again.
         self._is_async = False
         self._active: dict[int, _ActiveRun] = {}
+        # Cancels that came before their run, by slot: the prediction id. A
+        # cancel comes on the control channel and its run on the slot socket,
+        # so it can overtake the run; the run it names ends as it starts.
+        self._early_cancels: dict[int, str] = {}
         self._lock = threading.Lock()
         if threading.current_thread() is threading.main_thread():
             # Slot 0 runs on the main thread; a signal is what interrupts a
@@ -292,7 +301,12 @@ class Runner:
         return self._schema_json
 
     def run(
-        self, inputs: dict[str, Any], context_json: str, output_dir: str, slot: int = 0
+        self,
+        inputs: dict[str, Any],
+        context_json: str,
+        output_dir: str,
+        slot: int = 0,
+        prediction_id: str = "",
     ) -> tuple[list[str] | None, str, list[str]]:
         """Run one prediction on ``inputs`` (the validated input object, which
         the Rust side has already read from JSON).
@@ -303,14 +317,20 @@ class Runner:
         ``CancelationException`` when the run was cancelled.
         """
         assert self._run is not None and self._signature is not None, "run() before load()"
-        active = _ActiveRun(output_dir)
+        active = _ActiveRun(output_dir, prediction_id)
         with self._lock:
             self._active[slot] = active
+            if self._early_cancels.pop(slot, None) == prediction_id:
+                active.cancelled = True
         token = capture.current_slot.set(slot)
         context = json.loads(context_json) if context_json and context_json != "{}" else {}
         scope = scopes.Scope(slot, context)
         scope_token = scopes.current.set(scope)
         try:
+            active.armed = True
+            if active.cancelled:
+                # Cancelled before it began: the model's code never runs.
+                raise CancelationException()
             kwargs = coercion.coerce_inputs(self._signature, inputs)
             output = self._invoke(slot, active, kwargs, scope)
             if active.cancelled:
@@ -327,12 +347,14 @@ class Runner:
             traceback.print_exc()
             raise
         finally:
+            # First: a cancel signal from now on raises nothing here.
+            active.done = True
+            with self._lock:
+                if self._active.get(slot) is active:
+                    del self._active[slot]
             # Tasks the run left behind keep the scope; closed, it records nothing.
             scope._close()
             scopes.current.reset(scope_token)
-            with self._lock:
-                active.done = True
-                self._active.pop(slot, None)
             _flush_std_streams()
             capture.current_slot.reset(token)
 
@@ -383,11 +405,16 @@ class Runner:
         pieces, files, strings = coercion.output_json(node, item, self._call, active.output_dir)
         _native.write_output(slot, index, pieces, files, strings)
 
-    def cancel(self, slot: int) -> None:
-        """Stop the run in ``slot``: cancel its task, or raise inside its thread."""
+    def cancel(self, slot: int, prediction_id: str = "") -> None:
+        """Stop the run of ``prediction_id`` in ``slot``: cancel its task, or
+        raise inside its thread; if it has not begun, it ends as it begins."""
         with self._lock:
             active = self._active.get(slot)
-            if active is None or active.done or active.cancelled:
+            if active is None or active.prediction_id != prediction_id:
+                # Not begun yet (or over, and then no run will have this id).
+                self._early_cancels[slot] = prediction_id
+                return
+            if active.done or active.cancelled:
                 return
             active.cancelled = True
             task = active.task
@@ -396,7 +423,9 @@ class Runner:
         elif self._is_async:
             pass  # the task has not started; it checks `cancelled` first thing
         elif active.thread_id == threading.main_thread().ident:
-            signal.pthread_kill(active.thread_id, signal.SIGUSR1)
+            threading.Thread(
+                target=_interrupt, args=(active,), name="cogd-cancel", daemon=True
+            ).start()
         else:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(active.thread_id), ctypes.py_object(CancelationException)
@@ -439,13 +468,32 @@ class Runner:
         return f"healthcheck() returned {result!r}; it must return True or False"
 
     def _on_cancel_signal(self, signum: int, frame: Any) -> None:
+        # Without the lock: this runs on the main thread between any two of its
+        # bytecodes, perhaps while that thread holds the lock. The flags it
+        # reads were set before the signal was sent, and only it sets `raised`.
         del signum, frame
-        with self._lock:
-            active = self._active.get(0)
-            if active is None or not active.cancelled or active.done or active.raised:
-                return
-            active.raised = True
+        active = self._active.get(0)
+        if active is None or not active.armed or not active.cancelled:
+            return
+        if active.done or active.raised:
+            return
+        active.raised = True
         raise CancelationException()
+
+
+def _interrupt(active: _ActiveRun) -> None:
+    """Signal the main thread until its cancelled run has raised or ended.
+
+    One signal is not enough: one that arrives after the thread's last check
+    for signals and before it enters a blocking call (``time.sleep``) is only
+    handled when that call returns. Sent again, at growing intervals (a run
+    deaf to signals costs little), it interrupts the call.
+    """
+    interval = 0.01
+    while not active.done and not active.raised:
+        signal.pthread_kill(active.thread_id, signal.SIGUSR1)
+        time.sleep(interval)
+        interval = min(interval * 2, 1.0)
 
 
 def _flush_std_streams() -> None:

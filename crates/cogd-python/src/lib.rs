@@ -365,6 +365,7 @@ impl Handler for PyHandler {
                         request.context_json,
                         request.output_dir.to_string_lossy().into_owned(),
                         slot,
+                        request.id,
                     ),
                 )
                 .and_then(|out| out.extract::<PyRunOutput<'_>>())
@@ -379,9 +380,9 @@ impl Handler for PyHandler {
         })
     }
 
-    fn cancel(&self, slot: usize) {
+    fn cancel(&self, slot: usize, id: &str) {
         Python::attach(|py| {
-            if let Err(e) = self.runner.bind(py).call_method1("cancel", (slot,)) {
+            if let Err(e) = self.runner.bind(py).call_method1("cancel", (slot, id)) {
                 let message = describe(py, &e);
                 drop(e);
                 eprintln!("cogd worker: cancel failed: {message}");

@@ -23,9 +23,14 @@ pub struct Config {
     pub slots_default: Option<usize>,
     /// Predictions that may wait for a slot (`COG_QUEUE_SIZE`, default 0).
     pub queue_size: usize,
-    /// How long a cancelled run may take to stop before its slot is given up
-    /// (`COG_CANCEL_GRACE`, seconds).
+    /// How long a cancelled run has to stop before its prediction ends
+    /// without it; the run keeps its slot until it returns
+    /// (`COG_CANCEL_GRACE`, seconds, default 1).
     pub cancel_grace: Duration,
+    /// How long after a cancel a run that has not stopped is given up on,
+    /// and its worker replaced (`COG_CANCEL_KILL_AFTER`, seconds; unset or
+    /// 0: never).
+    pub cancel_kill_after: Option<Duration>,
     /// The least time between two `output`/`logs` webhooks of one prediction
     /// (`COG_THROTTLE_RESPONSE_INTERVAL`, seconds).
     pub webhook_throttle: Duration,
@@ -236,7 +241,8 @@ impl Config {
         };
         let client_timeout = above_zero(&env, "COG_CLIENT_TIMEOUT", Duration::from_secs(30))?;
         let upload_timeout = above_zero(&env, "COG_UPLOAD_TIMEOUT", Duration::from_secs(30))?;
-        let cancel_grace = seconds(&env, "COG_CANCEL_GRACE")?.unwrap_or(Duration::from_secs(5));
+        let cancel_grace = seconds(&env, "COG_CANCEL_GRACE")?.unwrap_or(Duration::from_secs(1));
+        let cancel_kill_after = seconds(&env, "COG_CANCEL_KILL_AFTER")?.filter(|t| !t.is_zero());
         let healthcheck_timeout = match seconds(&env, "COG_HEALTHCHECK_TIMEOUT")? {
             Some(timeout) if timeout.is_zero() => {
                 return Err(ConfigError::BadEnv {
@@ -277,6 +283,7 @@ impl Config {
             slots_default,
             queue_size,
             cancel_grace,
+            cancel_kill_after,
             webhook_throttle,
             stream_history,
             max_streams,

@@ -133,6 +133,7 @@ pub(crate) fn start_model(
             predictions_dir,
             queue_size: config.queue_size,
             cancel_grace: config.cancel_grace,
+            cancel_kill_after: config.cancel_kill_after,
             stream_history: config.stream_history,
             predict_timeout: config.predict_timeout,
             healthcheck_timeout: config.healthcheck_timeout,

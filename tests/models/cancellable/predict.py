@@ -1,9 +1,10 @@
 """A synchronous model for the cancellation, disconnect and queue tests.
 
 Every run first appends its `token` to `runlog` (when given), so a test can
-tell from outside which runs started and in what order, and touches `started`
-(when given), so a test knows the run is under way. Then it waits for `gate`
-(when given), and `mode` picks what it does:
+tell from outside which runs started and in what order, and writes the
+worker's pid to `started` (when given), so a test knows the run is under way
+and in which worker. Then it waits for `gate` (when given), and `mode` picks
+what it does:
 
 - ok:      print "<token>:ok" and return "ok:<token>"
 - busy:    spin in `while True: pass` (no calls for a cancel to hide behind)
@@ -12,11 +13,17 @@ tell from outside which runs started and in what order, and touches `started`
            "CancelationException" to `marker`, then re-raise it
 - swallow: time.sleep(seconds); on CancelationException write "swallowed" to
            `marker` and carry on sleeping in short naps forever
+- deaf:    a run stuck where no cancel reaches it, as in a long native or GPU
+           call: with the cancel signal blocked, wait for `release` (a file),
+           then return "deaf:<token>" (the cancel, delivered then, may still
+           end it as cancelled)
 
-busy and sleep catch nothing, as most models' code does.
+busy and sleep catch nothing, as most models' code does. `padding` is ignored:
+a large one only makes the worker take longer to begin the run.
 """
 
 import os
+import signal
 import time
 
 from cog import BasePredictor, CancelationException
@@ -33,9 +40,11 @@ def wait_for_file(path: str) -> None:
 
 
 def write(path: str, text: str) -> None:
+    """Write `text` to `path` at once: a reader never sees it half written."""
     if path:
-        with open(path, "w") as f:
+        with open(path + ".part", "w") as f:
             f.write(text)
+        os.replace(path + ".part", path)
 
 
 class Predictor(BasePredictor):
@@ -48,12 +57,23 @@ class Predictor(BasePredictor):
         started: str = "",
         marker: str = "",
         runlog: str = "",
+        release: str = "",
+        padding: str = "",
     ) -> str:
+        if mode == "deaf":
+            # Deaf before it says it started: no cancel can slip in first.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+            try:
+                write(started, str(os.getpid()))
+                wait_for_file(release)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            return f"deaf:{token}"
         if runlog:
             with open(runlog, "a") as f:
                 f.write(token + "\n")
         if started:
-            open(started, "w").close()
+            write(started, str(os.getpid()))
 
         if gate:
             wait_for_file(gate)

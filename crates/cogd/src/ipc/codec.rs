@@ -186,11 +186,17 @@ mod tests {
 
     #[test]
     fn partial_lines_are_joined_across_reads() {
-        let data = b"{\"type\":\"cancel\",\"slot\":1}\n{\"type\":\"shutdown\"}\n";
+        let data = b"{\"type\":\"cancel\",\"slot\":1,\"id\":\"p\"}\n{\"type\":\"shutdown\"}\n";
         for step in [1, 2, 3, 7, 100] {
             let mut reader = FrameReader::new(Trickle { data, step });
             let first: ControlRequest = reader.next_message().unwrap().unwrap();
-            assert_eq!(first, ControlRequest::Cancel { slot: 1 });
+            assert_eq!(
+                first,
+                ControlRequest::Cancel {
+                    slot: 1,
+                    id: "p".into()
+                }
+            );
             let second: ControlRequest = reader.next_message().unwrap().unwrap();
             assert_eq!(second, ControlRequest::Shutdown);
             assert!(reader.next_frame().unwrap().is_none(), "step {step}");

@@ -12,7 +12,7 @@ pub use crate::metrics::MetricMode;
 
 /// The protocol version both sides must agree on; the worker reports its own in
 /// the first message of every slot socket.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Whether the worker serves `predict:` or `train:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,10 +54,14 @@ pub enum ControlRequest {
         /// slot, before it says `ready`; the server then connects to each.
         socket_dir: PathBuf,
     },
-    /// Cancel whatever runs in `slot`.
+    /// Cancel the run of prediction `id` in `slot`: now if it runs, else
+    /// as soon as it starts (the cancel can overtake the run, which comes on
+    /// the slot socket).
     Cancel {
         /// The slot index.
         slot: usize,
+        /// The prediction id.
+        id: String,
     },
     /// Run the model's user healthcheck and answer with `healthcheck_result`.
     Healthcheck {
@@ -526,7 +530,10 @@ mod tests {
             slots_default: None,
             socket_dir: "/tmp/cogd-x".into(),
         });
-        round_trip(&ControlRequest::Cancel { slot: 3 });
+        round_trip(&ControlRequest::Cancel {
+            slot: 3,
+            id: "p1".into(),
+        });
         round_trip(&ControlRequest::Healthcheck { id: 7 });
         round_trip(&ControlRequest::Shutdown);
     }
@@ -730,8 +737,12 @@ mod tests {
 
     #[test]
     fn wire_format_is_a_type_tagged_object() {
-        let text = serde_json::to_string(&ControlRequest::Cancel { slot: 2 }).unwrap();
-        assert_eq!(text, r#"{"type":"cancel","slot":2}"#);
+        let text = serde_json::to_string(&ControlRequest::Cancel {
+            slot: 2,
+            id: "p".into(),
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"type":"cancel","slot":2,"id":"p"}"#);
         let text = serde_json::to_string(&ControlResponse::ShuttingDown).unwrap();
         assert_eq!(text, r#"{"type":"shutting_down"}"#);
     }

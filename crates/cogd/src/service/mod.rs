@@ -10,14 +10,18 @@
 //!
 //! Cancellation: a cancel request fires the prediction's token. A queued
 //! prediction then ends without running; a running one is cancelled in the
-//! worker, and if it has not stopped after the grace period its slot is given
-//! up (and the worker killed when no slot is left), so a run that swallows the
-//! cancel cannot hold a slot forever.
+//! worker. A run that has not stopped after the grace period (stuck in a
+//! native call, or swallowing the cancel) has its prediction end without it,
+//! and keeps its slot until it returns: no caller can cost the model its
+//! worker. Only a run past its time limit, or a cancel with a kill policy
+//! (`COG_CANCEL_KILL_AFTER`), has its slot given up (and the worker
+//! replaced when no slot is left).
 //!
-//! Health: the model's state comes from the worker and the slots; when the
-//! model defines its own `healthcheck()`, [`Service::check_health`] also asks
-//! it (one check at a time, with a deadline) and reports `UNHEALTHY` when it
-//! fails, without changing the state admission goes by.
+//! Health: the model's state comes from the worker and the slots; while it
+//! serves, [`Service::check_health`] also asks the worker (one check at a
+//! time, with a deadline), which runs the model's own `healthcheck()` when it
+//! defines one, and reports `UNHEALTHY` when the check fails or the worker
+//! does not answer, without changing the state admission goes by.
 
 mod registry;
 mod slots;
@@ -41,7 +45,7 @@ use crate::telemetry::{self, Metrics, Phase, SlotCounts};
 use crate::webhook::{Subscription, WebhookSender};
 use registry::Registry;
 pub use registry::Tombstone;
-use slots::{Admit, Refusal, SlotPool};
+use slots::{Admit, Refusal, SlotPermit, SlotPool};
 
 /// The model's health, as `/health-check` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -154,8 +158,12 @@ pub struct ServiceConfig {
     pub predictions_dir: PathBuf,
     /// Predictions that may wait for a slot.
     pub queue_size: usize,
-    /// How long a cancelled run may take to stop.
+    /// How long a run asked to stop has to end before its prediction ends
+    /// without it (the run keeps its slot until it returns).
     pub cancel_grace: Duration,
+    /// How long after a cancel a run that has not ended is given up on, its
+    /// slot with it (`None`: never).
+    pub cancel_kill_after: Option<Duration>,
     /// Stream events kept per prediction for readers who attach late.
     pub stream_history: usize,
     /// How long the model's `healthcheck()` may take (`COG_HEALTHCHECK_TIMEOUT`).
@@ -215,12 +223,31 @@ impl Service {
         let ready = supervisor.clone();
         let opened = Arc::new(watch::Sender::new(0u64));
         let announce = Arc::clone(&opened);
-        // Each worker (the first, and any restarted one) brings its own slots.
+        // Each worker (the first, and any restarted one) brings its own
+        // slots, and takes them along when it goes: predictions waiting for
+        // one wait on for the next worker's.
         tokio::spawn(async move {
-            while state.wait_for(|s| *s == WorkerState::Ready).await.is_ok() {
-                pool.open(ready.slots());
-                announce.send_modify(|n| *n += 1);
-                if state.wait_for(|s| *s != WorkerState::Ready).await.is_err() {
+            let mut open = false;
+            loop {
+                let now = *state.borrow_and_update();
+                match now {
+                    WorkerState::Ready if !open => {
+                        pool.open(ready.slots());
+                        announce.send_modify(|n| *n += 1);
+                        open = true;
+                    }
+                    WorkerState::Starting if open => {
+                        pool.withdraw();
+                        open = false;
+                    }
+                    // No worker will come: the waiting are told.
+                    WorkerState::SetupFailed | WorkerState::Defunct => {
+                        pool.close();
+                        return;
+                    }
+                    WorkerState::Ready | WorkerState::Starting => {}
+                }
+                if state.changed().await.is_err() {
                     return;
                 }
             }
@@ -283,12 +310,13 @@ impl Service {
     }
 
     /// The model's health for `/health-check`: [`Service::health`], and when
-    /// the model is ready or busy and defines its own `healthcheck()`, what
-    /// that says. Concurrent callers share one check.
+    /// the model is ready or busy, whether the worker answers, and its own
+    /// `healthcheck()` (when it defines one) says it is healthy. Concurrent
+    /// callers share one check.
     pub async fn check_health(&self) -> HealthReport {
         let supervisor = &self.inner.supervisor;
         let serving = |health| matches!(health, Health::Ready | Health::Busy);
-        if serving(self.health()) && supervisor.has_healthcheck() {
+        if serving(self.health()) {
             let checked = supervisor
                 .healthcheck(self.inner.config.healthcheck_timeout)
                 .await;
@@ -545,8 +573,11 @@ struct Run {
 
 /// How a run in a slot ended.
 struct Ended {
-    outcome: Outcome,
-    /// A cancelled run that did not stop: its slot cannot be used again.
+    /// The prediction's end; `None` when it was reported already, while the
+    /// run still held its slot ([`Run::outlast`]).
+    outcome: Option<Outcome>,
+    /// A run asked to stop that was given up on: its slot cannot be used
+    /// again.
     stuck: bool,
     /// False only when the run is known to have left nothing in its
     /// directory: it succeeded, and neither side put a file there (no
@@ -558,16 +589,18 @@ struct Ended {
 impl Run {
     async fn execute(self, admit: Admit) {
         let permit = match admit {
-            Admit::Now(permit) => Some(permit),
+            Admit::Now(permit) => Ok(permit),
             Admit::Queued(ticket) => tokio::select! {
-                permit = ticket.acquire() => permit,
-                () = self.handle.cancelled() => None,
+                permit = ticket.acquire() => permit.ok_or_else(|| Outcome::Failed(
+                    "the model stopped serving before the prediction could run".into(),
+                )),
+                // Cancelled while it waited for a slot: it never runs.
+                () = self.handle.cancelled() => Err(Outcome::Canceled),
             },
         };
-        let Some(permit) = permit else {
-            // Cancelled while it waited for a slot: it never runs.
-            self.finish(Outcome::Canceled, None).await;
-            return;
+        let permit = match permit {
+            Ok(permit) => permit,
+            Err(outcome) => return self.finish(outcome, None).await,
         };
         let started = Instant::now();
         self.inner
@@ -586,7 +619,7 @@ impl Run {
             true
         });
         self.publish_state("start");
-        let ended = self.run_in_slot(permit.slot(), dir.clone()).await;
+        let ended = self.run_in_slot(&permit, dir.clone(), started).await;
         if ended.dir_used {
             remove_run_dir(&self.id, dir).await;
         }
@@ -596,12 +629,14 @@ impl Run {
             if self.inner.slots.healthy() == 0 {
                 self.inner
                     .supervisor
-                    .kill("a cancelled run did not stop and no slot is left");
+                    .replace("a stopped run did not end and no slot is left");
             }
         } else {
             drop(permit);
         }
-        self.finish(ended.outcome, Some(started)).await;
+        if let Some(outcome) = ended.outcome {
+            self.finish(outcome, Some(started)).await;
+        }
     }
 
     /// Publishes the whole prediction as a stream event.
@@ -654,12 +689,18 @@ impl Run {
         }
     }
 
-    async fn run_in_slot(&self, slot: usize, output_dir: PathBuf) -> Ended {
+    async fn run_in_slot(
+        &self,
+        permit: &SlotPermit,
+        output_dir: PathBuf,
+        started: Instant,
+    ) -> Ended {
         let ended = |outcome| Ended {
-            outcome,
+            outcome: Some(outcome),
             stuck: false,
             dir_used: true,
         };
+        let slot = permit.slot();
         // Whether anything may have gone into the run's directory; the
         // directory is looked for (a `stat`) only then.
         let mut dir_used = !self.file_inputs.is_empty();
@@ -729,15 +770,21 @@ impl Run {
             output_dir: output_dir.clone(),
             context: self.context.clone(),
         };
+        if !permit.is_current() {
+            // Its slot's worker went away while the inputs were fetched.
+            return ended(Outcome::Failed(
+                "the worker stopped before the prediction reached it".into(),
+            ));
+        }
         // Lasts until the run's final event: every return below ends it.
         let _run_span = telemetry::phase_span(Phase::Run);
         let mut events = match self.inner.supervisor.run(slot, &request, attached).await {
             Ok(events) => events,
             Err(e) => return ended(Outcome::Failed(e.to_string())),
         };
-        // Set once a cancel (by request, or by COG_PREDICT_TIMEOUT) has been
-        // sent: the run then has until this instant to stop.
-        let mut deadline: Option<tokio::time::Instant> = None;
+        // Set once the run has been asked to stop (by a cancel, the time
+        // limit, or an output that could not be sent).
+        let mut stop: Option<Stop> = None;
         let time_limit = self.inner.config.predict_timeout;
         let timeout_at = time_limit.map(|limit| tokio::time::Instant::now() + limit);
         // Why a cancelled run ends: canceled by a client, or failed by time.
@@ -751,23 +798,24 @@ impl Run {
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
-                () = self.handle.cancelled(), if deadline.is_none() => {
-                    self.inner.supervisor.cancel(slot).await;
-                    deadline = Some(tokio::time::Instant::now() + self.inner.config.cancel_grace);
+                () = self.handle.cancelled(), if stop.is_none() => {
+                    stop = Some(self.ask_to_stop(slot, timeout_at).await);
                     continue;
                 }
-                () = sleep_until(timeout_at), if deadline.is_none() => {
+                () = sleep_until(timeout_at), if stop.is_none() => {
                     let limit = time_limit.unwrap_or_default().as_secs_f64();
                     stopped = Outcome::Failed(format!(
                         "the prediction took longer than {limit} s (COG_PREDICT_TIMEOUT) and was stopped"
                     ));
-                    self.inner.supervisor.cancel(slot).await;
-                    deadline = Some(tokio::time::Instant::now() + self.inner.config.cancel_grace);
+                    // Past its deadline: given up on when its grace is over.
+                    let mut asked = self.ask_to_stop(slot, None).await;
+                    asked.give_up_at = Some(asked.report_at);
+                    stop = Some(asked);
                     continue;
                 }
-                () = sleep_until(deadline) => {
-                    tracing::warn!(prediction_id = %self.id, slot, "the cancelled run did not stop; giving up its slot");
-                    return Ended { outcome: stopped, stuck: true, dir_used: true };
+                () = sleep_until(stop.as_ref().map(|stop| stop.report_at)) => {
+                    let give_up_at = stop.and_then(|stop| stop.give_up_at);
+                    return self.outlast(slot, &mut events, stopped, give_up_at, started).await;
                 }
             };
             let Some(event) = event else {
@@ -816,7 +864,7 @@ impl Run {
                     }
                 }
                 SlotEvent::Output { output, index } => {
-                    if deadline.is_some() {
+                    if stop.is_some() {
                         // Being stopped: what it yields now is not sent.
                         continue;
                     }
@@ -825,20 +873,17 @@ impl Run {
                     let output = tokio::select! {
                         sent = self.send_output(output, &output_dir) => sent,
                         // Back to the loop, which acts on the cancel or the time limit.
-                        () = self.handle.cancelled(), if deadline.is_none() => continue,
-                        () = sleep_until(timeout_at), if deadline.is_none() => continue,
+                        () = self.handle.cancelled(), if stop.is_none() => continue,
+                        () = sleep_until(timeout_at), if stop.is_none() => continue,
                     };
                     let output = match output {
                         Ok(output) => output,
                         Err(error) => {
                             // The run cannot succeed: stop it, and fail.
-                            if deadline.is_none() {
+                            if stop.is_none() {
                                 unsent = true;
                                 stopped = Outcome::Failed(error);
-                                self.inner.supervisor.cancel(slot).await;
-                                deadline = Some(
-                                    tokio::time::Instant::now() + self.inner.config.cancel_grace,
-                                );
+                                stop = Some(self.ask_to_stop(slot, timeout_at).await);
                             }
                             continue;
                         }
@@ -865,17 +910,19 @@ impl Run {
                         dir_used |= output.uses_dir();
                         let sent = tokio::select! {
                             sent = self.send_output(output, &output_dir) => sent,
-                            () = self.handle.cancelled(), if deadline.is_none() => {
+                            () = self.handle.cancelled(), if stop.is_none() => {
                                 return ended(Outcome::Canceled)
                             }
-                            () = sleep_until(timeout_at), if deadline.is_none() => {
+                            () = sleep_until(timeout_at), if stop.is_none() => {
                                 let limit = time_limit.unwrap_or_default().as_secs_f64();
                                 return ended(Outcome::Failed(format!(
                                     "the prediction took longer than {limit} s (COG_PREDICT_TIMEOUT) while its files were sent"
                                 )));
                             }
                             // Stopped while its files were being sent.
-                            () = sleep_until(deadline) => return ended(stopped),
+                            () = sleep_until(stop.as_ref().map(|stop| stop.report_at)) => {
+                                return ended(stopped)
+                            }
                         };
                         match sent {
                             Ok(output) => self.handle.update(|p| {
@@ -895,7 +942,7 @@ impl Run {
                 }
                 SlotEvent::Failed(error) => return ended(Outcome::Failed(error)),
                 SlotEvent::Cancelled => return ended(stopped),
-                SlotEvent::Died(reason) if deadline.is_some() => {
+                SlotEvent::Died(reason) if stop.is_some() => {
                     tracing::debug!(prediction_id = %self.id, %reason, "the worker died after a cancel");
                     return ended(stopped);
                 }
@@ -905,7 +952,74 @@ impl Run {
     }
 }
 
+/// A run that has been asked to stop.
+struct Stop {
+    /// When its prediction ends without waiting for it
+    /// (`COG_CANCEL_GRACE` after it was asked).
+    report_at: tokio::time::Instant,
+    /// When its slot is given up, if it has not returned by then
+    /// (`COG_CANCEL_KILL_AFTER`, or the time limit); `None`: never.
+    give_up_at: Option<tokio::time::Instant>,
+}
+
 impl Run {
+    /// Asks the worker to stop the run in `slot`. It is given up on at
+    /// `COG_CANCEL_KILL_AFTER` from now or at `timeout_at`, whichever
+    /// comes first.
+    async fn ask_to_stop(&self, slot: usize, timeout_at: Option<tokio::time::Instant>) -> Stop {
+        self.inner.supervisor.cancel(slot, &self.id).await;
+        let now = tokio::time::Instant::now();
+        let kill_at = self.inner.config.cancel_kill_after.map(|after| now + after);
+        Stop {
+            report_at: now + self.inner.config.cancel_grace,
+            give_up_at: [kill_at, timeout_at].into_iter().flatten().min(),
+        }
+    }
+
+    /// A run asked to stop that is still going after its grace period (stuck
+    /// in a native call, or swallowing the cancel): unless it is to be given
+    /// up on already, its prediction ends now for its clients, and the run
+    /// keeps its slot until it returns, so the worker (and its setup) is not
+    /// lost for it. At `give_up_at` the slot is given up instead.
+    async fn outlast(
+        &self,
+        slot: usize,
+        events: &mut tokio::sync::mpsc::Receiver<SlotEvent>,
+        outcome: Outcome,
+        give_up_at: Option<tokio::time::Instant>,
+        started: Instant,
+    ) -> Ended {
+        let ended = |outcome, stuck| Ended {
+            outcome,
+            stuck,
+            dir_used: true,
+        };
+        if give_up_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+            tracing::warn!(slot, "the stopped run did not end; giving up its slot");
+            return ended(Some(outcome), true);
+        }
+        tracing::warn!(
+            slot,
+            "the stopped run goes on; it keeps its slot until it returns"
+        );
+        self.finish(outcome, Some(started)).await;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) if !event.is_final() => {}
+                    _ => {
+                        tracing::info!(slot, "the stopped run has returned; its slot is free");
+                        return ended(None, false);
+                    }
+                },
+                () = sleep_until(give_up_at) => {
+                    tracing::warn!(slot, "the stopped run did not end; giving up its slot");
+                    return ended(None, true);
+                }
+            }
+        }
+    }
+
     /// An output with its files sent: inline, or uploaded to the request's
     /// prefix or `--upload-url`.
     async fn send_output(

@@ -86,6 +86,19 @@ impl SlotPool {
         self.inner.semaphore.add_permits(count);
     }
 
+    /// Takes the slots away from a worker that is gone: none is free until
+    /// the next worker's are opened, and permits still held are stale.
+    pub(crate) fn withdraw(&self) {
+        self.open(0);
+    }
+
+    /// Takes the slots away for good: predictions waiting for one are told
+    /// ([`QueueTicket::acquire`] returns `None`).
+    pub(crate) fn close(&self) {
+        self.withdraw();
+        self.inner.semaphore.close();
+    }
+
     /// A free slot, else a place in the queue, else a refusal.
     pub(crate) fn admit(&self) -> Result<Admit, Refusal> {
         if let Ok(permit) = Arc::clone(&self.inner.semaphore).try_acquire_owned() {
@@ -149,7 +162,8 @@ pub(crate) struct QueueTicket {
 }
 
 impl QueueTicket {
-    /// Waits for this ticket's turn and returns its slot.
+    /// Waits for this ticket's turn and returns its slot; `None` when the
+    /// pool has closed.
     pub(crate) async fn acquire(self) -> Option<SlotPermit> {
         loop {
             let permit = Arc::clone(&self.pool.inner.semaphore)
@@ -195,7 +209,8 @@ impl SlotPermit {
         }
     }
 
-    fn is_current(&self) -> bool {
+    /// False once the worker this slot belonged to has gone.
+    pub(crate) fn is_current(&self) -> bool {
         self.generation == self.pool.inner.generation.load(Ordering::SeqCst)
     }
 }
@@ -289,6 +304,42 @@ mod tests {
         let b = now(pool.admit());
         assert_ne!(a.slot(), b.slot());
         assert_eq!(pool.admit().unwrap_err(), Refusal::Busy);
+    }
+
+    #[tokio::test]
+    async fn the_queue_waits_through_a_withdrawal_for_the_next_worker() {
+        let pool = SlotPool::new(1);
+        pool.open(1);
+        let running = now(pool.admit());
+        let Ok(Admit::Queued(waiting)) = pool.admit() else {
+            panic!("expected a queue place")
+        };
+        let waiting = tokio::spawn(waiting.acquire());
+        // The worker dies under the running prediction: its slot is not
+        // handed to the one waiting.
+        pool.withdraw();
+        assert!(!running.is_current());
+        drop(running);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(pool.healthy(), 0);
+        // The next worker's slot goes to it.
+        pool.open(1);
+        let permit = waiting.await.unwrap().expect("a slot of the new worker");
+        assert!(permit.is_current());
+        assert!(pool.all_busy());
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_tells_the_waiting() {
+        let pool = SlotPool::new(1);
+        pool.open(1);
+        let _running = now(pool.admit());
+        let Ok(Admit::Queued(waiting)) = pool.admit() else {
+            panic!("expected a queue place")
+        };
+        pool.close();
+        assert!(waiting.acquire().await.is_none());
     }
 
     #[test]

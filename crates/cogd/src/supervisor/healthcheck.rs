@@ -1,4 +1,6 @@
-//! The model's own `healthcheck()`, run in the worker for `/health-check`.
+//! The health check of the worker for `/health-check`: whether it answers
+//! at all (a stopped or wedged worker does not), and the model's own
+//! `healthcheck()` when it defines one, run in the worker.
 //!
 //! A check goes out as `healthcheck {id}` on the control channel and comes
 //! back as `healthcheck_result {id, status, error}`. At most one is in flight:
@@ -57,10 +59,11 @@ impl Healthchecks {
 }
 
 impl Supervisor {
-    /// Runs the model's `healthcheck()` in the worker, or joins the check
-    /// already in flight, and returns what it found. A check that has not
-    /// answered within `timeout` of its start counts as unhealthy. Only for a
-    /// ready worker whose model defines one ([`Supervisor::has_healthcheck`]).
+    /// Asks the worker for its health (it runs the model's `healthcheck()`
+    /// when there is one, [`Supervisor::has_healthcheck`]; else it answers
+    /// at once), or joins the check already in flight, and returns what it
+    /// found. A check that has not answered within `timeout` of its start
+    /// counts as unhealthy. Only for a ready worker.
     pub async fn healthcheck(&self, timeout: Duration) -> UserHealth {
         let mut result = {
             let mut in_flight = self
@@ -104,8 +107,12 @@ impl Inner {
             answer = tokio::time::timeout(timeout, answer) => match answer {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(_)) => Err("the healthcheck's answer was lost".into()),
-                Err(_) => Err(format!(
+                Err(_) if self.has_healthcheck.load(Ordering::SeqCst) => Err(format!(
                     "healthcheck() did not return within {} s (COG_HEALTHCHECK_TIMEOUT)",
+                    timeout.as_secs_f64()
+                )),
+                Err(_) => Err(format!(
+                    "the worker did not answer the health check within {} s (COG_HEALTHCHECK_TIMEOUT)",
                     timeout.as_secs_f64()
                 )),
             },

@@ -257,6 +257,9 @@ struct Inner {
     healthchecks: Healthchecks,
     /// Set when the server asked the worker to stop, so its exit is no failure.
     stopping: std::sync::atomic::AtomicBool,
+    /// Set when the server killed the worker to replace it
+    /// ([`Supervisor::replace`]), so its exit is no crash.
+    replacing: std::sync::atomic::AtomicBool,
     /// Counts restarts and times setups.
     metrics: Metrics,
 }
@@ -291,6 +294,7 @@ impl Supervisor {
             has_healthcheck: false.into(),
             healthchecks: Healthchecks::default(),
             stopping: false.into(),
+            replacing: false.into(),
             metrics,
         });
         let task = Arc::clone(&inner);
@@ -392,16 +396,24 @@ impl Supervisor {
         Ok(rx)
     }
 
-    /// Asks the worker to cancel the run in `slot`.
-    pub async fn cancel(&self, slot: usize) {
+    /// Asks the worker to cancel the run of prediction `id` in `slot`. A
+    /// cancel that reaches the worker before the run does (they travel on
+    /// different channels) is kept for it.
+    pub async fn cancel(&self, slot: usize, id: &str) {
         self.inner
-            .send_control(&ControlRequest::Cancel { slot })
+            .send_control(&ControlRequest::Cancel {
+                slot,
+                id: id.to_string(),
+            })
             .await;
     }
 
-    /// Kills the worker at once, e.g. when a cancelled run will not stop.
-    pub fn kill(&self, why: &str) {
-        tracing::warn!(reason = why, "killing the worker");
+    /// Kills the worker at once and starts a new one, e.g. when a stopped
+    /// run will not end. The server chose it, so it is no crash: it does not
+    /// count against the restart budget.
+    pub fn replace(&self, why: &str) {
+        tracing::warn!(reason = why, "replacing the worker");
+        self.inner.replacing.store(true, Ordering::SeqCst);
         self.inner.kill();
     }
 
@@ -809,10 +821,17 @@ impl Inner {
         let stopping = self.stopping.load(Ordering::SeqCst);
         // Copied out: a watch borrow held across `send_replace` would deadlock.
         let state = *self.state.borrow();
+        let replacing = self.replacing.swap(false, Ordering::SeqCst);
         let mut restart = None;
         match state {
             WorkerState::Starting => {
                 self.setup_failed(&format!("the worker exited during setup: {reason}"))
+            }
+            WorkerState::Ready if !stopping && replacing => {
+                tracing::info!(%reason, "the worker was stopped; starting a new one");
+                self.metrics.worker_restarted();
+                self.state.send_replace(WorkerState::Starting);
+                restart = Some(Duration::ZERO);
             }
             WorkerState::Ready if !stopping => match self.restart_delay() {
                 Some(delay) => {
@@ -845,8 +864,8 @@ impl Inner {
         }
     }
 
-    /// How long to wait before the next restart, or `None` when the restarts
-    /// within the window are used up.
+    /// How long to wait before the next restart after a crash, or `None`
+    /// when the restarts within the window are used up.
     fn restart_delay(&self) -> Option<Duration> {
         let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();

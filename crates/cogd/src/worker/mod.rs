@@ -106,8 +106,11 @@ pub trait Handler: Send + Sync + 'static {
     /// Runs one prediction in `slot`, returning its output as JSON.
     fn run(&self, slot: usize, request: RunRequest) -> Result<RunOutput, RunError>;
 
-    /// Asks the run in `slot` to stop; it should end with [`RunError::Canceled`].
-    fn cancel(&self, slot: usize);
+    /// Asks the run of prediction `id` in `slot` to stop; it should end with
+    /// [`RunError::Canceled`]. The cancel may come before the run (it
+    /// travels on the control channel, the run on the slot socket): then
+    /// the run is to end so as soon as it starts.
+    fn cancel(&self, slot: usize, id: &str);
 
     /// Runs the model's own health check, if [`LoadInfo::healthcheck`] said
     /// it has one. The error says why it is unhealthy, readably.
@@ -568,7 +571,7 @@ fn control_loop(
 ) {
     loop {
         match requests.next_message::<ControlRequest>() {
-            Ok(Some(ControlRequest::Cancel { slot })) => handler.cancel(slot),
+            Ok(Some(ControlRequest::Cancel { slot, id })) => handler.cancel(slot, &id),
             Ok(Some(ControlRequest::Healthcheck { id })) => match healthchecks {
                 Some(healthchecks) => healthchecks.check(id),
                 // The model defines none: nothing can be wrong with it.
