@@ -54,6 +54,9 @@ pub struct Config {
     /// Event streams open at once (`COG_MAX_STREAMS`, default 1024); past
     /// it, 429.
     pub max_streams: usize,
+    /// Serve the web playground at `GET /` to browsers (`COG_PLAYGROUND`,
+    /// default on; `0` turns it off).
+    pub playground: bool,
     /// Address to listen on.
     pub host: String,
     /// Port to listen on.
@@ -181,6 +184,7 @@ impl Config {
         )?
         .unwrap_or(1024);
         let max_streams = positive(&env, "COG_MAX_STREAMS")?.unwrap_or(1024);
+        let playground = switch(&env, "COG_PLAYGROUND")?.unwrap_or(true);
         let max_body_bytes =
             number(&env, "COG_MAX_BODY_BYTES", "expected a number of bytes")?.unwrap_or(100 << 20);
         let max_restarts = number(
@@ -243,6 +247,7 @@ impl Config {
             webhook_throttle,
             stream_history,
             max_streams,
+            playground,
             max_body_bytes,
             predict_timeout,
             max_restarts,
@@ -294,6 +299,25 @@ fn positive(
             message: AT_LEAST_ONE,
         }),
         n => Ok(n),
+    }
+}
+
+/// On or off from the environment, if set: `1 true on yes` or `0 false off no`.
+fn switch(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<bool>, ConfigError> {
+    match env(name).filter(|s| !s.trim().is_empty()) {
+        Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "on" | "yes" => Ok(Some(true)),
+            "0" | "false" | "off" | "no" => Ok(Some(false)),
+            _ => Err(ConfigError::BadEnv {
+                name,
+                value,
+                message: "expected 1 or 0 (true/false, on/off, yes/no)",
+            }),
+        },
+        None => Ok(None),
     }
 }
 
@@ -469,6 +493,18 @@ mod tests {
             let err = resolve(dir.path(), &[("COG_MAX_STREAMS", bad)]).unwrap_err();
             assert!(err.to_string().contains("COG_MAX_STREAMS"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_playground_is_on_unless_turned_off() {
+        let dir = model("predict: predict.py:Predictor\n");
+        assert!(resolve(dir.path(), &[]).unwrap().playground);
+        for (value, on) in [("0", false), ("off", false), ("FALSE", false), ("1", true)] {
+            let config = resolve(dir.path(), &[("COG_PLAYGROUND", value)]).unwrap();
+            assert_eq!(config.playground, on, "COG_PLAYGROUND={value}");
+        }
+        let err = resolve(dir.path(), &[("COG_PLAYGROUND", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("COG_PLAYGROUND"), "{err}");
     }
 
     #[test]
