@@ -115,9 +115,10 @@
     const inSetup = health === "STARTING" || health === "SETUP_FAILED";
     $("setup").hidden = !inSetup;
     if (inSetup) {
+      const last = (setup.logs || "").trimEnd().split("\n").pop();
       $("setup-reason").textContent =
         health === "SETUP_FAILED"
-          ? "Setup failed; the model cannot run. Its logs (with the error) are below."
+          ? `Setup failed${last ? ": " + last : ""}. The model cannot run; its setup logs:`
           : "The model is setting up. Its logs so far:";
       setText($("setup-logs"), setup.logs || "");
     }
@@ -161,8 +162,10 @@
     if (Array.isArray(schema.allOf)) {
       const { allOf, ...rest } = schema;
       const merged = Object.assign({}, ...allOf.map(deref), rest);
-      // Cog's choices are an enum component whose description is boilerplate.
+      // Cog's choices are an enum component named after the input, with a
+      // boilerplate description: neither is the input's own.
       if (!rest.description) delete merged.description;
+      if (!rest.title) delete merged.title;
       return merged;
     }
     return schema;
@@ -197,8 +200,10 @@
     const box = $("fields");
     box.replaceChildren(...fields.map((f) => f.control.node));
     if (!fields.length) box.append(el("p", { className: "hint" }, "This model takes no input."));
-    $("model-title").textContent = (doc.info && doc.info.title) || "";
+    const title = (doc.info && doc.info.title) || "";
+    $("model-title").textContent = title === "Cog" ? "" : title; // "Cog" names no model
     $("run-form").hidden = false;
+    $("result").hidden = false;
     $("run").disabled = !RUNNABLE.has(health) || run !== null;
     markUsable();
   }
@@ -247,6 +252,11 @@
     return parts.join(", ");
   }
 
+  /** `num_outputs` -> `Num Outputs`, as Cog titles inputs. */
+  function titleOf(name) {
+    return name.replace(/_/g, " ").replace(/\b\w/g, (c) => c.toUpperCase());
+  }
+
   function allowsString(schema) {
     if (Array.isArray(schema.anyOf)) return schema.anyOf.some((s) => deref(s).type === "string");
     return !schema.type;
@@ -262,7 +272,7 @@
       required ? el("span", { className: "req", title: "required", "aria-hidden": "true" }, "*") : null,
       schema.deprecated ? el("span", { className: "badge" }, "deprecated") : null,
     ];
-    const title = schema.title || name;
+    const title = schema.title || titleOf(name);
     const label =
       kind === "checkbox"
         ? el("label", { className: "check", htmlFor: id }, control.widget, title, ...marks)
@@ -309,7 +319,7 @@
   function textControl(common, schema, kind) {
     const widget =
       kind === "textarea"
-        ? el("textarea", { ...common, rows: 3 })
+        ? el("textarea", { ...common, rows: 2 })
         : el("input", {
             ...common,
             type: kind === "secret" ? "password" : "text",
@@ -416,8 +426,9 @@
     const controls = [];
     const add = (value) => {
       const n = controls.length;
-      const control = makeControl(itemKind === "list" ? "json" : itemKind, `${common.id}-${n}`, item, name, false, undefined);
-      control.widget.setAttribute("aria-label", `${schema.title || name}, item ${n + 1}`);
+      const kind = itemKind === "list" ? "json" : itemKind === "textarea" ? "text" : itemKind;
+      const control = makeControl(kind, `${common.id}-${n}`, item, name, false, undefined);
+      control.widget.setAttribute("aria-label", `${schema.title || titleOf(name)}, item ${n + 1}`);
       if (value !== undefined) control.set(value);
       const remove = el("button", { type: "button", "aria-label": `Remove item ${n + 1}` }, "Remove");
       const row = el("div", { className: "list-row" }, control.widget, remove);
@@ -753,6 +764,11 @@
     }
   }
 
+  /** Seconds as people read them: milliseconds below one second. */
+  function duration(seconds) {
+    return seconds < 1 ? (seconds * 1000).toFixed(1) + " ms" : seconds.toFixed(2) + " s";
+  }
+
   function concatenates(schema) {
     return schema["x-cog-array-display"] === "concatenate";
   }
@@ -761,7 +777,7 @@
     view.end();
     view.update(prediction);
     const seconds = prediction.metrics && prediction.metrics.predict_time;
-    showStatus(prediction.status + (typeof seconds === "number" ? ` in ${seconds.toFixed(2)} s` : ""));
+    showStatus(prediction.status + (typeof seconds === "number" ? ` in ${duration(seconds)}` : ""));
     if (prediction.error) $("run-error").textContent = prediction.error;
     remember(prediction, view.input);
   }
@@ -773,7 +789,7 @@
     document.body.dataset.status = prediction.status;
     const seconds = prediction.metrics && prediction.metrics.predict_time;
     showStatus(
-      `${prediction.status}${typeof seconds === "number" ? ` in ${seconds.toFixed(2)} s` : ""} · ${prediction.id}`,
+      `${prediction.status}${typeof seconds === "number" ? ` in ${duration(seconds)}` : ""} · ${prediction.id}`,
     );
     if (prediction.output !== null && prediction.output !== undefined) {
       $("output").append(render(prediction.output, outputSchema));
@@ -791,7 +807,7 @@
       if (value && typeof value === "object" && !Array.isArray(value)) {
         for (const [k, v] of Object.entries(value)) add(name + "." + k, v);
       } else {
-        const text = name === "predict_time" && typeof value === "number" ? value.toFixed(3) + " s" : JSON.stringify(value);
+        const text = name === "predict_time" && typeof value === "number" ? duration(value) : JSON.stringify(value);
         rows.push(el("dt", {}, name), el("dd", {}, text));
       }
     };
@@ -962,7 +978,8 @@
     showHistory();
   });
 
-  showHistory();
+  // The two requests first: they are what the form waits for.
   loadSchema();
   pollHealth();
+  showHistory();
 })();
