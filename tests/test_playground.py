@@ -139,6 +139,7 @@ def test_a_form_of_every_control_kind_runs_with_typed_values(start_server, page)
     expect(page.locator("#output")).to_contain_text('"scheduler": "euler"')
     expect(page.locator("#logs")).to_contain_text("prompt: a cat")
     expect(page.locator("#metrics")).to_contain_text("predict_time")
+    expect(page.locator("#metrics")).to_contain_text("prompt_chars5")
 
 
 def test_a_file_input_is_uploaded_from_disk(start_server, page, tmp_path):

@@ -1,4 +1,4 @@
-"""Paints a PNG of one colour (served with COG_PREDICT_TYPE_STUB=painter.py:Predictor).
+"""Paints a PNG in one colour, fading to white (served with COG_PREDICT_TYPE_STUB=painter.py:Predictor).
 
 The PNG is written by hand (zlib and a CRC per chunk), so the model needs
 nothing beyond the standard library.
@@ -17,12 +17,17 @@ def chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    row = b"\x00" + bytes(rgb) * width  # filter type 0, then the pixels
+    """`rgb` at the top, fading to white at the bottom."""
+    rows = b""
+    for y in range(height):
+        fade = y / max(height - 1, 1)
+        pixel = bytes(round(c + (255 - c) * fade) for c in rgb)
+        rows += b"\x00" + pixel * width  # filter type 0, then the pixels
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IDAT", zlib.compress(rows))
         + chunk(b"IEND", b"")
     )
 

@@ -3,6 +3,7 @@
 
 The run returns what it received, so a test can tell that each control sent
 its value with the right JSON type: a file input's text, a secret's value.
+It records the prompt's length as a custom metric.
 """
 
 from typing import Optional
@@ -28,6 +29,7 @@ class Predictor(BasePredictor):
         old: str = Input(default="x", deprecated=True),
     ) -> dict:
         print(f"prompt: {prompt}")
+        self.record_metric("prompt_chars", len(prompt))
         return {
             "prompt": prompt,
             "negative": negative,
