@@ -67,11 +67,11 @@ def run_and_wait(page: Page, status: str = "succeeded") -> None:
 
 
 def record_runs(page: Page) -> list[dict[str, str]]:
-    """The headers of each PUT /predictions/{id} the page sends, as it sends them."""
+    """The headers of each run (PUT /predictions/{id} or /trainings/{id}) the page sends."""
     sent: list[dict[str, str]] = []
 
     def on_request(request: Any) -> None:
-        if request.method == "PUT" and "/predictions/" in request.url:
+        if request.method == "PUT" and re.search(r"/(predictions|trainings)/", request.url):
             sent.append(request.headers)
 
     page.on("request", on_request)
@@ -263,6 +263,21 @@ def test_a_long_run_is_cancelled_from_the_page(start_server, page, tmp_path):
     assert last_kept(page)["status"] == "canceled"
     # A model that does not stream is run asynchronously and polled.
     assert [r.get("prefer") for r in runs] == ["respond-async"], runs
+
+
+def test_a_training_server_gets_the_training_form(start_server, page):
+    server = start_server("trainer", args=("--train",))
+    open_playground(page, server.url)
+    runs = record_runs(page)
+
+    expect(page.locator("#fields .field")).to_have_count(3)  # text, steps, hold
+    page.get_by_label("Text").fill("ab")
+    page.get_by_label("Steps").fill("3")
+    run_and_wait(page)
+
+    assert last_kept(page)["output"]["steps"] == 3
+    assert [r.get("prefer") for r in runs] == ["respond-async"], runs
+    expect(page.locator("#output a[download]")).to_be_visible()  # the weights file
 
 
 def test_setup_is_shown_with_its_logs_until_the_model_is_ready(start_server, page, gate):

@@ -1,4 +1,5 @@
-"""Paints a PNG in one colour, fading to white (served with COG_PREDICT_TYPE_STUB=painter.py:Predictor).
+"""Paints a PNG in one colour, fading to white (served with
+COG_PREDICT_TYPE_STUB=painter.py:Predictor).
 
 The PNG is written by hand (zlib and a CRC per chunk), so the model needs
 nothing beyond the standard library.

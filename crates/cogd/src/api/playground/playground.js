@@ -140,8 +140,14 @@
   async function loadSchema() {
     loading = true;
     try {
-      const response = await api("/openapi.json");
+      // The discovery document lists `trainings_url` only on a server that
+      // runs the training function: its form is the training's.
+      const [response, routes] = await Promise.all([
+        api("/openapi.json"),
+        api("/", { headers: { Accept: "application/json" } }),
+      ]);
       if (!response.ok) return; // not ready yet: health polling retries
+      base = ((await jsonOf(routes)) || {}).trainings_url ? "/trainings" : "/predictions";
       doc = await response.json();
       buildForm();
     } catch (error) {
@@ -173,17 +179,16 @@
 
   /** The input and output schemas of the route runs go to, and whether it streams. */
   function readDocument() {
-    const paths = doc.paths || {};
-    base = paths["/predictions"] || !paths["/trainings"] ? "/predictions" : "/trainings";
-    const post = (paths[base] || {}).post || {};
+    const post = ((doc.paths || {})[base] || {}).post || {};
     streams = post["x-cog-streaming"] === true;
     const schemas = (doc.components || {}).schemas || {};
     const body = ((post.requestBody || {}).content || {})["application/json"] || {};
     const request = deref(body.schema);
-    const input = deref((request.properties || {}).input || schemas.Input);
+    const fallback = base === "/trainings" ? "Training" : "";
+    const input = deref((request.properties || {}).input || schemas[fallback + "Input"]);
     const reply = (((post.responses || {})["200"] || {}).content || {})["application/json"] || {};
     const response = deref(reply.schema);
-    outputSchema = deref((response.properties || {}).output || schemas.Output);
+    outputSchema = deref((response.properties || {}).output || schemas[fallback + "Output"]);
     return input;
   }
 
