@@ -10,7 +10,7 @@ MODEL ?= examples/hello
 # Tests run in parallel; 2 workers fit this project's 2-core CI machines.
 PYTEST_WORKERS ?= 2
 
-.PHONY: help serve test install build-dev cargo-test pytest lint fmt check bench fuzz soak clean
+.PHONY: help serve test install build-dev browser cargo-test pytest lint fmt check bench fuzz soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -47,7 +47,12 @@ test: install lint cargo-test pytest ## build everything, lint, and run every te
 cargo-test: ## Rust unit tests
 	cargo test -p cogd --release
 
-pytest: ## end-to-end tests against the installed wheel
+# The playground's browser tests drive Debian's Chromium through Playwright
+# (from tests/requirements.txt); Playwright's own browser downloads are not used.
+browser: ## install the system Chromium the browser tests drive, when missing
+	@command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+pytest: browser ## end-to-end tests against the installed wheel
 	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 lint: $(VENV)/.deps ## rustfmt, clippy and ruff, as CI runs them

@@ -131,3 +131,19 @@ def upload_receiver() -> Iterator[UploadReceiver]:
     receiver = UploadReceiver()
     yield receiver
     receiver.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Shows what tests measured with `record_property` (the playground's
+    weight and time to a usable form), which a parallel run would hide."""
+    lines = [
+        f"{name}: {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "measured")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -70,6 +70,9 @@ pub struct Config {
     /// body, or its next request on an idle kept-alive connection
     /// (`COG_CLIENT_TIMEOUT`, seconds, default 30).
     pub client_timeout: Duration,
+    /// Serve the web playground at `GET /` to browsers (`COG_PLAYGROUND`,
+    /// default on; `0` turns it off).
+    pub playground: bool,
     /// Address to listen on.
     pub host: String,
     /// Port to listen on.
@@ -205,6 +208,7 @@ impl Config {
         )?
         .unwrap_or(1024);
         let max_streams = positive(&env, "COG_MAX_STREAMS")?.unwrap_or(1024);
+        let playground = switch(&env, "COG_PLAYGROUND")?.unwrap_or(true);
         let max_body_bytes =
             number(&env, "COG_MAX_BODY_BYTES", "expected a number of bytes")?.unwrap_or(100 << 20);
         let max_restarts = number(
@@ -223,22 +227,7 @@ impl Config {
         let download_max_bytes =
             number(&env, "COG_DOWNLOAD_MAX_BYTES", "expected a number of bytes")?
                 .unwrap_or(2 << 30);
-        let block_private_networks = match env("COG_BLOCK_PRIVATE_NETWORKS")
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "" | "0" | "false" | "no" => false,
-            "1" | "true" | "yes" => true,
-            _ => {
-                return Err(ConfigError::BadEnv {
-                    name: "COG_BLOCK_PRIVATE_NETWORKS",
-                    value: env("COG_BLOCK_PRIVATE_NETWORKS").unwrap_or_default(),
-                    message: "expected 1 or 0",
-                })
-            }
-        };
+        let block_private_networks = switch(&env, "COG_BLOCK_PRIVATE_NETWORKS")?.unwrap_or(false);
         let client_timeout = above_zero(&env, "COG_CLIENT_TIMEOUT", Duration::from_secs(30))?;
         let upload_timeout = above_zero(&env, "COG_UPLOAD_TIMEOUT", Duration::from_secs(30))?;
         let cancel_grace = seconds(&env, "COG_CANCEL_GRACE")?.unwrap_or(Duration::from_secs(1));
@@ -287,6 +276,7 @@ impl Config {
             webhook_throttle,
             stream_history,
             max_streams,
+            playground,
             max_body_bytes,
             predict_timeout,
             max_restarts,
@@ -358,6 +348,25 @@ fn above_zero(
             message: "expected a number of seconds above 0",
         }),
         duration => Ok(duration.unwrap_or(default)),
+    }
+}
+
+/// On or off from the environment, if set: `1 true on yes` or `0 false off no`.
+fn switch(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<bool>, ConfigError> {
+    match env(name).filter(|s| !s.trim().is_empty()) {
+        Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "on" | "yes" => Ok(Some(true)),
+            "0" | "false" | "off" | "no" => Ok(Some(false)),
+            _ => Err(ConfigError::BadEnv {
+                name,
+                value,
+                message: "expected 1 or 0 (true/false, on/off, yes/no)",
+            }),
+        },
+        None => Ok(None),
     }
 }
 
@@ -578,6 +587,18 @@ mod tests {
             let err = resolve(dir.path(), &[("COG_MAX_STREAMS", bad)]).unwrap_err();
             assert!(err.to_string().contains("COG_MAX_STREAMS"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_playground_is_on_unless_turned_off() {
+        let dir = model("predict: predict.py:Predictor\n");
+        assert!(resolve(dir.path(), &[]).unwrap().playground);
+        for (value, on) in [("0", false), ("off", false), ("FALSE", false), ("1", true)] {
+            let config = resolve(dir.path(), &[("COG_PLAYGROUND", value)]).unwrap();
+            assert_eq!(config.playground, on, "COG_PLAYGROUND={value}");
+        }
+        let err = resolve(dir.path(), &[("COG_PLAYGROUND", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("COG_PLAYGROUND"), "{err}");
     }
 
     #[test]

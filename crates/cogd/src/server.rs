@@ -189,6 +189,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 .filter(|t| !t.is_empty())
                 .map(Into::into),
             streams: api::StreamLimit::new(config.max_streams),
+            playground: config.playground,
         },
         config.max_body_bytes,
     );

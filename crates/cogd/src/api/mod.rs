@@ -11,6 +11,7 @@
 
 mod error;
 mod limits;
+mod playground;
 mod request;
 mod stream;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub api_token: Option<std::sync::Arc<str>>,
     /// `COG_MAX_STREAMS`: the places for event streams open at once.
     pub streams: StreamLimit,
+    /// `COG_PLAYGROUND`: whether browsers get the playground page at `/`.
+    pub playground: bool,
 }
 
 /// The router with every route of the API; request bodies larger than
@@ -74,7 +77,10 @@ async fn require_token(
     next: axum::middleware::Next,
 ) -> Response {
     if let Some(token) = &state.api_token {
-        let open = matches!(request.uri().path(), "/health-check" | "/livez" | "/readyz");
+        // The playground page holds no secret: it asks for the token and
+        // sends it with every API call it makes.
+        let open = matches!(request.uri().path(), "/health-check" | "/livez" | "/readyz")
+            || (state.playground && playground::is_page_request(&request));
         let given = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -122,9 +128,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "status": health }))).into_response()
 }
 
+/// The playground page for a browser (when on), else the discovery document.
+async fn root(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !state.playground {
+        return discovery(&state).into_response();
+    }
+    if playground::wanted(&headers) {
+        return playground::page();
+    }
+    playground::varies_by_accept(discovery(&state))
+}
+
 /// The discovery document: the routes this server serves (`predictions_*`,
 /// and `trainings_*` when it runs the training function).
-async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
+fn discovery(state: &AppState) -> Json<serde_json::Value> {
     let mut body = json!({
         "cog_version": crate::VERSION,
         "openapi_url": "/openapi.json",
@@ -132,7 +149,7 @@ async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
         "healthcheck_url": "/health-check",
     });
     for mode in [Mode::Predict, Mode::Train] {
-        if serves(&state, mode) {
+        if serves(state, mode) {
             let (collection, noun) = names(mode);
             body[format!("{collection}_url")] = format!("/{collection}").into();
             body[format!("{collection}_idempotent_url")] =
