@@ -39,7 +39,7 @@ class _Recording:
 
     def record_metric(self, name: str, value: Any, mode: str = "replace") -> None:
         """Record a custom metric of the current prediction (``"replace"``,
-        ``"incr"`` or ``"append"``); does nothing outside a run. See
+        ``"incr"``/``"increment"`` or ``"append"``); does nothing outside a run. See
         ``cogd.scope.Scope.record_metric``."""
         current_scope().record_metric(name, value, mode)
 
