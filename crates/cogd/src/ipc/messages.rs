@@ -12,7 +12,7 @@ pub use crate::metrics::MetricMode;
 
 /// The protocol version both sides must agree on; the worker reports its own in
 /// the first message of every slot socket.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Whether the worker serves `predict:` or `train:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
