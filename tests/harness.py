@@ -119,7 +119,9 @@ def parse_timestamp(value: Any) -> datetime:
 
 
 def assert_json_error(resp: requests.Response, status: int) -> dict:
-    """The response has this status and a JSON body with a `detail`."""
+    """The response has this status and a JSON body that says what went wrong
+    under `error` (as Cog's runtime answers) and `detail` (as older Cog does),
+    the same message; a 422's list of problems is under `detail` alone."""
     assert resp.status_code == status, (
         f"expected {status}, got {resp.status_code}: {resp.text[:500]}"
     )
@@ -129,6 +131,10 @@ def assert_json_error(resp: requests.Response, status: int) -> dict:
     )
     body = resp.json()
     assert isinstance(body, dict) and body.get("detail"), f"no 'detail' in {body!r}"
+    if isinstance(body["detail"], list):
+        assert status == 422 and "error" not in body, body
+    else:
+        assert body.get("error") == body["detail"], f"'error' is not 'detail' in {body!r}"
     return body
 
 

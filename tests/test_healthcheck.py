@@ -1,9 +1,10 @@
 """The model's own `healthcheck()` (SPEC §3, §4): when the model defines one
 (sync or async), `GET /health-check` runs it in the worker while the model is
-READY or BUSY. True keeps the real status; False, an exception, a value that
-is not a bool, or no answer within COG_HEALTHCHECK_TIMEOUT (default 5 s)
-report `UNHEALTHY` with a readable `user_healthcheck_error`, and nothing else
-changes: predictions are still accepted. Concurrent health requests share one
+READY or BUSY. True keeps the real status, and so does any other value that is
+not False (a check that forgets its `return`), as in Cog; False, an exception,
+or no answer within COG_HEALTHCHECK_TIMEOUT (default 5 s) report `UNHEALTHY`
+with `user_healthcheck_error` in Cog's words (`Healthcheck failed: …`), and
+nothing else changes: predictions are still accepted. Concurrent health requests share one
 check; it runs beside a prediction in progress, and what it prints never lands
 in that prediction's logs. A worker that stops answering (SIGSTOP) is
 `UNHEALTHY` within the deadline whether or not the model defines a check.
@@ -77,11 +78,10 @@ def test_a_check_that_returns_true_keeps_the_model_ready_and_runs_each_time(
 @pytest.mark.parametrize(
     ("mode", "error"),
     [
-        ("false", "healthcheck() returned False"),
-        ("raise", "healthcheck() raised RuntimeError: disk full"),
-        ("none", "healthcheck() returned None; it must return True or False"),
+        ("false", "Healthcheck failed: user-defined healthcheck returned False"),
+        ("raise", "Healthcheck failed: RuntimeError: disk full"),
     ],
-    ids=["false", "raise", "not-a-bool"],
+    ids=["false", "raise"],
 )
 def test_a_failing_check_reports_unhealthy_with_the_reason(
     start_server, health, predictor, mode, error
@@ -97,6 +97,16 @@ def test_a_failing_check_reports_unhealthy_with_the_reason(
     assert server.predict_ok()["status"] == "succeeded"
     health.set("true")
     assert check(server) == ("READY", None)
+
+
+@pytest.mark.parametrize("predictor", ["predict.py:Predictor", ASYNC], ids=["sync", "async"])
+def test_a_check_that_returns_none_counts_as_healthy_as_in_cog(start_server, health, predictor):
+    # A check that forgets its `return`: Cog takes anything but False as healthy.
+    server = start(start_server, health, predictor)
+    health.set("none")
+    before = health.calls()
+    assert check(server) == ("READY", None)
+    assert health.calls() == before + 1, "the check ran"
 
 
 def test_a_raising_check_is_logged_by_the_server(start_server, health):
@@ -116,10 +126,11 @@ def test_a_check_that_does_not_return_in_time_is_unhealthy(start_server, health,
     health.set("sleep:2")
     status, error = check(server)
     assert status == "UNHEALTHY"
-    assert error == "healthcheck() did not return within 0.5 s (COG_HEALTHCHECK_TIMEOUT)"
+    assert error == "Healthcheck failed: user-defined healthcheck timed out after 0.5 seconds"
     # The stuck check still runs: the next one is not stacked on it.
     status, error = check(server)
     assert status == "UNHEALTHY"
+    assert error.startswith("Healthcheck failed: "), error
     assert "has not returned from an earlier check" in error, error
     assert health.calls() == before + 1
     assert server.predict_ok()["status"] == "succeeded"
@@ -150,7 +161,10 @@ def test_the_check_runs_beside_a_sync_prediction_in_progress(start_server, healt
     calls = health.calls()
     assert check(server) == ("BUSY", None)
     health.set("false")
-    assert check(server) == ("UNHEALTHY", "healthcheck() returned False")
+    assert check(server) == (
+        "UNHEALTHY",
+        "Healthcheck failed: user-defined healthcheck returned False",
+    )
     health.set("raise")
     assert check(server)[0] == "UNHEALTHY"
     assert health.calls() >= calls + 3

@@ -67,29 +67,37 @@ def test_dotted_names_nest_and_read_back(start_server):
     }
 
 
-def test_names_that_break_the_rules_raise_value_error_naming_the_rule(start_server):
+def test_names_that_break_the_rules_raise_value_error_in_cogs_words(start_server):
     server = start_server("metrics")
     seen = run(server, "errors")["output"]
     for name, error in seen["bad_names"].items():
         assert error is not None, f"{name!r} was accepted"
-        kind, message = error
-        assert kind == "ValueError", (name, error)
-        assert "invalid metric name" in message, (name, message)
+        assert error[0] == "ValueError", (name, error)
     messages = {name: error[1] for name, error in seen["bad_names"].items()}
-    assert "empty" in messages[""]
-    assert "starts with a letter" in messages["1abc"]
-    assert "single underscores" in messages["a__b"]
-    assert "5 dot-separated parts" in messages["a.b.c.d.e"]
-    assert "129 characters" in messages["x" * 129]
+    assert messages == {
+        "": "metric name must not be empty",
+        "1abc": "metric name segment '1abc' must start with a letter",
+        "_invalid": "metric name segment '_invalid' must start with a letter",
+        "a_": "metric name segment 'a_' must end with a letter or digit",
+        "a__b": "metric name segment 'a__b' must not contain consecutive underscores",
+        "a-b": "metric name segment 'a-b' contains invalid character '-'",
+        ".a": "metric name must not start with a dot",
+        "a..b": "metric name must not contain empty segments (consecutive dots)",
+        "a.": "metric name must not end with a dot",
+        "a.b.c.d.e": "metric name must have at most 4 dot-separated segments (got 5)",
+        "x" * 129: "metric name must be 128 characters or fewer (got 129 characters)",
+    }
     assert seen["longest_ok"] is None, "a 128-character name is allowed"
 
 
 def test_predict_time_and_the_cog_namespace_are_reserved(start_server):
     server = start_server("metrics")
     prediction = run(server, "errors")
-    for name, error in prediction["output"]["reserved"].items():
-        assert error is not None and error[0] == "ValueError", (name, error)
-        assert "reserved" in error[1], (name, error)
+    assert prediction["output"]["reserved"] == {
+        "predict_time": ["ValueError", "'predict_time' is reserved by the runtime"],
+        "predict_time.x": ["ValueError", "'predict_time' is reserved by the runtime"],
+        "cog.version": ["ValueError", "the 'cog.' prefix is reserved for system metrics"],
+    }
     assert "cog" not in prediction["metrics"]
     assert isinstance(prediction["metrics"]["predict_time"], float)
 
@@ -113,9 +121,12 @@ def test_a_type_change_raises_type_error_and_changes_nothing(start_server):
     assert "is a number, not a str" in seen["type_change"][1]
     assert "delete" in seen["type_change"][1], "the message says how to change a type"
     assert "cannot hold" in seen["leaf_as_parent"][1]
-    for case in ["bad_mode", "nan"]:
-        assert seen[case] is not None and seen[case][0] == "ValueError", (case, seen[case])
-    assert '"replace", "incr" or "append"' in seen["bad_mode"][1]
+    assert seen["nan"] is not None and seen["nan"][0] == "ValueError", seen["nan"]
+    # A mode that is none: TypeError, in Cog's words.
+    assert seen["bad_mode"] == [
+        "TypeError",
+        "Invalid metric mode: 'decr'. Expected 'replace', 'incr', or 'append'.",
+    ]
 
     # Every refused record left the metrics as they were, in the run and on the server.
     expected = {"count": 1, "nest": {"leaf": 1}, "y" * 128: 1, "s": "x"}
@@ -221,6 +232,13 @@ def test_webhooks_carry_the_metrics(start_server, webhook_receiver):
     }
 
 
+def test_the_incr_mode_may_be_spelled_increment_as_in_cog(start_server):
+    server = start_server("metrics")
+    prediction = run(server, "increment")
+    assert prediction["output"] == {"tokens": 4}
+    assert custom(prediction["metrics"]) == {"tokens": 4}
+
+
 def test_a_stream_sends_each_metric_as_an_event_when_it_is_recorded(start_server):
     server = start_server("metrics", env=STREAMING)
     stream = SseStream(server, "POST", "/predictions", {"input": {"chunks": 3}})
@@ -233,7 +251,8 @@ def test_a_stream_sends_each_metric_as_an_event_when_it_is_recorded(start_server
     expected = []
     for i in range(3):
         expected += [
-            ("metric", {"name": "chunks", "value": 1, "mode": "incr"}),
+            # `incr` is written `increment`, as Cog's runtime writes it.
+            ("metric", {"name": "chunks", "value": 1, "mode": "increment"}),
             ("output", {"chunk": f"c{i}", "index": i}),
         ]
     expected.append(("metric", {"name": "done", "value": True, "mode": "replace"}))

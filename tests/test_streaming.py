@@ -8,9 +8,10 @@ the stream ends. A model not marked `@streaming` answers 406.
 Each prediction keeps its last COG_STREAM_HISTORY_CAPACITY events (1024 by
 default, 0: live only). `PUT /predictions/{id}` with the id of a running
 prediction attaches another stream, which replays that history and then follows
-live events; when the history was truncated it gets one `error` event instead.
-A reader that does not read never slows the run; far enough behind, it is
-dropped with an `error` event.
+live events; when the history was truncated it gets one `error` event instead
+(`{"error": "SSE stream replay truncated; events were dropped", "skipped": N}`,
+as Cog's runtime words it). A reader that does not read never slows the run;
+far enough behind, it is dropped with an `error` event (`SSE stream lagged; …`).
 
 The client is harness.SseStream, which records every event with its arrival
 time. Runs that must be mid-stream while a test looks wait on a gate file
@@ -349,7 +350,11 @@ def test_reattach_gets_an_error_only_when_the_history_was_truncated(
     if truncated:
         events = stream.wait_ended()
         assert [e.name for e in events] == ["error"], events
-        assert events[0].json.get("detail"), events
+        # `start` and 6 chunks were published, the last 5 kept: 2 dropped.
+        assert events[0].json == {
+            "error": "SSE stream replay truncated; events were dropped",
+            "skipped": 2,
+        }, events
         gate.open()
     else:
         stream.wait_for(lambda events: len(output_events(events)) == held_at, what="the replay")
@@ -421,6 +426,9 @@ def test_a_stalled_reader_neither_slows_the_run_nor_stays_attached(start_server,
         stalled.resume()
         events = stalled.wait_ended(timeout=30)
         assert events and events[-1].name == "error", [e.name for e in events[-3:]]
+        error = events[-1].json
+        assert error["error"] == "SSE stream lagged; events were dropped", error
+        assert isinstance(error["skipped"], int) and error["skipped"] > 0, error
         assert "completed" not in [e.name for e in events], "a dropped reader got completed"
         indexes = output_indexes(events)
         assert indexes == list(range(len(indexes))), "the events before the drop have gaps"

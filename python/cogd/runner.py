@@ -432,8 +432,10 @@ class Runner:
             )
 
     def healthcheck(self) -> str | None:
-        """Call the model's ``healthcheck()``: ``None`` when it returned True,
-        else why it is unhealthy, readably.
+        """Call the model's ``healthcheck()``: ``None`` when healthy, else why
+        not, in Cog's words (the server puts ``Healthcheck failed:`` before
+        them). Only ``False`` or an exception is unhealthy: any other value
+        (``None`` from a check that forgot its ``return``) is healthy, as in Cog.
 
         Called from the worker's healthcheck thread, while runs may be in
         progress: a sync check runs in that thread, an async one on the event
@@ -456,16 +458,13 @@ class Runner:
         except Exception as e:
             # In one write, so the server logs the traceback as one message.
             sys.stderr.write(f"healthcheck() raised:\n{traceback.format_exc()}")
-            message = str(e)
-            return f"healthcheck() raised {type(e).__name__}" + (f": {message}" if message else "")
+            return f"{type(e).__name__}: {e}"
         finally:
             _flush_std_streams()
             capture.detached.reset(token)
-        if result is True:
-            return None
         if result is False:
-            return "healthcheck() returned False"
-        return f"healthcheck() returned {result!r}; it must return True or False"
+            return "user-defined healthcheck returned False"
+        return None
 
     def _on_cancel_signal(self, signum: int, frame: Any) -> None:
         # Without the lock: this runs on the main thread between any two of its

@@ -33,8 +33,8 @@ class Metrics(MutableMapping[str, Any]):
     ``metrics[name] = value`` replaces (``None`` deletes), ``del metrics[name]``
     deletes (an absent metric is no error), ``metrics[name]`` reads; names
     with dots reach into nested metrics (``metrics["timing.inference"]``).
-    ``record(name, value, mode)`` also adds (``"incr"``) or appends
-    (``"append"``).
+    ``record(name, value, mode)`` also adds (``"incr"``, or ``"increment"``)
+    or appends (``"append"``).
     """
 
     def __init__(self, scope: Scope) -> None:
@@ -88,12 +88,13 @@ class Scope:
         """Record a custom metric of this prediction.
 
         ``mode`` is ``"replace"`` (the default; ``None`` deletes the metric),
-        ``"incr"`` (add a number; an absent metric counts as 0) or ``"append"``
-        (add an item to a list; an absent metric counts as ``[]``). Dots in
-        ``name`` nest: ``"timing.inference"`` is ``{"timing": {"inference":
-        ...}}``. Raises ``ValueError`` for a bad name, mode or value and
-        ``TypeError`` when the value would change the metric's type (delete
-        it first). Outside a run, does nothing.
+        ``"incr"`` (also spelled ``"increment"``: add a number; an absent
+        metric counts as 0) or ``"append"`` (add an item to a list; an absent
+        metric counts as ``[]``). Dots in ``name`` nest: ``"timing.inference"``
+        is ``{"timing": {"inference": ...}}``. Raises ``ValueError`` for a bad
+        name or value (in Cog's words: one message per naming rule) and
+        ``TypeError`` for a bad mode or when the value would change the
+        metric's type (delete it first). Outside a run, does nothing.
         """
         self._record(name, value, mode)
 

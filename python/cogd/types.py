@@ -88,7 +88,7 @@ class BaseRunner:
 
     def record_metric(self, key: str, value: Any, mode: str = "replace") -> None:
         """Record a custom metric of the current prediction (``"replace"``,
-        ``"incr"`` or ``"append"``; ``None`` deletes); does nothing outside a
+        ``"incr"``/``"increment"`` or ``"append"``; ``None`` deletes); does nothing outside a
         run. See ``cogd.scope.Scope.record_metric``."""
         current_scope().record_metric(key, value, mode)
 

@@ -148,9 +148,9 @@ fn parse_files(files: &str) -> Result<Vec<cogd::ipc::FileOutput>, String> {
 }
 
 /// Records a custom metric (its value as JSON text) for the run in `slot`
-/// and sends it to the server. Raises `ValueError` for a bad name, mode or
-/// value and `TypeError` for a type change; false when no run is active in
-/// `slot`.
+/// and sends it to the server. Raises `ValueError` for a bad name or value
+/// and `TypeError` for a bad mode or a type change (as Cog does); false when
+/// no run is active in `slot`.
 #[pyfunction]
 fn record_metric(
     py: Python<'_>,
@@ -160,11 +160,8 @@ fn record_metric(
     mode: &str,
 ) -> PyResult<bool> {
     use pyo3::exceptions::{PyTypeError, PyValueError};
-    let mode = cogd::metrics::MetricMode::parse(mode).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "metric mode must be \"replace\", \"incr\" or \"append\", not {mode:?}"
-        ))
-    })?;
+    let mode = cogd::metrics::MetricMode::parse(mode)
+        .ok_or_else(|| PyTypeError::new_err(cogd::metrics::MetricMode::invalid(mode)))?;
     let value: serde_json::Value = serde_json::from_str(value)
         .map_err(|e| PyValueError::new_err(format!("the metric value is not JSON: {e}")))?;
     py.detach(|| cogd::worker::record_metric(slot, name, value, mode))

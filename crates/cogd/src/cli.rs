@@ -119,7 +119,7 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
         let _context = runtime.enter();
         if matches!(cli.command, Command::Predict { .. }) {
             // A command for a terminal: the server's own log only when it matters.
-            crate::telemetry::init_with("warn", true)
+            crate::telemetry::init_for_terminal()
         } else {
             crate::telemetry::init()
         }

@@ -16,14 +16,16 @@
 //! characters; each segment starts with a letter, ends with a letter or digit
 //! and holds letters, digits and single underscores; dots nest
 //! (`timing.inference` -> `{"timing": {"inference": …}}`); `predict_time` and
-//! everything under `cog` are the server's. A key keeps its type (bool, number,
+//! everything under `cog.` are the server's. A bad name is refused with the
+//! message Cog's runtime gives for the first rule it breaks. A key keeps its type (bool, number,
 //! str, list, dict) until it is deleted; `replace` with `null` deletes, and
 //! parents left empty by a deletion go too.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
-/// The longest metric name, in characters.
+/// The longest metric name, in bytes (Cog's runtime counts bytes too; a
+/// name of more than ASCII is refused anyway).
 pub const MAX_NAME_LEN: usize = 128;
 /// The most dot-separated segments in a metric name.
 pub const MAX_SEGMENTS: usize = 4;
@@ -35,20 +37,28 @@ pub enum MetricMode {
     /// The value becomes the metric's value; `null` deletes the metric.
     Replace,
     /// The value (a number) is added to the metric (absent counts as 0).
+    /// Written `increment`, as Cog's runtime writes it in stream events;
+    /// `incr`, the spelling model code uses, is read too.
+    #[serde(rename = "increment", alias = "incr")]
     Incr,
     /// The value is appended to the metric, a list (absent counts as `[]`).
     Append,
 }
 
 impl MetricMode {
-    /// Parses the mode as model code spells it.
+    /// Parses the mode as model code spells it (`incr` or `increment`).
     pub fn parse(mode: &str) -> Option<Self> {
         match mode {
             "replace" => Some(Self::Replace),
-            "incr" => Some(Self::Incr),
+            "incr" | "increment" => Some(Self::Incr),
             "append" => Some(Self::Append),
             _ => None,
         }
+    }
+
+    /// Why `mode` is not a mode, in Cog's words (raised as `TypeError`).
+    pub fn invalid(mode: &str) -> String {
+        format!("Invalid metric mode: '{mode}'. Expected 'replace', 'incr', or 'append'.")
     }
 }
 
@@ -56,22 +66,10 @@ impl MetricMode {
 /// which Python exception to raise.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetricError {
-    /// The name breaks the naming rules.
-    #[error("invalid metric name {name:?}: {reason}")]
-    InvalidName {
-        /// The name as given.
-        name: String,
-        /// Which rule it breaks.
-        reason: String,
-    },
-    /// The name belongs to the server.
-    #[error("metric name {name:?} is reserved: {reason}")]
-    Reserved {
-        /// The name as given.
-        name: String,
-        /// Why.
-        reason: &'static str,
-    },
+    /// The name breaks a naming rule; the message says which, in the words
+    /// of Cog's runtime (scripts match on them).
+    #[error("{0}")]
+    InvalidName(String),
     /// The metric (or a parent of it) holds another type than the record needs.
     #[error("{0}")]
     TypeChange(String),
@@ -96,66 +94,74 @@ impl MetricError {
     }
 }
 
-/// Splits `name` into its segments, or says which rule it breaks.
+/// Splits `name` into its segments, or says which rule it breaks. The rules
+/// are checked in the order Cog's runtime checks them, so a name that breaks
+/// several gets the message Cog would give: empty, reserved, too long (in
+/// bytes, as Cog counts), too many segments, dots in the wrong place, then
+/// each segment from the left.
 pub fn parse_name(name: &str) -> Result<Vec<&str>, MetricError> {
-    let invalid = |reason: String| MetricError::InvalidName {
-        name: name.to_string(),
-        reason,
-    };
+    let invalid = |message: String| Err(MetricError::InvalidName(message));
     if name.is_empty() {
-        return Err(invalid("it is empty".into()));
+        return invalid("metric name must not be empty".into());
     }
-    let length = name.chars().count();
-    if length > MAX_NAME_LEN {
-        return Err(invalid(format!(
-            "it is {length} characters long; the limit is {MAX_NAME_LEN}"
-        )));
+    // `predict_time.x` would turn the server's own number into a dict.
+    if name == "predict_time" || name.starts_with("predict_time.") {
+        return invalid("'predict_time' is reserved by the runtime".into());
+    }
+    if name.starts_with("cog.") {
+        return invalid("the 'cog.' prefix is reserved for system metrics".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return invalid(format!(
+            "metric name must be {MAX_NAME_LEN} characters or fewer (got {} characters)",
+            name.len()
+        ));
     }
     let segments: Vec<&str> = name.split('.').collect();
     if segments.len() > MAX_SEGMENTS {
-        return Err(invalid(format!(
-            "it has {} dot-separated parts; the limit is {MAX_SEGMENTS}",
+        return invalid(format!(
+            "metric name must have at most {MAX_SEGMENTS} dot-separated segments (got {})",
             segments.len()
-        )));
+        ));
+    }
+    if name.starts_with('.') {
+        return invalid("metric name must not start with a dot".into());
+    }
+    if name.contains("..") {
+        return invalid("metric name must not contain empty segments (consecutive dots)".into());
+    }
+    if name.ends_with('.') {
+        return invalid("metric name must not end with a dot".into());
     }
     for segment in &segments {
-        if !valid_segment(segment) {
-            let part = if segment.is_empty() {
-                "an empty part (two dots in a row, or a dot at an end)".to_string()
-            } else {
-                format!("the part {segment:?}")
-            };
-            return Err(invalid(format!(
-                "{part} breaks the rule: each part starts with a letter, ends with a letter \
-                 or digit, and holds only letters, digits and single underscores"
-            )));
+        if let Some(rule) = broken_segment_rule(segment) {
+            return invalid(format!("metric name segment '{segment}' {rule}"));
         }
     }
-    match segments[0] {
-        "predict_time" => Err(MetricError::Reserved {
-            name: name.to_string(),
-            reason: "the server records predict_time itself",
-        }),
-        "cog" => Err(MetricError::Reserved {
-            name: name.to_string(),
-            reason: "names under `cog.` belong to the server",
-        }),
-        _ => Ok(segments),
-    }
+    Ok(segments)
 }
 
-/// A letter, then letters and digits with single underscores between them.
-fn valid_segment(segment: &str) -> bool {
-    let bytes = segment.as_bytes();
-    let Some((&first, _)) = bytes.split_first() else {
-        return false;
-    };
-    first.is_ascii_alphabetic()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
-        && !segment.contains("__")
+/// The rule a (non-empty) segment breaks, if any: it starts with a letter,
+/// holds letters, digits and single underscores, and ends with a letter or
+/// digit.
+fn broken_segment_rule(segment: &str) -> Option<String> {
+    if !segment.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Some("must start with a letter".into());
+    }
+    let mut previous = '\0';
+    for c in segment.chars() {
+        if !(c.is_ascii_alphanumeric() || c == '_') {
+            return Some(format!("contains invalid character '{c}'"));
+        }
+        if c == '_' && previous == '_' {
+            return Some("must not contain consecutive underscores".into());
+        }
+        previous = c;
+    }
+    if segment.ends_with('_') {
+        return Some("must end with a letter or digit".into());
+    }
+    None
 }
 
 /// The metric at `name` (dots nest), if there is one. Names are not checked:
@@ -348,55 +354,95 @@ mod tests {
     }
 
     #[test]
-    fn names_that_break_a_rule_are_invalid_and_say_which() {
-        for name in [
-            "",
-            "1abc",
-            "_a",
-            "a_",
-            "a__b",
-            "a-b",
-            "a b",
-            "a.",
-            ".a",
-            "a..b",
-            "a.b.c.d.e",
-            "é",
-            "a.1b",
-            "a.b_",
-        ] {
+    fn names_that_break_a_rule_say_which_in_cogs_words() {
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        let cases = [
+            ("", "metric name must not be empty"),
+            (
+                "1abc",
+                "metric name segment '1abc' must start with a letter",
+            ),
+            (
+                "_invalid",
+                "metric name segment '_invalid' must start with a letter",
+            ),
+            ("é", "metric name segment 'é' must start with a letter"),
+            (
+                "a_",
+                "metric name segment 'a_' must end with a letter or digit",
+            ),
+            (
+                "a__b",
+                "metric name segment 'a__b' must not contain consecutive underscores",
+            ),
+            (
+                "a__",
+                "metric name segment 'a__' must not contain consecutive underscores",
+            ),
+            (
+                "a-b",
+                "metric name segment 'a-b' contains invalid character '-'",
+            ),
+            (
+                "a_-",
+                "metric name segment 'a_-' contains invalid character '-'",
+            ),
+            (
+                "a b",
+                "metric name segment 'a b' contains invalid character ' '",
+            ),
+            ("a.1b", "metric name segment '1b' must start with a letter"),
+            (".a", "metric name must not start with a dot"),
+            ("..a", "metric name must not start with a dot"),
+            (
+                "a..b",
+                "metric name must not contain empty segments (consecutive dots)",
+            ),
+            (
+                "a..",
+                "metric name must not contain empty segments (consecutive dots)",
+            ),
+            ("a.", "metric name must not end with a dot"),
+            (
+                "a.b.c.d.e",
+                "metric name must have at most 4 dot-separated segments (got 5)",
+            ),
+            (
+                ".a.b.c.d.e",
+                "metric name must have at most 4 dot-separated segments (got 6)",
+            ),
+            (
+                &long,
+                "metric name must be 128 characters or fewer (got 129 characters)",
+            ),
+        ];
+        for (name, message) in cases {
             let err = parse_name(name).unwrap_err();
-            assert!(
-                matches!(err, MetricError::InvalidName { .. }),
-                "{name}: {err}"
-            );
+            assert_eq!(err.to_string(), message, "{name:?}");
             assert!(!err.is_type_error());
         }
-        let long = "a".repeat(MAX_NAME_LEN + 1);
-        assert!(parse_name(&long).unwrap_err().to_string().contains("129"));
-        assert!(parse_name("a.b.c.d.e")
-            .unwrap_err()
-            .to_string()
-            .contains("5 dot-separated parts"));
     }
 
     #[test]
-    fn predict_time_and_the_cog_namespace_are_reserved() {
-        for name in [
-            "predict_time",
-            "predict_time.x",
-            "cog",
-            "cog.anything",
-            "cog.a.b",
-        ] {
-            assert!(
-                matches!(parse_name(name), Err(MetricError::Reserved { .. })),
+    fn predict_time_and_the_cog_prefix_are_reserved() {
+        for name in ["predict_time", "predict_time.x"] {
+            assert_eq!(
+                parse_name(name).unwrap_err().to_string(),
+                "'predict_time' is reserved by the runtime"
+            );
+        }
+        // Reserved comes before length and segment count, as in Cog.
+        let long = format!("cog.{}", "a".repeat(MAX_NAME_LEN));
+        for name in ["cog.anything", "cog.a.b.c.d", "cog._x", &long] {
+            assert_eq!(
+                parse_name(name).unwrap_err().to_string(),
+                "the 'cog.' prefix is reserved for system metrics",
                 "{name}"
             );
         }
-        assert!(parse_name("cogs").is_ok());
-        assert!(parse_name("predict_times").is_ok());
-        assert!(parse_name("x.cog").is_ok());
+        for name in ["cog", "cogs", "predict_times", "x.cog", "x.predict_time"] {
+            assert!(parse_name(name).is_ok(), "{name}");
+        }
     }
 
     #[test]
@@ -520,14 +566,23 @@ mod tests {
     }
 
     #[test]
-    fn modes_parse_as_model_code_spells_them() {
+    fn modes_parse_as_model_code_spells_them_and_incr_is_written_increment() {
         assert_eq!(MetricMode::parse("replace"), Some(MetricMode::Replace));
         assert_eq!(MetricMode::parse("incr"), Some(MetricMode::Incr));
+        assert_eq!(MetricMode::parse("increment"), Some(MetricMode::Incr));
         assert_eq!(MetricMode::parse("append"), Some(MetricMode::Append));
         assert_eq!(MetricMode::parse("Replace"), None);
         assert_eq!(
             serde_json::to_string(&MetricMode::Incr).unwrap(),
-            r#""incr""#
+            r#""increment""#
+        );
+        for text in [r#""incr""#, r#""increment""#] {
+            let mode: MetricMode = serde_json::from_str(text).unwrap();
+            assert_eq!(mode, MetricMode::Incr);
+        }
+        assert_eq!(
+            MetricMode::invalid("decr"),
+            "Invalid metric mode: 'decr'. Expected 'replace', 'incr', or 'append'."
         );
     }
 }

@@ -555,9 +555,9 @@ pub struct StreamEvent {
 pub struct StreamSubscription {
     /// The events kept so far, oldest first.
     pub history: Vec<Arc<StreamEvent>>,
-    /// True when older events were dropped from the history: a reader cannot
-    /// be given the whole stream.
-    pub truncated: bool,
+    /// How many older events were dropped from the history: a reader who
+    /// attaches when this is not 0 cannot be given the whole stream.
+    pub dropped: u64,
     /// Every event from now on.
     pub live: broadcast::Receiver<Arc<StreamEvent>>,
 }
@@ -632,7 +632,8 @@ struct StreamState {
     ended: Option<Ended>,
     /// 0 keeps no history: readers see live events only.
     capacity: usize,
-    truncated: bool,
+    /// Events dropped from the front of a full history.
+    dropped: u64,
     /// `None` once `completed` is published: a finished stream only replays
     /// its history, and the channel's buffer (a slot per event a reader may
     /// fall behind, allocated whole) is not kept with it.
@@ -671,7 +672,7 @@ impl PredictionHandle {
             stream: Some(Arc::new(Mutex::new(StreamState {
                 history: VecDeque::with_capacity(history.min(LIVE_BUFFER)),
                 capacity: history,
-                truncated: false,
+                dropped: 0,
                 ended: None,
                 live: Some(live),
             }))),
@@ -696,7 +697,7 @@ impl PredictionHandle {
         if stream.capacity > 0 {
             if stream.history.len() == stream.capacity {
                 stream.history.pop_front();
-                stream.truncated = true;
+                stream.dropped += 1;
             }
             stream.history.push_back(Arc::clone(&event));
         }
@@ -725,7 +726,7 @@ impl PredictionHandle {
                 Some(ended) => ended.events(),
                 None => stream.history.iter().cloned().collect(),
             },
-            truncated: stream.truncated,
+            dropped: stream.dropped,
             live: match &stream.live {
                 Some(live) => live.subscribe(),
                 // Finished: a receiver that is already closed.
@@ -1098,12 +1099,12 @@ mod tests {
         handle.publish("output", "1".into());
         let early = handle.subscribe_stream().unwrap();
         assert_eq!(early.history.len(), 1);
-        assert!(!early.truncated);
+        assert_eq!(early.dropped, 0);
         handle.publish("output", "2".into());
         handle.publish("output", "3".into());
         let late = handle.subscribe_stream().unwrap();
-        assert!(
-            late.truncated,
+        assert_eq!(
+            late.dropped, 1,
             "the first event was dropped from a history of 2"
         );
         assert_eq!(
@@ -1183,7 +1184,7 @@ mod tests {
         );
         handle.publish("output", "1".into());
         let reader = handle.subscribe_stream().unwrap();
-        assert!(reader.history.is_empty() && !reader.truncated);
+        assert!(reader.history.is_empty() && reader.dropped == 0);
     }
 
     #[tokio::test]

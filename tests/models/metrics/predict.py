@@ -5,6 +5,7 @@ what it saw (metrics read back through `self.scope.metrics`, errors raised as
 `[exception type, message]`):
 
 - modes:   replace, incr and append, through both `record_metric` spellings;
+- increment: the mode spelled "increment", as Cog's runtime also takes it;
 - nested:  dotted names, set and read back;
 - errors:  every way to break a rule; nothing is recorded by them;
 - delete:  `None` and `del`, then a new type for a deleted metric;
@@ -71,6 +72,12 @@ class Predictor(BasePredictor):
             metrics.record("steps", "run", mode="append")
             metrics["flag"] = True
             return dict(metrics)
+        if scenario == "increment":
+            # Cog's runtime takes "increment" as well as "incr".
+            self.record_metric("tokens", 2, mode="increment")
+            current_scope().record_metric("tokens", 1, "increment")
+            metrics.record("tokens", 1, mode="incr")
+            return dict(metrics)
         if scenario == "nested":
             self.record_metric("timing.preprocess", 0.25)
             self.record_metric("timing.inference", 1.5)
@@ -89,16 +96,17 @@ class Predictor(BasePredictor):
             bad_names = [
                 "",
                 "1abc",
-                "_a",
+                "_invalid",
                 "a_",
                 "a__b",
                 "a-b",
+                ".a",
                 "a..b",
                 "a.",
                 "a.b.c.d.e",
                 "x" * 129,
             ]
-            reserved = ["predict_time", "predict_time.x", "cog", "cog.version"]
+            reserved = ["predict_time", "predict_time.x", "cog.version"]
             return {
                 "bad_names": {n: attempt(lambda n=n: self.record_metric(n, 1)) for n in bad_names},
                 "reserved": {n: attempt(lambda n=n: self.record_metric(n, 1)) for n in reserved},

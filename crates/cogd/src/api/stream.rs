@@ -3,7 +3,12 @@
 //! The stream is a subscriber of the prediction like any other: it replays the
 //! events the prediction kept, then follows live ones, and ends after
 //! `completed`. A reader that falls too far behind is sent `error` and dropped,
-//! so it can never slow the run or other readers.
+//! so it can never slow the run or other readers. Both `error` events are
+//! worded as Cog's runtime words them, with the number of events the reader
+//! will not see: `{"error": "SSE stream replay truncated; events were
+//! dropped", "skipped": N}` for a late reader whose history was cut, `{"error":
+//! "SSE stream lagged; events were dropped", "skipped": N}` for one that fell
+//! behind.
 //!
 //! Each open stream holds a place of the [`StreamLimit`] (`COG_MAX_STREAMS`);
 //! the place goes back when the stream ends or its client goes away, since
@@ -74,7 +79,7 @@ pub(super) fn respond(
 
 /// Where a stream is: replaying history, following live events, or done.
 enum Phase {
-    Fail(&'static str),
+    Fail(Result<Event, Infallible>),
     Replay(
         VecDeque<Arc<StreamEvent>>,
         broadcast::Receiver<Arc<StreamEvent>>,
@@ -87,8 +92,9 @@ fn sse(event: &StreamEvent) -> Result<Event, Infallible> {
     Ok(Event::default().event(event.name).data(&event.data))
 }
 
-fn error(message: &str) -> Result<Event, Infallible> {
-    let data = serde_json::json!({ "detail": message }).to_string();
+/// The `error` event of a reader who will not see `skipped` events.
+fn error(message: &str, skipped: u64) -> Result<Event, Infallible> {
+    let data = serde_json::json!({ "error": message, "skipped": skipped }).to_string();
     Ok(Event::default().event("error").data(data))
 }
 
@@ -99,16 +105,16 @@ fn events(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let start = match handle.subscribe_stream() {
         None => Phase::Done,
-        Some(sub) if sub.truncated => Phase::Fail(
-            "this prediction's earlier events are no longer kept; \
-             fetch it with GET /predictions/{id}",
-        ),
+        Some(sub) if sub.dropped > 0 => Phase::Fail(error(
+            "SSE stream replay truncated; events were dropped",
+            sub.dropped,
+        )),
         Some(sub) => Phase::Replay(sub.history.into(), sub.live),
     };
     let events = stream::unfold((start, handle), |(phase, handle)| async move {
         match phase {
             Phase::Done => None,
-            Phase::Fail(message) => Some((error(message), (Phase::Done, handle))),
+            Phase::Fail(event) => Some((event, (Phase::Done, handle))),
             Phase::Replay(mut history, live) => match history.pop_front() {
                 Some(event) => {
                     let next = if event.name == "completed" {
@@ -157,10 +163,7 @@ async fn next_live(
             Some((sse(&event), (next, handle)))
         }
         Err(RecvError::Lagged(missed)) => Some((
-            error(&format!(
-                "this reader fell {missed} events behind and was dropped; \
-                 re-attach with PUT /predictions/{{id}}"
-            )),
+            error("SSE stream lagged; events were dropped", missed),
             (Phase::Done, handle),
         )),
         Err(RecvError::Closed) => None,

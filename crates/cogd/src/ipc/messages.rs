@@ -154,9 +154,9 @@ pub enum ControlResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthcheckStatus {
-    /// It returned true.
+    /// It returned without raising, anything but False.
     Healthy,
-    /// It returned something else, raised, or has not returned yet.
+    /// It returned False, raised, or has not returned yet.
     Unhealthy,
 }
 
@@ -579,7 +579,7 @@ mod tests {
         round_trip(&ControlResponse::HealthcheckResult {
             id: 2,
             status: HealthcheckStatus::Unhealthy,
-            error: Some("healthcheck() returned False".into()),
+            error: Some("user-defined healthcheck returned False".into()),
         });
         round_trip(&ControlResponse::ShuttingDown);
     }
@@ -757,7 +757,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             text,
-            r#"{"type":"metric","name":"tokens","value":3,"mode":"incr"}"#
+            r#"{"type":"metric","name":"tokens","value":3,"mode":"increment"}"#
         );
         let text = serde_json::to_string(&ControlResponse::HealthcheckResult {
             id: 4,
@@ -892,7 +892,7 @@ mod tests {
             "stdout",
             "stderr",
             "replace",
-            "incr",
+            "increment",
             "append",
         ];
 

@@ -44,9 +44,11 @@ impl Healthchecks {
             Some((expected, reply)) if expected == id => {
                 let result = match status {
                     HealthcheckStatus::Healthy => Ok(()),
-                    HealthcheckStatus::Unhealthy => {
-                        Err(error.unwrap_or_else(|| "healthcheck() failed".into()))
-                    }
+                    HealthcheckStatus::Unhealthy => Err(failed(
+                        error
+                            .as_deref()
+                            .unwrap_or("user-defined healthcheck failed"),
+                    )),
                 };
                 let _ = reply.send(result);
             }
@@ -56,6 +58,21 @@ impl Healthchecks {
             }
         }
     }
+}
+
+/// A failed check's report, worded as Cog's runtime words it (clients
+/// match on the prefix).
+fn failed(reason: &str) -> String {
+    format!("Healthcheck failed: {reason}")
+}
+
+/// Why a check that did not answer in time failed: the timeout as Cog
+/// writes it (`5.0 seconds`, `0.5 seconds`).
+fn timed_out(timeout: Duration) -> String {
+    format!(
+        "user-defined healthcheck timed out after {:?} seconds",
+        timeout.as_secs_f64()
+    )
 }
 
 impl Supervisor {
@@ -86,7 +103,7 @@ impl Supervisor {
             Ok(outcome) => outcome.clone(),
             Err(_) => None,
         };
-        outcome.unwrap_or_else(|| Err("the healthcheck was abandoned".into()))
+        outcome.unwrap_or_else(|| Err(failed("the healthcheck was abandoned")))
     }
 }
 
@@ -106,18 +123,17 @@ impl Inner {
         let outcome = tokio::select! {
             answer = tokio::time::timeout(timeout, answer) => match answer {
                 Ok(Ok(outcome)) => outcome,
-                Ok(Err(_)) => Err("the healthcheck's answer was lost".into()),
-                Err(_) if self.has_healthcheck.load(Ordering::SeqCst) => Err(format!(
-                    "healthcheck() did not return within {} s (COG_HEALTHCHECK_TIMEOUT)",
+                Ok(Err(_)) => Err(failed("the healthcheck's answer was lost")),
+                Err(_) if self.has_healthcheck.load(Ordering::SeqCst) => {
+                    Err(failed(&timed_out(timeout)))
+                }
+                Err(_) => Err(failed(&format!(
+                    "the worker did not answer the health check within {:?} seconds",
                     timeout.as_secs_f64()
-                )),
-                Err(_) => Err(format!(
-                    "the worker did not answer the health check within {} s (COG_HEALTHCHECK_TIMEOUT)",
-                    timeout.as_secs_f64()
-                )),
+                ))),
             },
             _ = exit.wait_for(Option::is_some) => {
-                Err("the worker exited during the healthcheck".into())
+                Err(failed("the worker exited during the healthcheck"))
             }
         };
         checks
@@ -146,14 +162,26 @@ mod tests {
         checks.answer(
             7,
             HealthcheckStatus::Unhealthy,
-            Some("healthcheck() returned False".into()),
+            Some("user-defined healthcheck returned False".into()),
         );
         assert_eq!(
             answer.try_recv().unwrap(),
-            Err("healthcheck() returned False".to_string())
+            Err("Healthcheck failed: user-defined healthcheck returned False".to_string())
         );
         assert!(checks.waiting.lock().unwrap().is_none());
         // Nothing waits any more: a late answer is dropped quietly.
         checks.answer(7, HealthcheckStatus::Healthy, None);
+    }
+
+    #[test]
+    fn a_timeout_is_written_as_cog_writes_it() {
+        assert_eq!(
+            timed_out(Duration::from_secs(5)),
+            "user-defined healthcheck timed out after 5.0 seconds"
+        );
+        assert_eq!(
+            timed_out(Duration::from_millis(500)),
+            "user-defined healthcheck timed out after 0.5 seconds"
+        );
     }
 }

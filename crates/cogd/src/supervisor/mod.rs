@@ -266,8 +266,17 @@ struct Inner {
 
 struct Slot {
     writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
-    /// Where the current run's events go; `None` while the slot is idle.
-    run: Mutex<Option<mpsc::Sender<SlotEvent>>>,
+    /// The run the slot holds; `None` while the slot is idle.
+    run: Mutex<Option<SlotRun>>,
+}
+
+/// The run a slot holds.
+#[derive(Clone)]
+struct SlotRun {
+    /// Where its events go.
+    events: mpsc::Sender<SlotEvent>,
+    /// Its prediction, named in the server's log with each line it prints.
+    prediction_id: Arc<str>,
 }
 
 impl Supervisor {
@@ -377,7 +386,11 @@ impl Supervisor {
         let Some(socket) = writer.as_mut() else {
             return Err(DispatchError::NotConnected(slot));
         };
-        *slot_ref.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        let SlotRequest::Predict { id, .. } = request;
+        *slot_ref.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(SlotRun {
+            events: tx,
+            prediction_id: Arc::from(id.as_str()),
+        });
         let written = match &attached {
             Some(file) => {
                 use std::os::fd::AsFd;
@@ -441,7 +454,7 @@ fn died(reason: &str) -> String {
 async fn end_run(slot: &Slot, event: SlotEvent) {
     let run = slot.run.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(run) = run {
-        let _ = run.send(event).await;
+        let _ = run.events.send(event).await;
     }
 }
 
@@ -622,7 +635,8 @@ impl Inner {
                     });
                     tracing::info!(slots, "setup succeeded; the model is ready");
                 }
-                ControlResponse::Log { data, .. } => {
+                ControlResponse::Log { source, data } => {
+                    crate::telemetry::log_model_output(None, source, &data);
                     // Capped like a prediction's logs: setup may print forever.
                     crate::logs::append_capped(&mut self.lock_setup().logs, &data);
                     self.setup_logs.send_modify(|n| *n += 1);
@@ -756,7 +770,14 @@ impl Inner {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
                 if let Some(run) = run {
-                    let _ = run.send(event).await;
+                    if let SlotEvent::Log { source, data } = &event {
+                        crate::telemetry::log_model_output(
+                            Some(&*run.prediction_id),
+                            *source,
+                            data,
+                        );
+                    }
+                    let _ = run.events.send(event).await;
                 }
                 if frames.read_buffer().is_empty() {
                     // Everything read so far has been handed on: let the run

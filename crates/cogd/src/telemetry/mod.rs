@@ -3,7 +3,8 @@
 //! configured, a trace of each prediction.
 //!
 //! Logs are JSON lines on stderr by default (`LOG_FORMAT=console` for people),
-//! filtered by `COG_LOG_LEVEL` or `RUST_LOG`, and written in batches
+//! filtered by `COG_LOG_LEVEL` (a level, as Cog's CLI passes it, or a filter)
+//! or `RUST_LOG`, and written in batches
 //! (`writer.rs`: info lines wait up to 10 ms, warnings and errors go at
 //! once). The service handles each prediction inside a `prediction` span
 //! whose `prediction_id` field the JSON lines carry as a top-level key
@@ -11,7 +12,9 @@
 //! while a prediction is handled names it. That span is made only where
 //! something reads it (traces on, or console logs); JSON lines get the id
 //! from a thread-local set around the prediction's work instead
-//! (`context.rs`), at a fraction of a span's cost.
+//! (`context.rs`), at a fraction of a span's cost. Each line the model prints
+//! is logged too, at info, under [`SETUP_OUTPUT`] or [`RUN_OUTPUT`] (with its
+//! prediction's id), with `source` saying `stdout` or `stderr`.
 //!
 //! Traces (`traces.rs`) are off unless `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; then the `prediction` span and
@@ -27,7 +30,7 @@ mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::Span;
+use tracing::{Level, Span};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -35,6 +38,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 pub use context::{Entered, Logged};
 pub use metrics::{Metrics, SlotCounts, METRICS_CONTENT_TYPE};
 pub use traces::TraceError;
+
+use crate::ipc::LogSource;
 
 /// The part of telemetry that must be stopped: the trace exporter, which
 /// sends the spans it still holds when stopped.
@@ -69,12 +74,22 @@ pub fn init() -> Telemetry {
     init_with("info", false)
 }
 
-/// [`init`] with other defaults, for commands people read in a terminal
-/// (`cogd predict`: warnings only, in console form). The environment still wins.
-pub fn init_with(default_level: &str, default_console: bool) -> Telemetry {
-    let directive = std::env::var("COG_LOG_LEVEL")
+/// [`init`] for a command people read in a terminal, `cogd predict`:
+/// warnings only by default, in console form (the environment still wins),
+/// and never the model's output, which the command shows as it is.
+pub fn init_for_terminal() -> Telemetry {
+    init_with("warn", true)
+}
+
+fn init_with(default_level: &str, terminal: bool) -> Telemetry {
+    let mut directive = std::env::var("COG_LOG_LEVEL")
+        .map(|level| filter_directive(&level, !terminal))
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default_level.to_string());
+    if terminal {
+        directive.push_str(&format!(",{SETUP_OUTPUT}=off,{RUN_OUTPUT}=off"));
+    }
+    let default_console = terminal;
     let filter = EnvFilter::try_new(directive.to_ascii_lowercase())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let console = std::env::var("LOG_FORMAT")
@@ -127,6 +142,59 @@ pub fn init_with(default_level: &str, default_console: bool) -> Telemetry {
         }
     }
     Telemetry { traces: exporter }
+}
+
+/// Where each line the model prints during setup is logged, at info: it
+/// stays visible whatever level `COG_LOG_LEVEL` names, as Cog's setup output
+/// does. No module of the server is under `cogd::model`, so a filter on it
+/// selects the model's lines alone.
+pub const SETUP_OUTPUT: &str = "cogd::model::setup";
+
+/// Where each line a run prints is logged, at info, with its prediction.
+pub const RUN_OUTPUT: &str = "cogd::model::prediction";
+
+/// Logs each line of `data`, which the model wrote to `source`, at info:
+/// under [`RUN_OUTPUT`] with the id of the prediction whose run wrote it, or
+/// under [`SETUP_OUTPUT`] when `prediction_id` is `None`. The worker sends
+/// output a line at a time (a longer line in pieces, an unfinished last line
+/// when the run ends), so each piece is logged as a line of its own; the
+/// prediction's `logs` keep the text as it was written.
+pub fn log_model_output(prediction_id: Option<&str>, source: LogSource, data: &str) {
+    let source = match source {
+        LogSource::Stdout => "stdout",
+        LogSource::Stderr => "stderr",
+    };
+    let lines = data.strip_suffix('\n').unwrap_or(data).split('\n');
+    match prediction_id {
+        Some(id) if tracing::enabled!(target: RUN_OUTPUT, Level::INFO) => {
+            for line in lines {
+                tracing::info!(target: RUN_OUTPUT, prediction_id = id, source, "{line}");
+            }
+        }
+        None if tracing::enabled!(target: SETUP_OUTPUT, Level::INFO) => {
+            for line in lines {
+                tracing::info!(target: SETUP_OUTPUT, source, "{line}");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The filter `COG_LOG_LEVEL` asks for. A level (`debug`, `info`, `warn`,
+/// `warning`, as Cog's CLI passes it, or `error`), with `keep_setup`, keeps
+/// the model's setup output at info; anything else is a filter as `RUST_LOG`
+/// takes it.
+fn filter_directive(cog_log_level: &str, keep_setup: bool) -> String {
+    let level = match cog_log_level.trim().to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_string(),
+        level @ ("trace" | "debug" | "info" | "warn" | "error") => level.to_string(),
+        _ => return cog_log_level.to_string(),
+    };
+    if keep_setup {
+        format!("{level},{SETUP_OUTPUT}=info")
+    } else {
+        level
+    }
 }
 
 /// The steps of a prediction that get a child span of its `prediction` span
@@ -189,5 +257,31 @@ pub fn record_prediction_id(span: &Span, id: &str) {
 pub fn record_outcome(span: &Span, status: crate::prediction::Status, error: Option<&str>) {
     if traces::enabled() {
         traces::record_outcome(span, status, error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cog_log_level_is_a_level_that_keeps_setup_output() {
+        for (given, level) in [
+            ("warning", "warn"),
+            ("WARNING", "warn"),
+            ("warn", "warn"),
+            ("error", "error"),
+            ("info", "info"),
+            ("debug", "debug"),
+        ] {
+            assert_eq!(
+                filter_directive(given, true),
+                format!("{level},cogd::model::setup=info"),
+                "{given}"
+            );
+            assert_eq!(filter_directive(given, false), level);
+            assert!(EnvFilter::try_new(filter_directive(given, true)).is_ok());
+        }
+        assert_eq!(filter_directive("info,cogd=debug", true), "info,cogd=debug");
     }
 }

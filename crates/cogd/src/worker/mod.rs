@@ -541,7 +541,7 @@ impl Healthchecks {
         if let Some(started) = *running {
             drop(running);
             let error = format!(
-                "healthcheck() has not returned from an earlier check, started {:.1} s ago",
+                "user-defined healthcheck has not returned from an earlier check, started {:.1} s ago",
                 started.elapsed().as_secs_f64()
             );
             let _ = self.control.send(&healthcheck_result(id, Err(error)));
