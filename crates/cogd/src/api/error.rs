@@ -188,6 +188,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 410 for a prediction that ran and was evicted from memory: the detail
+/// says so, and the id, status and completion time that are left are beside
+/// it, so a client that repeats a `PUT` learns how its prediction ended.
+fn evicted(error: &AdmissionError) -> Response {
+    let AdmissionError::Evicted { id, tombstone } = error else {
+        unreachable!("only called for an evicted prediction")
+    };
+    let message = error.to_string();
+    let body = json!({
+        "error": message,
+        "detail": message,
+        "id": id,
+        "status": tombstone.status,
+        "completed_at": tombstone.completed_at.as_ref().map(crate::prediction::timestamp),
+    });
+    (StatusCode::GONE, Json(body)).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,22 +243,4 @@ mod tests {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(body, json!({ "detail": entries }));
     }
-}
-
-/// 410 for a prediction that ran and was evicted from memory: the detail
-/// says so, and the id, status and completion time that are left are beside
-/// it, so a client that repeats a `PUT` learns how its prediction ended.
-fn evicted(error: &AdmissionError) -> Response {
-    let AdmissionError::Evicted { id, tombstone } = error else {
-        unreachable!("only called for an evicted prediction")
-    };
-    let message = error.to_string();
-    let body = json!({
-        "error": message,
-        "detail": message,
-        "id": id,
-        "status": tombstone.status,
-        "completed_at": tombstone.completed_at.as_ref().map(crate::prediction::timestamp),
-    });
-    (StatusCode::GONE, Json(body)).into_response()
 }
