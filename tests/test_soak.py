@@ -78,8 +78,15 @@ UPLOAD_TIMEOUT_S = 0.2
 CLIENT_TIMEOUT_S = 0.5
 # How often health, fds and RSS are sampled while the soak runs.
 WATCH_EVERY_S = 0.05
-# How much the server's RSS may grow between warm-up and the end.
-RSS_GROWTH_LIMIT = 48 * 1024 * 1024
+# How much the server's RSS may grow between warm-up and the end: most of
+# it is the finished predictions it keeps (about 6 MiB for 1000 of these).
+RSS_GROWTH_LIMIT = 24 * 1024 * 1024
+# The server keeps this many finished predictions; once it has, its RSS must
+# stay flat: over the second half of a soak that long, it may grow by at most
+# RSS_FLAT_LIMIT (0.2 MiB measured; a leak of 4 KiB per prediction shows at
+# 2000 predictions, of 1 KiB at 10000).
+KEPT_FINISHED = 1000
+RSS_FLAT_LIMIT = 4 * 1024 * 1024
 # Open descriptors the server may have beyond its count after warm-up
 # (connections the last clients closed may take a moment to be seen).
 FD_SLACK = 4
@@ -194,13 +201,14 @@ class SilentReceiver:
 
 class Watch:
     """Samples the server's health, open fds and RSS from a thread until
-    stopped: what health said (and how often), and the highest fds and RSS."""
+    stopped: what health said (and how often), the highest fds, and every
+    RSS sample."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.health: collections.Counter = collections.Counter()
         self.fds_max = 0
-        self.rss_max = 0
+        self.rss: list[int] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
@@ -214,7 +222,7 @@ class Watch:
             except (requests.RequestException, ValueError) as e:
                 self.health[type(e).__name__] += 1
             self.fds_max = max(self.fds_max, fd_count(pid))
-            self.rss_max = max(self.rss_max, proc_status_bytes(pid))
+            self.rss.append(proc_status_bytes(pid))
 
     def stop(self) -> None:
         self.stopping.set()
@@ -613,6 +621,7 @@ def test_soak(start_server, short_tmpdir, tmp_path, webhook_receiver, capsys):
         what=f"the server's fds to return near {fds_before}",
     )
     rss_after = proc_status_bytes(pid)
+    rss_half = watch.rss[len(watch.rss) // 2]
     health = server.health()["status"]
 
     server.terminate()
@@ -641,7 +650,8 @@ def test_soak(start_server, short_tmpdir, tmp_path, webhook_receiver, capsys):
         "fds_max": watch.fds_max,
         "fds_after": fds_after,
         "rss_before_mib": round(rss_before / 2**20, 1),
-        "rss_max_mib": round(watch.rss_max / 2**20, 1),
+        "rss_half_mib": round(rss_half / 2**20, 1),
+        "rss_max_mib": round(max(watch.rss) / 2**20, 1),
         "rss_after_mib": round(rss_after / 2**20, 1),
         "health_at_end": health,
         "temp_after_stop": temp_after,
@@ -657,3 +667,5 @@ def test_soak(start_server, short_tmpdir, tmp_path, webhook_receiver, capsys):
     assert health == "READY", report
     assert temp_after == [], report
     assert rss_after - rss_before < RSS_GROWTH_LIMIT, report
+    if N // 2 >= KEPT_FINISHED:
+        assert rss_after - rss_half < RSS_FLAT_LIMIT, report

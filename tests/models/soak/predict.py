@@ -1,5 +1,5 @@
-"""The soak test's model: an async run on 8 slots whose `mode` says how it
-ends.
+"""The soak test's model: an async run on several slots (8 here; the soak
+test sets its own count) whose `mode` says how it ends.
 
 - ok:    print "<token>:ok" and return "ok:<token>"
 - raise: print a line, then raise ValueError("boom")
