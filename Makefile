@@ -1,5 +1,5 @@
-# cogd: one Makefile for set-up, build, test, lint and bench. `make help` lists targets.
-.DEFAULT_GOAL := serve
+# cogd: one Makefile for set-up, build, test, lint and bench. `make` alone lists targets.
+.DEFAULT_GOAL := help
 SHELL := /bin/bash
 
 VENV ?= .venv
@@ -9,10 +9,15 @@ PORT ?= 5000
 MODEL ?= examples/hello
 # Tests run in parallel; 2 workers fit this project's 2-core CI machines.
 PYTEST_WORKERS ?= 2
+# The cargo profile `lint` and `cargo-test` build with: `release` for `make
+# test` (the build that `install` and `bench` use), `dev` for `make check`
+# (debug builds, several times quicker to rebuild).
+PROFILE ?= release
 
 .PHONY: help serve test install build-dev browser cargo-test pytest lint fmt check bench fuzz soak clean
 
-help: ## list the targets
+help: ## list the targets (what `make` alone does)
+	@echo "make serve, then make check while changing things and make test before sending them:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.deps: tests/requirements.txt
@@ -33,7 +38,7 @@ install: $(VENV)/.deps ## create .venv, build the release wheel and install it
 	$(BIN)/maturin build --release --interpreter $(PY) -o dist
 	$(BIN)/pip install -q --force-reinstall --no-deps dist/cogd-*.whl
 
-build-dev: $(VENV)/.deps ## build a debug wheel and install it in editable mode (fast iteration)
+build-dev: $(VENV)/.deps ## build a debug server and extension and install them in editable mode
 	cargo build -p cogd --bin cogd
 	mkdir -p $(dir $(SERVER_BIN))
 	cp target/debug/cogd $(SERVER_BIN)
@@ -42,22 +47,27 @@ build-dev: $(VENV)/.deps ## build a debug wheel and install it in editable mode 
 serve: install ## build, install and serve examples/hello (MODEL=dir PORT=n to change)
 	$(BIN)/cogd serve $(MODEL) --port $(PORT)
 
-test: install lint cargo-test pytest ## build everything, lint, and run every test
+test: install lint cargo-test pytest ## release build: install, lint, and run every test (as CI does)
 
-cargo-test: ## Rust unit tests
-	cargo test -p cogd --release
+# The same lint and tests on debug builds: `PROFILE` is `dev` for `check` and
+# what it runs, and `pytest` runs against the debug install of `build-dev`.
+check: PROFILE = dev
+check: lint cargo-test build-dev pytest ## the quick loop: test and lint as `test` does, on debug builds
+
+cargo-test: ## Rust unit tests (release; debug under `make check`)
+	cargo test -p cogd --profile $(PROFILE)
 
 # The playground's browser tests drive Debian's Chromium through Playwright
 # (from tests/requirements.txt); Playwright's own browser downloads are not used.
 browser: ## install the system Chromium the browser tests drive, when missing
 	@command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
-pytest: browser ## end-to-end tests against the installed wheel
+pytest: browser ## end-to-end tests against what is installed (`install` or `build-dev`)
 	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
-lint: $(VENV)/.deps ## rustfmt, clippy and ruff, as CI runs them
+lint: $(VENV)/.deps ## rustfmt, clippy and ruff, as CI runs them (clippy in debug under `make check`)
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --release -- -D warnings
+	cargo clippy --workspace --all-targets --profile $(PROFILE) -- -D warnings
 	$(BIN)/ruff check python tests bench examples
 	$(BIN)/ruff format --check python tests bench examples
 
@@ -65,8 +75,6 @@ fmt: $(VENV)/.deps ## format Rust and Python
 	cargo fmt --all
 	$(BIN)/ruff format python tests bench examples
 	$(BIN)/ruff check --fix python tests bench examples
-
-check: lint test ## lint, then every test
 
 # The property tests run 256 cases each in `cargo-test`; `fuzz` runs many more.
 FUZZ_CASES ?= 100000

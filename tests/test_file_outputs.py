@@ -155,6 +155,17 @@ def test_transient_503s_are_retried(start_server, upload_receiver):
     assert upload_receiver.attempts == 3
 
 
+def test_an_upload_answered_408_is_retried_as_a_webhook_is(start_server, upload_receiver):
+    """Uploads and webhooks share one retry policy: a receiver that timed out
+    waiting for the request (408) gets it again."""
+    upload_receiver.fail_first(1, 408)
+    server = serve(start_server, "one_path", "--upload-url", upload_receiver.url("/r"))
+    got = server.predict_ok({"name": "x.txt"})
+    assert got["status"] == "succeeded", got
+    assert got["output"] == upload_receiver.url("/r/x.txt")
+    assert upload_receiver.attempts == 2
+
+
 def test_a_cancel_during_a_slow_upload_ends_the_prediction_at_once(start_server, upload_receiver):
     arrived = threading.Event()
     release = threading.Event()

@@ -12,17 +12,18 @@
 //!
 //! File outputs, the other direction, are in [`outputs`].
 
+pub mod data_uri;
 pub mod outputs;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::outbound::{AddressPolicy, OutboundClient};
+use crate::outbound::{redact, without_url, AddressPolicy, ClientConfig, OutboundClient};
+use data_uri::DataUri;
 
 /// Files of one prediction downloaded at the same time.
 const PARALLEL_DOWNLOADS: usize = 8;
@@ -53,12 +54,14 @@ impl Fetcher {
         user_agent: &str,
         policy: &AddressPolicy,
     ) -> Self {
-        let client = OutboundClient::new(policy, MAX_DOWNLOADS, |builder| {
-            builder
-                .connect_timeout(Duration::from_secs(10))
-                .timeout(timeout)
-                .user_agent(user_agent)
-        });
+        let client = OutboundClient::new(
+            policy,
+            ClientConfig {
+                user_agent,
+                max_in_flight: MAX_DOWNLOADS,
+                timeout: Some(timeout),
+            },
+        );
         Self { client, max_bytes }
     }
 
@@ -136,8 +139,8 @@ impl Fetcher {
         tokio::fs::create_dir_all(target)
             .await
             .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-        if let Some(rest) = url.strip_prefix("data:") {
-            return write_data_uri(rest, target).await;
+        if url.starts_with("data:") {
+            return write_data_uri(url, target).await;
         }
         let parsed = reqwest::Url::parse(url).map_err(|_| {
             "expected an http(s):// URL or a data: URI, got something else".to_string()
@@ -204,40 +207,6 @@ impl Fetcher {
     }
 }
 
-/// The URL as it may appear in errors and logs: no credentials, no query.
-pub(crate) fn redact(url: &reqwest::Url) -> String {
-    let mut shown = url.clone();
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.set_query(None);
-    shown.set_fragment(None);
-    shown.to_string()
-}
-
-/// A reqwest error without the URL it carries (which may hold secrets).
-pub(crate) fn without_url(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "cannot connect"
-    } else if error.is_redirect() {
-        "redirect not followed"
-    } else {
-        "transfer failed"
-    };
-    let mut source = std::error::Error::source(error);
-    let mut detail = String::new();
-    while let Some(e) = source {
-        detail = e.to_string();
-        source = e.source();
-    }
-    if detail.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind} ({detail})")
-    }
-}
-
 /// A safe file name: the URL's last path segment, else one from the type.
 fn file_name(url: &reqwest::Url, content_type: Option<&reqwest::header::HeaderValue>) -> String {
     let from_url = url
@@ -253,7 +222,7 @@ fn file_name(url: &reqwest::Url, content_type: Option<&reqwest::header::HeaderVa
 
 /// Keeps letters, digits, `.`, `-` and `_`; no leading dots; at most 128 bytes.
 pub(crate) fn sanitize(name: &str) -> String {
-    let decoded = percent_decode(name);
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(name).collect();
     let kept: String = String::from_utf8_lossy(&decoded)
         .chars()
         .map(|c| {
@@ -307,43 +276,14 @@ pub(crate) fn media_type(path: &Path) -> &'static str {
         .map_or("application/octet-stream", |(m, _)| m)
 }
 
-/// Decodes `data:[<type>][;base64],<data>` (without its `data:`) to a file.
-async fn write_data_uri(rest: &str, target: &Path) -> Result<PathBuf, String> {
-    let (meta, data) = rest
-        .split_once(',')
-        .ok_or("a data: URI must have a comma before its data")?;
-    let bytes = if meta.ends_with(";base64") {
-        base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
-            .map_err(|e| format!("the data: URI is not valid base64: {e}"))?
-    } else {
-        percent_decode(data)
-    };
-    let mime = meta.trim_end_matches(";base64");
-    let path = target.join(format!("input{}", extension(mime)));
-    tokio::fs::write(&path, bytes)
+/// Decodes a `data:` URI to a file in `target`, named for its media type.
+async fn write_data_uri(uri: &str, target: &Path) -> Result<PathBuf, String> {
+    let data = DataUri::decode(uri)?;
+    let path = target.join(format!("input{}", extension(&data.media_type)));
+    tokio::fs::write(&path, data.bytes)
         .await
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
-}
-
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -358,23 +298,17 @@ mod tests {
         assert_eq!(sanitize("a b%20c"), "a_b_c");
     }
 
-    #[test]
-    fn urls_in_errors_lose_credentials_and_query() {
-        let url = reqwest::Url::parse("https://user:pw@example.com/a.png?token=s3cret#x").unwrap();
-        assert_eq!(redact(&url), "https://example.com/a.png");
-    }
-
     #[tokio::test]
     async fn data_uris_decode_to_files() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_data_uri("text/plain;base64,aGVsbG8=", dir.path())
+        let path = write_data_uri("data:text/plain;base64,aGVsbG8=", dir.path())
             .await
             .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello");
         assert_eq!(path.extension().unwrap(), "txt");
-        let path = write_data_uri(",a%20b", &dir.path().join("x")).await;
+        let path = write_data_uri("data:,a%20b", &dir.path().join("x")).await;
         assert!(path.is_err(), "the target directory must exist");
-        let plain = write_data_uri(",a%20b", dir.path()).await.unwrap();
+        let plain = write_data_uri("data:,a%20b", dir.path()).await.unwrap();
         assert_eq!(std::fs::read(plain).unwrap(), b"a b");
     }
 

@@ -12,6 +12,11 @@
 //! The worker escapes the long strings of a run's output with it (see
 //! `worker::OutputJson`), the service the input it sends to the worker, and
 //! the prediction its input for the response envelope.
+//!
+//! Hand-written where serde_json would do, and kept for a measured gain: a
+//! 20 MiB string took about 24 ms to escape with serde_json, 4.3-8 ms eight
+//! bytes at a time, and 1.5-2.7 ms 32 bytes at a time with SSE2. Property
+//! tests check its output against serde_json's, byte for byte.
 
 use std::io::{self, Write};
 

@@ -19,6 +19,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::files::data_uri::DataUri;
 use crate::ipc::Mode;
 use crate::schema::{InputError, PathSegment};
 use crate::service::{Admission, AdmissionError, Health, NewPrediction};
@@ -484,18 +485,8 @@ fn save_files(value: Value, name: &str, dir: &Path) -> Result<Value, Failure> {
 fn save_data_uri(uri: &str, name: &str, dir: &Path) -> Result<PathBuf, Failure> {
     let failed =
         |why: String| Failure::Failed(format!("cannot save the output file {name}: {why}"));
-    let rest = &uri["data:".len()..];
-    let (meta, data) = rest
-        .split_once(',')
-        .ok_or_else(|| failed("malformed data: URI".into()))?;
-    let bytes = if meta.ends_with(";base64") {
-        base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .map_err(|e| failed(e.to_string()))?
-    } else {
-        data.as_bytes().to_vec()
-    };
-    let ext = crate::files::extension(meta.trim_end_matches(";base64"));
+    let DataUri { media_type, bytes } = DataUri::decode(uri).map_err(failed)?;
+    let ext = crate::files::extension(&media_type);
     let mut path = dir.join(format!("{name}{ext}"));
     let mut n = 1;
     while path.exists() {

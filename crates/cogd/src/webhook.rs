@@ -4,8 +4,9 @@
 //! `start` is sent first, with the prediction as it was accepted; `output` and
 //! `logs` follow the state as it changes, coalesced so that at most one is sent
 //! per throttle interval and the latest state is always the one sent;
-//! `completed` is sent as soon as the prediction ends and retried with backoff
-//! until the receiver takes it (bounded). The task owns nothing but its
+//! `completed` is sent as soon as the prediction ends and retried until the
+//! receiver takes it, under the one retry policy of outbound requests
+//! ([`retry::WEBHOOKS`]: 8 attempts; `start` gets 2, `output`/`logs` 1). The task owns nothing but its
 //! subscription, so a slow or dead receiver delays no run, no other prediction
 //! and no slot.
 
@@ -13,12 +14,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::files::{redact, without_url};
-use crate::outbound::{is_refused, AddressPolicy, OutboundClient};
+use crate::outbound::retry::{self, Failure, RetryPolicy};
+use crate::outbound::{redact, AddressPolicy, ClientConfig, OutboundClient};
 use crate::prediction::{Prediction, PredictionHandle};
 use crate::telemetry::Metrics;
 
@@ -100,12 +100,12 @@ impl Drop for Pending {
 /// (holding no connection), so receivers that never answer cannot use up
 /// the server's file descriptors.
 const MAX_DELIVERIES: usize = 64;
-/// Attempts at delivering `completed` before giving up.
-const COMPLETED_ATTEMPTS: u32 = 8;
-/// The first pause between attempts; it doubles each time.
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// The longest pause, also the cap on a receiver's `Retry-After`.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest one webhook request may take, reply included.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `start`: sent once more if the first attempt fails.
+const START: RetryPolicy = retry::WEBHOOKS.with_attempts(2);
+/// `output` and `logs`: not retried, as the next one carries their state.
+const PROGRESS: RetryPolicy = retry::WEBHOOKS.with_attempts(1);
 
 impl WebhookSender {
     /// A sender with its own connection pool (kept-alive connections) that
@@ -117,12 +117,14 @@ impl WebhookSender {
         metrics: Metrics,
         policy: &AddressPolicy,
     ) -> Self {
-        let client = OutboundClient::new(policy, MAX_DELIVERIES, |builder| {
-            builder
-                .connect_timeout(Duration::from_secs(10))
-                .timeout(Duration::from_secs(30))
-                .user_agent(user_agent)
-        });
+        let client = OutboundClient::new(
+            policy,
+            ClientConfig {
+                user_agent,
+                max_in_flight: MAX_DELIVERIES,
+                timeout: Some(DELIVERY_TIMEOUT),
+            },
+        );
         Self {
             client,
             token: token.filter(|t| !t.is_empty()),
@@ -173,7 +175,7 @@ impl WebhookSender {
     ) {
         let wants = |event| subscription.events.contains(&event);
         if wants(WebhookEvent::Start) {
-            self.send(&subscription, &accepted, 2).await;
+            self.send(&subscription, &accepted, START).await;
         }
         let mut sent_logs = accepted.logs.len();
         let mut sent_outputs = accepted.outputs.len();
@@ -197,7 +199,7 @@ impl WebhookSender {
             let state = updates.borrow_and_update().clone();
             if state.status.is_terminal() {
                 if wants(WebhookEvent::Completed) {
-                    self.send(&subscription, &state, COMPLETED_ATTEMPTS).await;
+                    self.send(&subscription, &state, retry::WEBHOOKS).await;
                 }
                 return;
             }
@@ -218,13 +220,17 @@ impl WebhookSender {
             sent_outputs = state.outputs.len();
             sent_logs = state.logs.len();
             next_allowed = Instant::now() + self.throttle;
-            self.send(&subscription, &state, 1).await;
+            self.send(&subscription, &state, PROGRESS).await;
         }
     }
 
-    /// POSTs `prediction`, retrying up to `attempts` times in all.
-    async fn send(&self, subscription: &Subscription, prediction: &Prediction, attempts: u32) {
-        let mut backoff = FIRST_BACKOFF;
+    /// POSTs `prediction`, retried under `policy`.
+    async fn send(
+        &self,
+        subscription: &Subscription,
+        prediction: &Prediction,
+        policy: RetryPolicy,
+    ) {
         let shown = shown(&subscription.url);
         let Ok(url) = reqwest::Url::parse(&subscription.url) else {
             tracing::warn!(prediction_id = %prediction.id, url = %shown, "webhook URL does not parse");
@@ -232,7 +238,8 @@ impl WebhookSender {
         };
         // Written once, shared by every attempt.
         let body = bytes::Bytes::from(prediction.to_json());
-        for attempt in 1..=attempts {
+        let mut attempts = policy.start();
+        loop {
             let mut request = match self.client.request(reqwest::Method::POST, url.clone()) {
                 Ok(request) => request,
                 Err(refused) => {
@@ -252,51 +259,31 @@ impl WebhookSender {
             let permit = self.client.permit().await;
             let sent = request.send().await;
             drop(permit);
-            let wait = match sent {
+            let failure = match sent {
                 Ok(response) if response.status().is_success() => {
                     self.metrics.webhook_delivered();
                     return;
                 }
-                Ok(response) => {
-                    self.metrics.webhook_failed();
-                    let status = response.status();
-                    let retryable = status.is_server_error()
-                        || status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::REQUEST_TIMEOUT;
-                    tracing::warn!(prediction_id = %prediction.id, url = %shown, %status, attempt, "webhook refused");
-                    if !retryable {
-                        return;
-                    }
-                    retry_after(&response).unwrap_or(backoff)
-                }
-                Err(error) => {
-                    self.metrics.webhook_failed();
-                    tracing::warn!(prediction_id = %prediction.id, url = %shown, error = %without_url(&error), attempt, "webhook failed");
-                    if is_refused(&error) {
-                        return;
-                    }
-                    backoff
-                }
+                Ok(response) => Failure::of_reply(&response),
+                Err(error) => Failure::of_error(&error),
             };
-            if attempt < attempts {
-                tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+            self.metrics.webhook_failed();
+            let attempt = attempts.number();
+            tracing::warn!(prediction_id = %prediction.id, url = %shown, reason = %failure.reason, attempt, "webhook failed");
+            if !failure.retried {
+                return;
+            }
+            if !attempts.wait_to_retry(&failure).await {
+                break;
             }
         }
-        tracing::error!(prediction_id = %prediction.id, url = %shown, attempts, "giving up on a webhook");
+        tracing::error!(prediction_id = %prediction.id, url = %shown, attempts = policy.attempts, "giving up on a webhook");
     }
 }
 
 /// A webhook URL as logs may show it: without credentials or query.
 fn shown(url: &str) -> String {
     reqwest::Url::parse(url).map_or_else(|_| "the webhook URL".into(), |u| redact(&u))
-}
-
-/// A `Retry-After` in seconds, as 429 and 503 answers may carry.
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
-    let seconds: f64 = value.to_str().ok()?.trim().parse().ok()?;
-    (seconds >= 0.0 && seconds.is_finite()).then(|| Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]

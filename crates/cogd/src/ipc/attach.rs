@@ -13,12 +13,19 @@
 //! consumer takes the oldest.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::io::retry_on_intr;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -26,46 +33,29 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 /// checks before it maps one: the file's size and bytes are fixed for good,
 /// so a map of it can neither change under a reader nor end short of it
 /// (which would fault the server).
-pub const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+pub const SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::WRITE);
 
 /// True when `file` carries every one of [`SEALS`].
 pub fn is_sealed(file: BorrowedFd<'_>) -> bool {
-    // SAFETY: F_GET_SEALS takes no argument; -1 for a file without seals.
-    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    seals >= 0 && seals & SEALS == SEALS
+    rustix::fs::fcntl_get_seals(file).is_ok_and(|seals| seals.contains(SEALS))
 }
 
 /// A new, empty memory file that can be sealed.
 pub fn memory_file() -> io::Result<std::fs::File> {
-    // SAFETY: the name is NUL-terminated; the call returns a new fd or -1.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"cogd-spill".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    let fd = rustix::fs::memfd_create(
+        c"cogd-spill",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    Ok(fd.into())
 }
 
 /// Seals `file` with [`SEALS`], so nothing in the process that wrote it
 /// (model code included) can change or shrink it once it has been checked,
 /// and no further seal can be added.
 pub fn seal(file: &std::fs::File) -> io::Result<()> {
-    // SAFETY: F_ADD_SEALS takes an int of seal flags.
-    let sealed = unsafe {
-        libc::fcntl(
-            file.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            SEALS | libc::F_SEAL_SEAL,
-        )
-    };
-    if sealed < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::fs::fcntl_add_seals(file, SEALS | SealFlags::SEAL)?;
     Ok(())
 }
 
@@ -121,10 +111,9 @@ fn write_buffered(
     out.flush()
 }
 
-/// Room for the control message of one read: up to 8 files (the worker
-/// attaches one per frame, and one read never takes the files of two
-/// `sendmsg` calls), kept 8-byte aligned as `cmsghdr` needs.
-type ControlSpace = [u64; 8];
+/// Files one read takes at most: the worker attaches one per frame, and
+/// one read never takes the files of two `sendmsg` calls.
+const FILES_PER_READ: usize = 8;
 
 /// Sends `bytes` on the stream socket `socket` with `file` attached, and
 /// returns how many of them went: at least one, and the file went with the
@@ -140,102 +129,51 @@ pub fn send_with_file(
             "a file must come with at least one byte",
         ));
     }
-    let mut space = ControlSpace::default();
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr().cast();
-    let fd_len = std::mem::size_of::<libc::c_int>() as u32;
-    // SAFETY: `space` is aligned and larger than CMSG_SPACE of one fd, so
-    // CMSG_FIRSTHDR points into it and the header and data fit.
-    unsafe {
-        msg.msg_controllen = libc::CMSG_SPACE(fd_len) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_len) as _;
-        std::ptr::write_unaligned(
-            libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
-            file.as_raw_fd(),
-        );
-    }
-    loop {
-        // SAFETY: `msg` points at live buffers for the length of the call.
-        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if let Ok(sent) = usize::try_from(sent) {
-            return Ok(sent);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let files = [file];
+    let pushed = control.push(SendAncillaryMessage::ScmRights(&files));
+    debug_assert!(pushed, "the space holds one file");
+    let iov = [IoSlice::new(bytes)];
+    let sent =
+        retry_on_intr(|| rustix::net::sendmsg(socket, &iov, &mut control, SendFlags::NOSIGNAL))?;
+    Ok(sent)
 }
 
 /// One `recvmsg` on `socket` into `buf` with `flags`, queueing the files that
-/// came with the bytes on `files`. `Ok(0)` at the end of the stream (or when
-/// `buf` is empty).
+/// came with the bytes on `files` (opened close-on-exec). `Ok(0)` at the end
+/// of the stream (or when `buf` is empty).
 fn recv_with_files(
     socket: BorrowedFd<'_>,
-    buf: &mut [std::mem::MaybeUninit<u8>],
-    flags: libc::c_int,
+    buf: &mut [u8],
+    flags: RecvFlags,
     files: &mut VecDeque<OwnedFd>,
 ) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut space = ControlSpace::default();
-    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of::<ControlSpace>() as _;
-    let read = loop {
-        // SAFETY: `msg` points at live buffers of the lengths it gives; the
-        // kernel writes at most that much. Files are opened close-on-exec.
-        let read =
-            unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
-        match usize::try_from(read) {
-            Ok(read) => break read,
-            Err(_) => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    };
-    // The files are owned before anything else can fail, so none leaks.
-    // SAFETY: the kernel filled `msg_controllen` bytes of `space` with
-    // well-formed control messages; SCM_RIGHTS data is an array of open fds
-    // now owned by this process.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
-                    files.push_back(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FILES_PER_READ))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let read = retry_on_intr(|| {
+        rustix::net::recvmsg(
+            socket,
+            &mut iov,
+            &mut control,
+            flags | RecvFlags::CMSG_CLOEXEC,
+        )
+    })?;
+    // The files are owned (and queued) before anything else can fail, so
+    // none leaks.
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            files.extend(received);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if read.flags.contains(ReturnFlags::CTRUNC) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "more files came with one read than it has room for",
         ));
     }
-    Ok(read)
+    Ok(read.bytes)
 }
 
 /// Writes `frame` on `socket` with `file` attached to its first bytes: the
@@ -290,9 +228,12 @@ impl<S> FileReceiver<S> {
 
 impl io::Read for FileReceiver<std::os::unix::net::UnixStream> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: the kernel only writes initialised bytes into `buf`.
-        let buf = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-        recv_with_files(self.socket.as_fd(), buf, 0, &mut self.files)
+        recv_with_files(
+            self.socket.as_fd(),
+            buf,
+            RecvFlags::empty(),
+            &mut self.files,
+        )
     }
 }
 
@@ -306,11 +247,15 @@ impl AsyncRead for FileReceiver<OwnedReadHalf> {
         let stream = socket.as_ref();
         loop {
             std::task::ready!(stream.poll_read_ready(cx))?;
-            // SAFETY: the kernel only writes initialised bytes, and only the
-            // bytes it reports are marked filled below.
-            let unfilled = unsafe { buf.unfilled_mut() };
+            // SAFETY: the kernel only writes into this memory, never reads
+            // it, and only the bytes it reports are marked filled below (as
+            // tokio reads its own sockets into a `ReadBuf`). Zeroing it
+            // first would cost a `memset` of the buffer's spare room, which
+            // can be megabytes after a large frame, on every read.
+            let unfilled =
+                unsafe { &mut *(buf.unfilled_mut() as *mut [MaybeUninit<u8>] as *mut [u8]) };
             let read = stream.try_io(Interest::READABLE, || {
-                recv_with_files(stream.as_fd(), unfilled, libc::MSG_DONTWAIT, files)
+                recv_with_files(stream.as_fd(), unfilled, RecvFlags::DONTWAIT, files)
             });
             match read {
                 Ok(read) => {

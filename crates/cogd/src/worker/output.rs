@@ -160,7 +160,6 @@ pub(super) fn spill(output: OutputJson, dir: &Path, name: &str) -> io::Result<Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     fn pieces(pieces: &[&str], strings: &[&str]) -> OutputJson {
         OutputJson::from_pieces(
@@ -186,12 +185,11 @@ mod tests {
     }
 
     /// The text of a spilled output, and the seals of its memory file.
-    fn spilled(carrier: Carrier) -> (String, libc::c_int) {
+    fn spilled(carrier: Carrier) -> (String, rustix::fs::SealFlags) {
         let Carrier::Spilled(Spill::Attached(fd)) = carrier else {
             panic!("not attached: {carrier:?}");
         };
-        // SAFETY: F_GET_SEALS takes no argument.
-        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        let seals = rustix::fs::fcntl_get_seals(&fd).unwrap();
         let file = std::fs::File::from(fd);
         let mut bytes = vec![0; file.metadata().unwrap().len() as usize];
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).unwrap();
@@ -207,8 +205,8 @@ mod tests {
         let big = spill(pieces(&["[", "]"], &[&long]), dir.path(), "big.json").unwrap();
         let (text, seals) = spilled(big);
         assert!(text == serde_json::to_string(&[&long]).unwrap());
-        let all = crate::ipc::SEALS | libc::F_SEAL_SEAL;
-        assert_eq!(seals & all, all, "seals {seals:#x}");
+        let all = crate::ipc::SEALS | rustix::fs::SealFlags::SEAL;
+        assert!(seals.contains(all), "seals {seals:?}");
         // Short before escaping, too long after: spilled as well.
         let quotes = "\"".repeat(SPILL_OUTPUT_BYTES / 2 + 1);
         let (text, _) =

@@ -1,15 +1,15 @@
-//! Outbound HTTP: the one way the server makes requests of its own (file
-//! inputs, webhooks, file uploads), so that a request's URLs cannot turn the
-//! server against itself or its network, and cannot make it open files
-//! without bound.
+//! The address guard: which addresses the server's own requests may reach,
+//! so that a request's URLs cannot turn the server against itself or its
+//! network.
 //!
-//! An [`OutboundClient`] checks every address it connects to against the
-//! [`AddressPolicy`]. Names are resolved by the client's own resolver, which
-//! drops the refused addresses and hands the rest to the connector, so the
-//! address checked is the address connected to (a name that resolves to a
-//! public address when checked and to a private one when used cannot pass).
-//! An IP address in a URL never reaches a resolver, so it is checked before
-//! the request is sent and before each redirect is followed.
+//! A client built by [`super::OutboundClient`] resolves names with a
+//! [`GuardedResolver`], which drops the addresses the [`AddressPolicy`]
+//! refuses and hands the rest to the connector, so the address checked is
+//! the address connected to (a name that resolves to a public address when
+//! checked and to a private one when used cannot pass). An IP address in a
+//! URL never reaches a resolver, so it is checked before the request is sent
+//! ([`AddressPolicy::check_url`]) and before each redirect is followed
+//! ([`redirect_policy`]).
 //!
 //! Always refused: the server's own listen address (any of its addresses,
 //! loopback and unspecified included, on the port it listens on), so a
@@ -18,36 +18,25 @@
 //! unique-local, shared or unspecified address and the server's own
 //! addresses on any port; proxies from the environment are then not used, as
 //! a proxy would resolve names where this check cannot see.
-//!
-//! Each client also bounds its requests in flight (a semaphore whose permit
-//! a caller holds across one request), and keeps at most
-//! [`POOL_IDLE_PER_HOST`] idle connections per host, for at most
-//! [`POOL_IDLE_TIMEOUT`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::Url;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Redirects followed before a request fails.
 const MAX_REDIRECTS: usize = 10;
-/// Idle connections kept per host.
-pub const POOL_IDLE_PER_HOST: usize = 8;
-/// How long an idle connection is kept.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which addresses outbound requests may reach; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AddressPolicy {
     /// `COG_BLOCK_PRIVATE_NETWORKS`: refuse loopback, private and link-local
     /// addresses, and the server's own.
-    block_private: bool,
+    pub(super) block_private: bool,
     /// The port the server listens on; `None` when it does not listen
     /// (`cogd predict`).
-    listen_port: Option<u16>,
+    pub(super) listen_port: Option<u16>,
     /// The addresses of this host's interfaces, read once at start.
     own: Arc<[IpAddr]>,
 }
@@ -89,7 +78,7 @@ impl AddressPolicy {
     /// a client whose resolver refuses the server's own addresses when
     /// `guards_self`. An IP host is checked here; a host name on the listen
     /// port only through such a client.
-    fn check_url(&self, url: &Url, guards_self: bool) -> Result<(), Refused> {
+    pub(super) fn check_url(&self, url: &Url, guards_self: bool) -> Result<(), Refused> {
         let port = url.port_or_known_default();
         let refused = |why: &str| {
             let host = url.host_str().unwrap_or_default();
@@ -177,9 +166,25 @@ fn interface_addresses() -> Vec<IpAddr> {
 
 /// Resolves names and keeps only the addresses the policy allows, checked as
 /// if on `port` (the listen port, for the client that guards it).
-struct GuardedResolver {
+pub(super) struct GuardedResolver {
     policy: AddressPolicy,
     port: Option<u16>,
+}
+
+impl GuardedResolver {
+    /// A resolver for a client of URLs on the listen port when
+    /// `guards_self` (it refuses the server's own addresses), else for
+    /// URLs on any other port.
+    pub(super) fn new(policy: &AddressPolicy, guards_self: bool) -> Self {
+        Self {
+            policy: policy.clone(),
+            port: if guards_self {
+                policy.listen_port
+            } else {
+                None
+            },
+        }
+    }
 }
 
 impl Resolve for GuardedResolver {
@@ -210,92 +215,22 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// An HTTP client that reaches only what the [`AddressPolicy`] allows and
-/// bounds its requests in flight; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct OutboundClient {
-    /// For URLs on any port but the listen port.
-    any_port: reqwest::Client,
-    /// For URLs on the listen port: its resolver refuses the server's own
-    /// addresses, so a name that resolves to the server is never connected to.
-    listen_port: reqwest::Client,
-    policy: AddressPolicy,
-    /// One permit per request in flight: past the cap, requests wait for
-    /// one to finish rather than open more connections (and descriptors).
-    in_flight: Arc<Semaphore>,
-}
-
-impl OutboundClient {
-    /// A client built by `configure` (timeouts, user agent) on top of the
-    /// guard, the redirect rules and the pool bounds, with at most
-    /// `max_in_flight` requests at once.
-    pub fn new(
-        policy: &AddressPolicy,
-        max_in_flight: usize,
-        configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
-    ) -> Self {
-        let build = |guards_self: bool| {
-            let resolver = GuardedResolver {
-                policy: policy.clone(),
-                port: if guards_self {
-                    policy.listen_port
-                } else {
-                    None
-                },
-            };
-            let redirects = policy.clone();
-            let mut builder = reqwest::Client::builder()
-                .dns_resolver(Arc::new(resolver))
-                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                    if attempt.previous().len() >= MAX_REDIRECTS {
-                        return attempt.error(Refused("more than 10 redirects".into()));
-                    }
-                    match redirects.check_url(attempt.url(), guards_self) {
-                        Ok(()) => attempt.follow(),
-                        Err(refused) => attempt.error(refused),
-                    }
-                }))
-                .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT);
-            if policy.block_private {
-                builder = builder.no_proxy();
-            }
-            configure(builder)
-                .build()
-                .expect("the HTTP client configuration is valid")
-        };
-        Self {
-            any_port: build(false),
-            listen_port: build(true),
-            policy: policy.clone(),
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+/// The redirect rules of a client: at most [`MAX_REDIRECTS`], each target
+/// checked as [`AddressPolicy::check_url`] checks a request's URL.
+pub(super) fn redirect_policy(
+    policy: &AddressPolicy,
+    guards_self: bool,
+) -> reqwest::redirect::Policy {
+    let policy = policy.clone();
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            return attempt.error(Refused(format!("more than {MAX_REDIRECTS} redirects")));
         }
-    }
-
-    /// A request of `url`, or why it is refused.
-    pub fn request(
-        &self,
-        method: reqwest::Method,
-        url: Url,
-    ) -> Result<reqwest::RequestBuilder, Refused> {
-        let on_listen_port = url.port_or_known_default() == self.policy.listen_port;
-        self.policy.check_url(&url, on_listen_port)?;
-        let client = if on_listen_port {
-            &self.listen_port
-        } else {
-            &self.any_port
-        };
-        Ok(client.request(method, url))
-    }
-
-    /// A place among the requests in flight; hold it until the response
-    /// (and its body) is done with.
-    pub async fn permit(&self) -> OwnedSemaphorePermit {
-        Arc::clone(&self.in_flight)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed")
-    }
+        match policy.check_url(attempt.url(), guards_self) {
+            Ok(()) => attempt.follow(),
+            Err(refused) => attempt.error(refused),
+        }
+    })
 }
 
 /// Whether `error` is an address the policy refused (not worth retrying).
