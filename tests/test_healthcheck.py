@@ -224,6 +224,16 @@ def worker_pid(server) -> int:
     return pids.pop()
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state ``T``)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state != "T":
+            return False
+    return True
+
+
 @pytest.mark.parametrize("model", ["basic", "healthcheck"])
 def test_a_worker_that_stops_answering_is_unhealthy_within_the_deadline(
     start_server, health, model
@@ -235,6 +245,8 @@ def test_a_worker_that_stops_answering_is_unhealthy_within_the_deadline(
     worker = worker_pid(server)
     os.kill(worker, signal.SIGSTOP)
     try:
+        # A stop is delivered asynchronously: check once every thread is stopped.
+        wait_until(lambda: all_threads_stopped(worker), 10, "the worker to stop")
         t0 = time.monotonic()
         status, error = check(server)
         elapsed = time.monotonic() - t0
