@@ -7,6 +7,9 @@ control thread, and ``healthcheck()`` from the healthcheck thread. Async runs
 share one event loop on its own thread; a sync run is cancelled by a signal
 (main thread) or an asynchronous exception (other threads). Each run gets a
 ``cogd.scope.Scope`` (its context and metrics), closed when it ends.
+A ``@cog.batch`` model is called by ``run_batch`` with several predictions
+at once: each parameter a list, one item per prediction, and one output (or
+exception instance) per prediction back.
 Values cross the boundary as JSON text so that the Rust side never has to walk
 Python objects. Model exceptions propagate; the Rust side turns them into the
 prediction's error after the traceback has been written to the run's logs.
@@ -33,7 +36,7 @@ from typing import Any
 
 from cogd import capture, coercion, schema
 from cogd import scope as scopes
-from cogd.decorators import declared_concurrency, declared_streaming
+from cogd.decorators import BatchSettings, declared_batch, declared_concurrency, declared_streaming
 from cogd.types import CancelationException, user_method_owner
 
 
@@ -198,9 +201,12 @@ _STREAMED = object()
 class _ActiveRun:
     """What ``cancel`` needs to know about the run in one slot."""
 
-    def __init__(self, output_dir: str, prediction_id: str) -> None:
+    def __init__(self, output_dir: str, prediction_id: str, batch: tuple[str, ...] = ()) -> None:
         self.thread_id = threading.get_ident()
         self.prediction_id = prediction_id
+        # A batch's members: a cancel naming any of them stops the whole call
+        # (the server sends one only when every member is gone).
+        self.ids = frozenset(batch or (prediction_id,))
         # The prediction's directory: file objects the run returns are copied here.
         self.output_dir = output_dir
         self.task: asyncio.Task[Any] | None = None
@@ -228,6 +234,8 @@ class Runner:
         # Whether the run method is ``async def`` (or an async generator): known
         # once loaded, so each run need not inspect it again.
         self._is_async = False
+        # ``@cog.batch``'s settings when the run is batched: known once loaded.
+        self._batch: BatchSettings | None = None
         self._active: dict[int, _ActiveRun] = {}
         # Cancels that came before their run, by slot: the prediction id. A
         # cancel comes on the control channel and its run on the slot socket,
@@ -253,15 +261,19 @@ class Runner:
                 self._loop = _EventLoop()
             return self._loop
 
-    def load(self) -> tuple[int | None, bool, bool, bool]:
+    def load(self) -> tuple[int | None, bool, bool, bool, tuple[int, float] | None]:
         """Import the model; returns its declared concurrency, whether its run is
-        async, whether it is marked ``@streaming``, and whether it defines a
-        ``healthcheck()``."""
+        async, whether it is marked ``@streaming``, whether it defines a
+        ``healthcheck()``, and its ``@cog.batch`` settings (``(max_size,
+        max_wait_ms)``, or ``None`` when it is not batched)."""
         try:
             predictor = load_predictor(self.predictor_ref)
             self._instance, self._run = find_run_method(predictor, self.mode)
             targets = (self._run, getattr(self._run, "__func__", None), predictor)
             streaming = declared_streaming(*targets)
+            self._batch = declared_batch(*targets)
+            if self._batch is not None:
+                _check_batchable(self._run, self.mode, streaming)
             # Before the model's setup: a signature the schema cannot express
             # fails at once, naming the parameter, not after the weights load.
             self._signature, self._schema_json = schema.prepare(
@@ -276,12 +288,14 @@ class Runner:
         is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
         self._is_async = is_async
         has_healthcheck = callable(getattr(self._instance, "healthcheck", None))
+        batch = self._batch
         return (
             declared_concurrency(*targets),
             is_async,
             # A pre-built schema (made by Cog's tools) says so by its extension.
             streaming or schema.marks_streaming(self._schema_json),
             has_healthcheck,
+            None if batch is None else (batch.max_size, batch.max_wait_ms),
         )
 
     def setup(self) -> str:
@@ -358,6 +372,97 @@ class Runner:
             _flush_std_streams()
             capture.current_slot.reset(token)
 
+    def run_batch(
+        self, members: list[tuple[dict[str, Any], str, str, str]], slot: int = 0
+    ) -> list[tuple[str | None, list[str] | None, str, list[str]]]:
+        """Run a ``@cog.batch`` model once for several predictions.
+
+        ``members`` holds each prediction's ``(inputs, context JSON, output
+        directory, id)``. Each parameter receives a list with one item per
+        prediction whose inputs could be coerced (one whose inputs cannot
+        fails alone). Returns one ``(error, output JSON pieces, files JSON
+        text, long strings)`` per member, in order: ``error`` is ``None`` for
+        an output, else the member's error (an exception instance the run put
+        in its place, or one its output raised when encoded). A raised
+        exception, or a returned list of the wrong length, fails the whole
+        batch (it propagates); ``CancelationException`` when it was cancelled.
+        The run's scope has the first member's context; metrics it records
+        and lines it prints belong to every member.
+        """
+        assert self._run is not None and self._signature is not None, "run_batch() before load()"
+        ids = tuple(member[3] for member in members)
+        active = _ActiveRun(members[0][2], ids[0], ids)
+        with self._lock:
+            self._active[slot] = active
+            if self._early_cancels.pop(slot, None) in active.ids:
+                active.cancelled = True
+        token = capture.current_slot.set(slot)
+        context_json = members[0][1]
+        context = json.loads(context_json) if context_json and context_json != "{}" else {}
+        scope = scopes.Scope(slot, context)
+        scope_token = scopes.current.set(scope)
+        results: list[tuple[str | None, list[str] | None, str, list[str]]] = [
+            (None, None, "[]", []) for _ in members
+        ]
+        try:
+            active.armed = True
+            if active.cancelled:
+                raise CancelationException()
+            # Coerced one by one, so a member whose inputs cannot be fails alone.
+            live: list[tuple[int, dict[str, Any]]] = []
+            for index, (inputs, _, _, _) in enumerate(members):
+                try:
+                    live.append((index, coercion.coerce_inputs(self._signature, inputs)))
+                except Exception as e:
+                    results[index] = (_describe(e), None, "[]", [])
+            if not live:
+                return results
+            kwargs = {
+                spec.name: [member[spec.name] for _, member in live]
+                for spec in self._signature.inputs
+            }
+            outputs = self._invoke(slot, active, kwargs, scope)
+            if active.cancelled:
+                raise CancelationException()
+            if not isinstance(outputs, (list, tuple)) or len(outputs) != len(live):
+                size = len(outputs) if isinstance(outputs, (list, tuple)) else None
+                raise ValueError(
+                    f"a batched run must return a list of one output per prediction: "
+                    f"it returned {_batch_result(outputs, size)} for a batch of {len(live)}"
+                )
+            for (index, _), output in zip(live, outputs, strict=True):
+                results[index] = self._member_output(output, members[index][2])
+            return results
+        except CancelationException:
+            raise
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            active.done = True
+            with self._lock:
+                if self._active.get(slot) is active:
+                    del self._active[slot]
+            scope._close()
+            scopes.current.reset(scope_token)
+            _flush_std_streams()
+            capture.current_slot.reset(token)
+
+    def _member_output(
+        self, output: Any, output_dir: str
+    ) -> tuple[str | None, list[str] | None, str, list[str]]:
+        """One batch member's result: its error, or its output's JSON."""
+        assert self._signature is not None
+        if isinstance(output, BaseException):
+            return _describe(output), None, "[]", []
+        try:
+            pieces, files, strings = coercion.output_json(
+                self._signature.output, output, self._call, output_dir
+            )
+        except Exception as e:
+            return _describe(e), None, "[]", []
+        return None, pieces, files, strings
+
     def _invoke(
         self, slot: int, active: _ActiveRun, kwargs: dict[str, Any], scope: scopes.Scope
     ) -> Any:
@@ -410,7 +515,7 @@ class Runner:
         raise inside its thread; if it has not begun, it ends as it begins."""
         with self._lock:
             active = self._active.get(slot)
-            if active is None or active.prediction_id != prediction_id:
+            if active is None or prediction_id not in active.ids:
                 # Not begun yet (or over, and then no run will have this id).
                 self._early_cancels[slot] = prediction_id
                 return
@@ -478,6 +583,37 @@ class Runner:
             return
         active.raised = True
         raise CancelationException()
+
+
+def _describe(error: BaseException) -> str:
+    """``ValueError: boom``: how a failed prediction's error reads."""
+    message = str(error)
+    name = type(error).__name__
+    return f"{name}: {message}" if message else name
+
+
+def _batch_result(outputs: Any, size: int | None) -> str:
+    if size is None:
+        return f"a {type(outputs).__name__}"
+    return f"{size} output" + ("" if size == 1 else "s")
+
+
+def _check_batchable(run: Any, mode: str, streaming: bool) -> None:
+    """Refuse ``@cog.batch`` where a run cannot take lists and give one
+    output per prediction: training functions, generators, ``@streaming``."""
+    name = getattr(run, "__qualname__", getattr(run, "__name__", "the run"))
+    if mode == "train":
+        raise LoadError(f"{name}: training functions cannot be batched; remove @cog.batch")
+    if inspect.isgeneratorfunction(run) or inspect.isasyncgenfunction(run):
+        raise LoadError(
+            f"{name} is a generator, which cannot be batched: a batched run returns one "
+            "list of outputs; remove @cog.batch or return instead of yielding"
+        )
+    if streaming:
+        raise LoadError(
+            f"{name} is marked @streaming, which cannot be batched; remove one of "
+            "@cog.batch and @streaming"
+        )
 
 
 def _interrupt(active: _ActiveRun) -> None:

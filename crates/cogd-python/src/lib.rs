@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::PyString;
 
+use cogd::ipc::BatchSettings;
 use cogd::ipc::LogSource;
 use cogd::worker::{
     Handler, InitInfo, LoadInfo, OutputJson, RunError, RunOutput, RunRequest, SetupInfo,
@@ -131,6 +132,19 @@ type PyRunOutput<'py> = (
     String,
     Vec<Bound<'py, PyString>>,
 );
+
+/// What `Runner.run_batch` returns per member: its error, or (`None` and)
+/// its output as [`PyRunOutput`] has it.
+type PyMemberResult<'py> = (
+    Option<String>,
+    Option<Vec<Bound<'py, PyString>>>,
+    String,
+    Vec<Bound<'py, PyString>>,
+);
+
+/// What `Runner.load` returns: declared concurrency, async, `@streaming`,
+/// has a `healthcheck()`, and `@cog.batch`'s `(max_size, max_wait_ms)`.
+type LoadTuple = (Option<usize>, bool, bool, bool, Option<(usize, f64)>);
 
 /// A run's result as the worker sends it.
 fn run_output((pieces, files, strings): PyRunOutput<'_>) -> Result<RunOutput, RunError> {
@@ -309,17 +323,21 @@ fn describe(py: Python<'_>, err: &PyErr) -> String {
 impl Handler for PyHandler {
     fn load(&self) -> Result<LoadInfo, String> {
         Python::attach(|py| {
-            let (concurrency, is_async, streaming, healthcheck) = self
+            let (concurrency, is_async, streaming, healthcheck, batch) = self
                 .runner
                 .bind(py)
                 .call_method0("load")
-                .and_then(|info| info.extract::<(Option<usize>, bool, bool, bool)>())
+                .and_then(|info| info.extract::<LoadTuple>())
                 .map_err(|e| describe(py, &e))?;
             Ok(LoadInfo {
                 concurrency,
                 is_async,
                 streaming,
                 healthcheck,
+                batch: batch.map(|(max_size, max_wait_ms)| BatchSettings {
+                    max_size,
+                    max_wait_ms,
+                }),
             })
         })
     }
@@ -374,6 +392,45 @@ impl Handler for PyHandler {
                     }
                 })
                 .and_then(run_output)
+        })
+    }
+
+    fn run_batch(
+        &self,
+        slot: usize,
+        requests: Vec<RunRequest>,
+    ) -> Result<Vec<Result<RunOutput, RunError>>, RunError> {
+        Python::attach(|py| {
+            let mut members = Vec::with_capacity(requests.len());
+            for request in requests {
+                let inputs = py_json(py, &request.input_json)
+                    .map_err(|e| RunError::Failed(format!("the input is not valid JSON: {e}")))?;
+                members.push((
+                    inputs,
+                    request.context_json,
+                    request.output_dir.to_string_lossy().into_owned(),
+                    request.id,
+                ));
+            }
+            let results = self
+                .runner
+                .bind(py)
+                .call_method1("run_batch", (members, slot))
+                .and_then(|out| out.extract::<Vec<PyMemberResult<'_>>>())
+                .map_err(|e| {
+                    if e.is_instance(py, self.cancelation.bind(py)) {
+                        RunError::Canceled
+                    } else {
+                        RunError::Failed(describe(py, &e))
+                    }
+                })?;
+            Ok(results
+                .into_iter()
+                .map(|(error, pieces, files, strings)| match error {
+                    Some(error) => Err(RunError::Failed(error)),
+                    None => run_output((pieces, files, strings)),
+                })
+                .collect())
         })
     }
 
