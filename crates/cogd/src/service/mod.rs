@@ -23,6 +23,7 @@
 //! defines one, and reports `UNHEALTHY` when the check fails or the worker
 //! does not answer, without changing the state admission goes by.
 
+mod batch;
 mod registry;
 mod slots;
 
@@ -170,6 +171,8 @@ pub struct ServiceConfig {
     pub healthcheck_timeout: Duration,
     /// A run still going after this long is stopped and fails.
     pub predict_timeout: Option<Duration>,
+    /// What wins over a `@cog.batch` model's own batch settings.
+    pub batch_override: crate::config::BatchOverride,
 }
 
 /// What the service uses to reach outside: webhook delivery and file downloads.
@@ -191,7 +194,11 @@ pub struct Service {
 
 struct Inner {
     supervisor: Supervisor,
+    /// The slots predictions are admitted to; for a `@cog.batch` model,
+    /// places in batches (`batch.rs`).
     slots: SlotPool,
+    /// Forms a batched model's batches; idle for other models.
+    batcher: Arc<batch::Batcher>,
     registry: Mutex<Registry>,
     outbound: Outbound,
     config: ServiceConfig,
@@ -218,8 +225,16 @@ impl Service {
         metrics: Metrics,
     ) -> Self {
         let slots = SlotPool::new(config.queue_size);
+        let batcher = batch::Batcher::new(
+            supervisor.clone(),
+            metrics.clone(),
+            config.cancel_grace,
+            config.cancel_kill_after,
+        );
         let mut state = supervisor.subscribe_state();
         let pool = slots.clone();
+        let batches = Arc::clone(&batcher);
+        let batch_override = config.batch_override;
         let ready = supervisor.clone();
         let opened = Arc::new(watch::Sender::new(0u64));
         let announce = Arc::clone(&opened);
@@ -232,17 +247,22 @@ impl Service {
                 let now = *state.borrow_and_update();
                 match now {
                     WorkerState::Ready if !open => {
-                        pool.open(ready.slots());
+                        let settings = ready
+                            .batch()
+                            .map(|model| batch::Settings::new(model, batch_override));
+                        pool.open(batches.open(settings, ready.slots()));
                         announce.send_modify(|n| *n += 1);
                         open = true;
                     }
                     WorkerState::Starting if open => {
                         pool.withdraw();
+                        batches.withdraw();
                         open = false;
                     }
                     // No worker will come: the waiting are told.
                     WorkerState::SetupFailed | WorkerState::Defunct => {
                         pool.close();
+                        batches.close();
                         return;
                     }
                     WorkerState::Ready | WorkerState::Starting => {}
@@ -261,6 +281,7 @@ impl Service {
             inner: Arc::new(Inner {
                 supervisor,
                 slots,
+                batcher,
                 registry: Mutex::new(Registry::default()),
                 outbound,
                 config,
@@ -588,6 +609,10 @@ struct Ended {
 
 impl Run {
     async fn execute(self, admit: Admit) {
+        if self.inner.batcher.settings().is_some() {
+            let batcher = Arc::clone(&self.inner.batcher);
+            return Box::pin(self.execute_batched(admit, batcher)).await;
+        }
         let permit = match admit {
             Admit::Now(permit) => Ok(permit),
             Admit::Queued(ticket) => tokio::select! {
