@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from harness import (
+    EXAMPLES,
     assert_json_error,
     get_prediction,
     in_background,
@@ -307,3 +308,25 @@ def test_runs_that_cannot_be_batched_fail_setup_saying_why(
     server = start_server(model, ready=False, args=args)
     health = server.wait_for_status("SETUP_FAILED", timeout=30)
     assert message in health["setup"]["logs"], health
+
+
+def test_the_batch_embed_example_embeds_a_batch_as_it_embeds_one(start_server):
+    server = start_server(EXAMPLES / "batch-embed", env={"COG_BATCH_WAIT_MS": "300"})
+    alone = server.predict_ok({"text": "a cat sat on the mat"})
+    assert alone["metrics"]["batch_size"] == 1
+    vector = alone["output"]
+    assert len(vector) == 256
+    assert abs(sum(x * x for x in vector) - 1.0) < 1e-3
+    texts = ["a cat sat on the mat", "dogs bark", "a cat sat on a mat"]
+    responses = predict_together(server, [{"text": t} for t in texts])
+    together = [r.json() for r in responses]
+    assert [p["metrics"]["batch_size"] for p in together] == [3, 3, 3], together
+    # In a batch or alone, a text gets the same vector; like texts, like vectors.
+    assert max(abs(a - b) for a, b in zip(together[0]["output"], vector, strict=True)) < 1e-4
+
+    def cosine(a, b):
+        return sum(x * y for x, y in zip(a["output"], b["output"], strict=True))
+
+    assert cosine(together[0], together[2]) > cosine(together[0], together[1])
+    raw = server.predict_ok({"text": "dogs bark", "normalize": False})["output"]
+    assert abs(sum(x * x for x in raw) - 1.0) > 1e-3
