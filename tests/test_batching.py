@@ -67,6 +67,11 @@ def test_concurrent_predictions_run_as_one_batch_each_with_its_own_result(start_
         assert prediction["started_at"] and prediction["completed_at"]
         ids.add(prediction["id"])
     assert len(ids) == 4
+    # Prometheus sees one batch of four, and how long it waited to fill.
+    metrics = server.get("/metrics").text
+    assert "cogd_batch_size_count 1\n" in metrics, metrics
+    assert "cogd_batch_size_sum 4\n" in metrics, metrics
+    assert "cogd_batch_wait_seconds_count 1\n" in metrics, metrics
 
 
 def test_batches_never_exceed_max_size(start_server, tmp_path):
@@ -330,3 +335,22 @@ def test_the_batch_embed_example_embeds_a_batch_as_it_embeds_one(start_server):
     assert cosine(together[0], together[2]) > cosine(together[0], together[1])
     raw = server.predict_ok({"text": "dogs bark", "normalize": False})["output"]
     assert abs(sum(x * x for x in raw) - 1.0) > 1e-3
+
+
+def test_the_decorator_checks_its_settings_and_leaves_the_signature_alone():
+    import inspect
+
+    import cog
+
+    def run(self, text: str = "x") -> str:
+        return text
+
+    decorated = cog.batch(max_size=8, max_wait_ms=0)(run)
+    assert decorated is run
+    assert inspect.signature(decorated) == inspect.signature(run)
+    assert cog.batch(run) is run  # bare, with the defaults
+    for bad in ({"max_size": 0}, {"max_wait_ms": -1}, {"max_wait_ms": float("nan")}):
+        with pytest.raises(ValueError):
+            cog.batch(**bad)
+    with pytest.raises(TypeError):
+        cog.batch(max_size=2.5)
