@@ -277,7 +277,7 @@ impl Batcher {
                 Some(due_at) => {
                     tokio::select! {
                         () = changed => {}
-                        () = tokio::time::sleep_until(due_at.into()) => {}
+                        () = sleep_precisely(due_at) => {}
                     }
                 }
                 None => changed.await,
@@ -381,6 +381,31 @@ impl Batcher {
             }
         }
         drop(permit);
+    }
+}
+
+/// How late tokio's timer may fire: it counts in whole milliseconds and
+/// rounds a deadline up to the next one.
+const TIMER_SLACK: Duration = Duration::from_micros(1200);
+
+/// Sleeps until `at`, within tens of microseconds where the machine has
+/// several CPUs: on tokio's timer until [`TIMER_SLACK`] before it, then
+/// yielding in a loop. A lone request's batch goes at `max_wait`, not up to
+/// a millisecond and a half later: with `max_wait_ms=2` it waited 3.3 ms
+/// more than unbatched on the timer alone. Costs up to that slack of one
+/// CPU per batch that waits for its time, never on one CPU, where the loop
+/// would only keep others from running.
+async fn sleep_precisely(at: Instant) {
+    if !super::several_cpus() {
+        return tokio::time::sleep_until(at.into()).await;
+    }
+    if let Some(coarse) = at.checked_sub(TIMER_SLACK) {
+        if coarse > Instant::now() {
+            tokio::time::sleep_until(coarse.into()).await;
+        }
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
     }
 }
 
