@@ -1,15 +1,18 @@
-"""Loads a model and calls it inside the worker process.
+"""Runs a model inside the worker process.
 
 ``cogd._native`` (the Rust worker loop) creates one ``Runner`` per worker, calls
-``load()`` and ``setup()`` once on the main thread, then ``run()`` per prediction
+``load()`` (the model imported through ``cogd.loader``, its schema made by
+``cogd.schema``) and ``setup()`` once on the main thread, then ``run()`` per prediction
 from the slot's thread (slot 0 is the main thread), ``cancel()`` from the
 control thread, and ``healthcheck()`` from the healthcheck thread. Async runs
 share one event loop on its own thread; a sync run is cancelled by a signal
 (main thread) or an asynchronous exception (other threads). Each run gets a
 ``cogd.scope.Scope`` (its context and metrics), closed when it ends.
-Values cross the boundary as JSON text so that the Rust side never has to walk
-Python objects. Model exceptions propagate; the Rust side turns them into the
-prediction's error after the traceback has been written to the run's logs.
+Values cross the boundary as JSON text (an output as a
+``coercion.EncodedOutput``) so that the Rust side never has to walk Python
+objects; what ``load()`` learns is a :class:`Loaded`. Model exceptions
+propagate; the Rust side turns them into the prediction's error after the
+traceback has been written to the run's logs.
 """
 
 from __future__ import annotations
@@ -17,159 +20,37 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
-import importlib.util
 import inspect
 import json
-import os
 import signal
 import sys
 import threading
 import time
 import traceback
-import types
-import warnings
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from cogd import capture, coercion, schema
 from cogd import scope as scopes
-from cogd.decorators import declared_concurrency, declared_streaming
-from cogd.types import CancelationException, user_method_owner
+from cogd.loader import declared, extract_setup_weights, find_run_method, load_predictor
+from cogd.signature import IteratorOf, ListOf, Signature
+from cogd.types import CancelationException
 
 
-class LoadError(Exception):
-    """The predictor reference does not name something cogd can run."""
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What :meth:`Runner.load` tells the worker about the model; ``cogd._native``
+    reads it by these attribute names."""
 
-
-def load_predictor(ref: str) -> Any:
-    """Import ``FILE.py:NAME`` relative to the working directory and return ``NAME``.
-
-    Without ``:NAME`` the module's ``Runner`` is taken, else its ``Predictor``,
-    as Cog chooses (and warns as Cog does).
-    """
-    path, sep, name = ref.rpartition(":")
-    if not sep:
-        path, name = ref, ""
-    if not path or (sep and not name):
-        raise LoadError(f"invalid predictor reference {ref!r}: expected FILE.py:NAME")
-    module = _import_file(path)
-    name = name or _default_class_name(module)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise LoadError(f"{path!r} has no attribute {name!r}") from None
-
-
-def _import_file(path: str) -> types.ModuleType:
-    full = os.path.abspath(path)
-    if not os.path.isfile(full):
-        raise LoadError(f"predictor file {path!r} not found in {os.getcwd()}")
-    module_name = os.path.splitext(os.path.basename(full))[0]
-    # Model code imports its sibling modules by bare name, as it does under Cog.
-    model_dir = os.path.dirname(full)
-    if model_dir not in sys.path:
-        sys.path.insert(0, model_dir)
-    spec = importlib.util.spec_from_file_location(module_name, full)
-    if spec is None or spec.loader is None:
-        raise LoadError(f"cannot import {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _default_class_name(module: types.ModuleType) -> str:
-    """``Runner`` when the module has a usable one, else ``Predictor``."""
-    runner = getattr(module, "Runner", None)
-    usable = callable(runner) and (
-        not inspect.isclass(runner) or any(user_method_owner(runner, n) for n in ("run", "predict"))
-    )
-    if usable:
-        if hasattr(module, "Predictor"):
-            warnings.warn(
-                "Both Runner and Predictor are defined; using Runner. Specify a class "
-                "name explicitly if this is not intended.",
-                UserWarning,
-                stacklevel=2,
-            )
-        return "Runner"
-    if hasattr(module, "Predictor"):
-        warnings.warn("Predictor is deprecated; use Runner instead", DeprecationWarning, 2)
-        return "Predictor"
-    raise LoadError(f"module {module.__name__!r} has no Runner or Predictor")
-
-
-def load_predictor_from_ref(ref: str) -> Any:
-    """Cog's loader: the model of ``FILE.py[:NAME]``, a class instantiated
-    (its run method found as the worker finds it), a function as it is."""
-    predictor = load_predictor(ref)
-    if inspect.isclass(predictor):
-        run_method_name(predictor)
-        return predictor()
-    return predictor
-
-
-def run_method_name(cls: type, mode: str = "predict") -> str:
-    """Which method of a predictor class runs: ``train`` in train mode, else
-    the model's own ``run`` or ``predict``.
-
-    A class with both (Cog 0.16 and later refuse it) is an older model whose
-    entry point was ``predict``, a ``run`` being its own helper: ``predict``
-    runs, with a warning.
-    """
-    if mode == "train":
-        if not callable(getattr(cls, "train", None)):
-            raise LoadError(f"{cls.__name__} defines no train() method")
-        return "train"
-    has_run = user_method_owner(cls, "run") is not None
-    has_predict = user_method_owner(cls, "predict") is not None
-    if has_run and has_predict:
-        print(
-            f"cogd: {cls.__name__} defines both run() and predict(); running predict() "
-            "(Cog 0.16 and later refuse this: keep one)",
-            file=sys.stderr,
-        )
-        return "predict"
-    if has_run:
-        return "run"
-    if has_predict:
-        return "predict"
-    raise LoadError(f"run or predict method not found: {cls.__name__}")
-
-
-def find_run_method(predictor: Any, mode: str = "predict") -> tuple[Any, Callable[..., Any]]:
-    """Return ``(instance or None, run callable)`` for a predictor class or function.
-
-    In ``train`` mode the class is a trainer: any class with ``train()`` (and
-    an optional ``setup()``), as Cog's training interface has it.
-    """
-    if inspect.isclass(predictor):
-        name = run_method_name(predictor, mode)
-        instance = predictor()
-        return instance, getattr(instance, name)
-    if callable(predictor):
-        return None, predictor
-    raise LoadError(f"{predictor!r} is neither a class nor a function")
-
-
-def has_setup_weights(predictor: Any) -> bool:
-    """Whether the model's ``setup`` takes a ``weights`` parameter."""
-    setup = getattr(predictor, "setup", None)
-    return setup is not None and "weights" in inspect.signature(setup).parameters
-
-
-def extract_setup_weights(predictor: Any = None) -> Any:
-    """What a ``setup(weights)`` parameter receives: ``COG_WEIGHTS`` (a URL),
-    else ``Path("weights")`` when ``./weights`` exists, else ``None``."""
-    del predictor  # Cog's signature; the answer does not depend on the model
-    url = os.environ.get("COG_WEIGHTS")
-    if url:
-        return url
-    if os.path.exists("weights"):
-        from cogd.types import Path
-
-        return Path("weights")
-    return None
+    #: The concurrency the model declares (``@cog.concurrent(max=N)``).
+    concurrency: int | None
+    #: Whether its run is ``async def`` (or an async generator).
+    is_async: bool
+    #: Whether it is marked ``@streaming`` (or its pre-built schema says so).
+    streaming: bool
+    #: Whether it defines a ``healthcheck()``.
+    healthcheck: bool
 
 
 class _EventLoop:
@@ -215,14 +96,19 @@ class _ActiveRun:
 class Runner:
     """One loaded model: ``load`` and ``setup`` once, then ``run`` per prediction."""
 
-    def __init__(self, predictor_ref: str, mode: str = "predict") -> None:
+    def __init__(
+        self, predictor_ref: str, mode: str = "predict", other_ref: str | None = None
+    ) -> None:
         capture.install()
         self.predictor_ref = predictor_ref
         self.mode = mode
+        # The other mode's function, which the schema document describes too.
+        self.other_ref = other_ref
         self._instance: Any = None
         self._run: Callable[..., Any] | None = None
-        # The run method's inputs and output, and the schema document (cogd.schema).
-        self._signature: schema.Signature | None = None
+        # The run method's inputs and output (cogd.signature), and the schema
+        # document (cogd.schema).
+        self._signature: Signature | None = None
         self._schema_json = "null"
         self._loop: _EventLoop | None = None
         # Whether the run method is ``async def`` (or an async generator): known
@@ -253,19 +139,16 @@ class Runner:
                 self._loop = _EventLoop()
             return self._loop
 
-    def load(self) -> tuple[int | None, bool, bool, bool]:
-        """Import the model; returns its declared concurrency, whether its run is
-        async, whether it is marked ``@streaming``, and whether it defines a
-        ``healthcheck()``."""
+    def load(self) -> Loaded:
+        """Import the model, find its run method and read its signature."""
         try:
             predictor = load_predictor(self.predictor_ref)
-            self._instance, self._run = find_run_method(predictor, self.mode)
-            targets = (self._run, getattr(self._run, "__func__", None), predictor)
-            streaming = declared_streaming(*targets)
+            self._instance, self._run = find_run_method(predictor, self.mode).bind()
+            concurrency, streaming = declared(self._run, predictor)
             # Before the model's setup: a signature the schema cannot express
             # fails at once, naming the parameter, not after the weights load.
             self._signature, self._schema_json = schema.prepare(
-                self._run, self.predictor_ref, self.mode, streaming=streaming
+                self._run, self.mode, streaming=streaming, other_ref=self.other_ref
             )
         except BaseException:
             traceback.print_exc()
@@ -273,15 +156,13 @@ class Runner:
         finally:
             _flush_std_streams()
         run = self._run
-        is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
-        self._is_async = is_async
-        has_healthcheck = callable(getattr(self._instance, "healthcheck", None))
-        return (
-            declared_concurrency(*targets),
-            is_async,
+        self._is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
+        return Loaded(
+            concurrency=concurrency,
+            is_async=self._is_async,
             # A pre-built schema (made by Cog's tools) says so by its extension.
-            streaming or schema.marks_streaming(self._schema_json),
-            has_healthcheck,
+            streaming=streaming or schema.marks_streaming(self._schema_json),
+            healthcheck=callable(getattr(self._instance, "healthcheck", None)),
         )
 
     def setup(self) -> str:
@@ -307,13 +188,12 @@ class Runner:
         output_dir: str,
         slot: int = 0,
         prediction_id: str = "",
-    ) -> tuple[list[str] | None, str, list[str]]:
+    ) -> coercion.EncodedOutput | None:
         """Run one prediction on ``inputs`` (the validated input object, which
         the Rust side has already read from JSON).
 
-        Returns ``(output JSON pieces, files JSON text, long strings)`` for a
-        plain run (see ``coercion.output_json``), or ``(None, "[]", [])`` for a
-        generator, whose items were each sent as they were yielded. Raises
+        Returns the output as JSON (``coercion.output_json``), or ``None`` for
+        a generator, whose items were each sent as they were yielded. Raises
         ``CancelationException`` when the run was cancelled.
         """
         assert self._run is not None and self._signature is not None, "run() before load()"
@@ -337,7 +217,7 @@ class Runner:
                 # The run swallowed the cancel and returned: it is still cancelled.
                 raise CancelationException()
             if output is _STREAMED:
-                return None, "[]", []
+                return None
             return coercion.output_json(
                 self._signature.output, output, self._call, active.output_dir
             )
@@ -400,10 +280,11 @@ class Runner:
         assert self._signature is not None
         node = self._signature.output
         # A generator's items are checked against the declared item type.
-        if isinstance(node, (schema.IteratorOf, schema.ListOf)):
+        if isinstance(node, (IteratorOf, ListOf)):
             node = node.item
-        pieces, files, strings = coercion.output_json(node, item, self._call, active.output_dir)
-        _native.write_output(slot, index, pieces, files, strings)
+        _native.write_output(
+            slot, index, coercion.output_json(node, item, self._call, active.output_dir)
+        )
 
     def cancel(self, slot: int, prediction_id: str = "") -> None:
         """Stop the run of ``prediction_id`` in ``slot``: cancel its task, or
