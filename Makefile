@@ -52,7 +52,7 @@ test: install lint cargo-test pytest ## release build: install, lint, and run ev
 # The same lint and tests on debug builds: `PROFILE` is `dev` for `check` and
 # what it runs, and `pytest` runs against the debug install of `build-dev`.
 check: PROFILE = dev
-check: lint cargo-test build-dev pytest ## the quick loop: test and lint as `test` does, on debug builds
+check: build-dev lint cargo-test pytest ## the quick loop: test and lint as `test` does, on debug builds
 
 cargo-test: ## Rust unit tests (release; debug under `make check`)
 	cargo test -p cogd --profile $(PROFILE)
@@ -65,11 +65,18 @@ browser: ## install the system Chromium the browser tests drive, when missing
 pytest: browser ## end-to-end tests against what is installed (`install` or `build-dev`)
 	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
-lint: $(VENV)/.deps ## rustfmt, clippy and ruff, as CI runs them (clippy in debug under `make check`)
+# mypy checks the Python package (strict, see pyproject.toml) against
+# `cogd/_native.pyi`, and stubtest checks that stub against the extension as
+# built: the one installed (`install`, or `build-dev` under `check`), else a
+# debug build made here.
+lint: $(VENV)/.deps ## rustfmt, clippy, ruff, mypy and stubtest, as CI runs them (clippy in debug under `make check`)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --profile $(PROFILE) -- -D warnings
 	$(BIN)/ruff check python tests bench examples
 	$(BIN)/ruff format --check python tests bench examples
+	$(BIN)/mypy
+	@$(PY) -c "import cogd._native" 2>/dev/null || $(MAKE) --no-print-directory build-dev
+	$(PY) -m mypy.stubtest cogd._native
 
 fmt: $(VENV)/.deps ## format Rust and Python
 	cargo fmt --all

@@ -8,7 +8,7 @@ inside the worker process, and the command-line entry points.
 
 from typing import Any
 
-from cogd import compat
+from cogd import _native, compat
 from cogd.decorators import batch, concurrent, streaming
 from cogd.model import BaseModel
 from cogd.scope import Scope, current_scope
@@ -28,8 +28,9 @@ from cogd.types import (
     URLPath,
 )
 
-#: The one version string of cogd, which ``cog.__version__`` is too.
-__version__ = "0.1.0"
+#: The one version string of cogd, which ``cog.__version__`` is too: the
+#: workspace's in Cargo.toml, which the wheel and the server carry as well.
+__version__: str = _native.__version__
 
 #: The SDK's public names (Cog 0.23.1's ``cog``, plus ``Scope`` and ``batch``), apart from
 #: the deprecated ones, which ``__getattr__`` hands out.

@@ -6,7 +6,7 @@ makes it the Python values the run method declared (``Path`` for files,
 ``Secret`` wrappers, the most specific member of a union); a JSON int sent to
 a ``float`` input stays an int, as Cog's runtime hands it over.
 :func:`encode_output` walks the same type tree
-(``cogd.schema``) the other way: it turns what the run returned into JSON,
+(``cogd.signature``) the other way: it turns what the run returned into JSON,
 guided by the declared type where the value fits it (a path string of a
 ``-> Path`` run is sent as a file) and as the value is where it does not, as
 Cog does: an output is never failed for not matching its annotation, and
@@ -38,7 +38,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from cogd.schema import (
+from cogd.signature import (
     IteratorOf,
     ListOf,
     Node,
@@ -328,19 +328,41 @@ _LONG_STRING_MARKER = f"\x00cogd-long-string-{os.urandom(12).hex()}"
 _LONG_STRING_MARKER_JSON = json.dumps(_LONG_STRING_MARKER, ensure_ascii=False)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class EncodedOutput:
+    """An output (or one streamed chunk) as the worker sends it to the server.
+
+    The JSON text comes in pieces: ``pieces[0]``, then ``strings[0]`` (a
+    string of at least :data:`LONG_STRING` characters from the value, still
+    to be encoded as a JSON string), then ``pieces[1]``, and so on; a value
+    without long strings is one piece. ``null`` stands where each file goes,
+    and ``files`` (JSON text) lists those files (see :func:`extract_files`).
+    ``cogd._native`` reads it by these attribute names.
+    """
+
+    pieces: list[str]
+    files: str
+    strings: list[str]
+
+    def text(self) -> str:
+        """The whole JSON text, the long strings encoded in place (for tests
+        and tools; the server does this itself, without the copy)."""
+        out = [self.pieces[0]]
+        for string, piece in zip(self.strings, self.pieces[1:], strict=True):
+            out.append(json.dumps(string, ensure_ascii=False))
+            out.append(piece)
+        return "".join(out)
+
+
 def output_json(
     node: Node,
     value: Any,
     run_async: RunAsync | None = None,
     output_dir: str | None = None,
-) -> tuple[list[str], str, list[str]]:
+) -> EncodedOutput:
     """The run's return value as JSON (see :func:`encode_output`), with
-    ``null`` where files go, and the list of those files as JSON text.
-
-    The JSON comes in pieces: ``pieces[0]``, then ``strings[0]`` (a string of
-    at least :data:`LONG_STRING` characters from the value, still to be
-    encoded as a JSON string), then ``pieces[1]``, and so on. A value without
-    long strings is one piece.
+    ``null`` where files go, and the list of those files: an
+    :class:`EncodedOutput`.
     """
     data = encode_output(node, value, run_async, output_dir)
     if (
@@ -349,16 +371,16 @@ def output_json(
         or (isinstance(data, str) and len(data) < LONG_STRING)
     ):
         # A short scalar (the common case) holds no file and no long string.
-        return [_JSON.encode(data)], "[]", []
+        return EncodedOutput([_JSON.encode(data)], "[]", [])
     strings: list[str] = []
     data, files = extract_files(data, "", strings)
     text = _JSON.encode(data)
     if not strings:
-        return [text], json.dumps(files), strings
+        return EncodedOutput([text], json.dumps(files), strings)
     pieces = text.split(_LONG_STRING_MARKER_JSON)
     if len(pieces) != len(strings) + 1:
         raise RuntimeError(f"{len(strings)} long strings left {len(pieces)} pieces of JSON")
-    return pieces, json.dumps(files), strings
+    return EncodedOutput(pieces, json.dumps(files), strings)
 
 
 #: Output JSON as Cog writes it: compact UTF-8 (``{"count":42}``, ``héllo``),
@@ -422,7 +444,8 @@ class _Encoder:
         if inspect.isasyncgen(value) or hasattr(value, "__anext__"):
             if self.run_async is None:
                 return None
-            return self.run_async(functools.partial(_collect, value))
+            items: list[Any] = self.run_async(functools.partial(_collect, value))
+            return items
         if isinstance(value, (str, bytes, dict, Mapping)):
             return None
         if hasattr(value, "__next__") or inspect.isgenerator(value):
@@ -536,6 +559,7 @@ async def _collect(iterator: Any) -> list[Any]:
 
 
 __all__ = [
+    "EncodedOutput",
     "FileRef",
     "InputCoercionError",
     "OutputTypeError",

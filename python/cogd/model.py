@@ -47,7 +47,8 @@ class BaseModel:
         super().__init_subclass__()
         _check_bases(cls, auto_dataclass)
         if not auto_dataclass:
-            cls._cog_auto_dataclass = False
+            # Not annotated on BaseModel, where it would read as a field.
+            cls._cog_auto_dataclass = False  # type: ignore[attr-defined]
             return
         _adopt_pydantic_declarations(cls)
         # A failed attempt has already replaced the class's defaults by what
@@ -61,7 +62,7 @@ class BaseModel:
             for name, value in declared.items():
                 setattr(cls, name, value)
             dataclasses.dataclass(init=init, kw_only=True, **kwargs)(cls)
-        cls._cog_auto_dataclass = True
+        cls._cog_auto_dataclass = True  # type: ignore[attr-defined]
 
 
 def _check_bases(cls: type, auto_dataclass: bool) -> None:

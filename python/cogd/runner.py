@@ -1,7 +1,8 @@
-"""Loads a model and calls it inside the worker process.
+"""Runs a model inside the worker process.
 
 ``cogd._native`` (the Rust worker loop) creates one ``Runner`` per worker, calls
-``load()`` and ``setup()`` once on the main thread, then ``run()`` per prediction
+``load()`` (the model imported through ``cogd.loader``, its schema made by
+``cogd.schema``) and ``setup()`` once on the main thread, then ``run()`` per prediction
 from the slot's thread (slot 0 is the main thread), ``cancel()`` from the
 control thread, and ``healthcheck()`` from the healthcheck thread. Async runs
 share one event loop on its own thread; a sync run is cancelled by a signal
@@ -10,9 +11,11 @@ share one event loop on its own thread; a sync run is cancelled by a signal
 A ``@cog.batch`` model is called by ``run_batch`` with several predictions
 at once: each parameter a list, one item per prediction, and one output (or
 exception instance) per prediction back.
-Values cross the boundary as JSON text so that the Rust side never has to walk
-Python objects. Model exceptions propagate; the Rust side turns them into the
-prediction's error after the traceback has been written to the run's logs.
+Values cross the boundary as JSON text (an output as a
+``coercion.EncodedOutput``) so that the Rust side never has to walk Python
+objects; what ``load()`` learns is a :class:`Loaded`. Model exceptions
+propagate; the Rust side turns them into the prediction's error after the
+traceback has been written to the run's logs.
 """
 
 from __future__ import annotations
@@ -20,159 +23,55 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
-import importlib.util
 import inspect
 import json
-import os
 import signal
 import sys
 import threading
 import time
 import traceback
-import types
-import warnings
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from cogd import capture, coercion, schema
 from cogd import scope as scopes
-from cogd.decorators import BatchSettings, declared_batch, declared_concurrency, declared_streaming
-from cogd.types import CancelationException, user_method_owner
+from cogd.decorators import BatchSettings, declared_batch
+from cogd.loader import (
+    check_batchable,
+    declared,
+    extract_setup_weights,
+    find_run_method,
+    load_predictor,
+)
+from cogd.signature import IteratorOf, ListOf, Signature
+from cogd.types import CancelationException
 
 
-class LoadError(Exception):
-    """The predictor reference does not name something cogd can run."""
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What :meth:`Runner.load` tells the worker about the model; ``cogd._native``
+    reads it by these attribute names."""
+
+    #: The concurrency the model declares (``@cog.concurrent(max=N)``).
+    concurrency: int | None
+    #: Whether its run is ``async def`` (or an async generator).
+    is_async: bool
+    #: Whether it is marked ``@streaming`` (or its pre-built schema says so).
+    streaming: bool
+    #: Whether it defines a ``healthcheck()``.
+    healthcheck: bool
+    #: Its ``@cog.batch`` settings; ``None`` when it is not batched.
+    batch: BatchSettings | None = None
 
 
-def load_predictor(ref: str) -> Any:
-    """Import ``FILE.py:NAME`` relative to the working directory and return ``NAME``.
+@dataclass(frozen=True, slots=True)
+class MemberFailure:
+    """One batch member's failure, in its place among the outputs
+    :meth:`Runner.run_batch` returns; ``cogd._native`` reads ``error``."""
 
-    Without ``:NAME`` the module's ``Runner`` is taken, else its ``Predictor``,
-    as Cog chooses (and warns as Cog does).
-    """
-    path, sep, name = ref.rpartition(":")
-    if not sep:
-        path, name = ref, ""
-    if not path or (sep and not name):
-        raise LoadError(f"invalid predictor reference {ref!r}: expected FILE.py:NAME")
-    module = _import_file(path)
-    name = name or _default_class_name(module)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise LoadError(f"{path!r} has no attribute {name!r}") from None
-
-
-def _import_file(path: str) -> types.ModuleType:
-    full = os.path.abspath(path)
-    if not os.path.isfile(full):
-        raise LoadError(f"predictor file {path!r} not found in {os.getcwd()}")
-    module_name = os.path.splitext(os.path.basename(full))[0]
-    # Model code imports its sibling modules by bare name, as it does under Cog.
-    model_dir = os.path.dirname(full)
-    if model_dir not in sys.path:
-        sys.path.insert(0, model_dir)
-    spec = importlib.util.spec_from_file_location(module_name, full)
-    if spec is None or spec.loader is None:
-        raise LoadError(f"cannot import {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _default_class_name(module: types.ModuleType) -> str:
-    """``Runner`` when the module has a usable one, else ``Predictor``."""
-    runner = getattr(module, "Runner", None)
-    usable = callable(runner) and (
-        not inspect.isclass(runner) or any(user_method_owner(runner, n) for n in ("run", "predict"))
-    )
-    if usable:
-        if hasattr(module, "Predictor"):
-            warnings.warn(
-                "Both Runner and Predictor are defined; using Runner. Specify a class "
-                "name explicitly if this is not intended.",
-                UserWarning,
-                stacklevel=2,
-            )
-        return "Runner"
-    if hasattr(module, "Predictor"):
-        warnings.warn("Predictor is deprecated; use Runner instead", DeprecationWarning, 2)
-        return "Predictor"
-    raise LoadError(f"module {module.__name__!r} has no Runner or Predictor")
-
-
-def load_predictor_from_ref(ref: str) -> Any:
-    """Cog's loader: the model of ``FILE.py[:NAME]``, a class instantiated
-    (its run method found as the worker finds it), a function as it is."""
-    predictor = load_predictor(ref)
-    if inspect.isclass(predictor):
-        run_method_name(predictor)
-        return predictor()
-    return predictor
-
-
-def run_method_name(cls: type, mode: str = "predict") -> str:
-    """Which method of a predictor class runs: ``train`` in train mode, else
-    the model's own ``run`` or ``predict``.
-
-    A class with both (Cog 0.16 and later refuse it) is an older model whose
-    entry point was ``predict``, a ``run`` being its own helper: ``predict``
-    runs, with a warning.
-    """
-    if mode == "train":
-        if not callable(getattr(cls, "train", None)):
-            raise LoadError(f"{cls.__name__} defines no train() method")
-        return "train"
-    has_run = user_method_owner(cls, "run") is not None
-    has_predict = user_method_owner(cls, "predict") is not None
-    if has_run and has_predict:
-        print(
-            f"cogd: {cls.__name__} defines both run() and predict(); running predict() "
-            "(Cog 0.16 and later refuse this: keep one)",
-            file=sys.stderr,
-        )
-        return "predict"
-    if has_run:
-        return "run"
-    if has_predict:
-        return "predict"
-    raise LoadError(f"run or predict method not found: {cls.__name__}")
-
-
-def find_run_method(predictor: Any, mode: str = "predict") -> tuple[Any, Callable[..., Any]]:
-    """Return ``(instance or None, run callable)`` for a predictor class or function.
-
-    In ``train`` mode the class is a trainer: any class with ``train()`` (and
-    an optional ``setup()``), as Cog's training interface has it.
-    """
-    if inspect.isclass(predictor):
-        name = run_method_name(predictor, mode)
-        instance = predictor()
-        return instance, getattr(instance, name)
-    if callable(predictor):
-        return None, predictor
-    raise LoadError(f"{predictor!r} is neither a class nor a function")
-
-
-def has_setup_weights(predictor: Any) -> bool:
-    """Whether the model's ``setup`` takes a ``weights`` parameter."""
-    setup = getattr(predictor, "setup", None)
-    return setup is not None and "weights" in inspect.signature(setup).parameters
-
-
-def extract_setup_weights(predictor: Any = None) -> Any:
-    """What a ``setup(weights)`` parameter receives: ``COG_WEIGHTS`` (a URL),
-    else ``Path("weights")`` when ``./weights`` exists, else ``None``."""
-    del predictor  # Cog's signature; the answer does not depend on the model
-    url = os.environ.get("COG_WEIGHTS")
-    if url:
-        return url
-    if os.path.exists("weights"):
-        from cogd.types import Path
-
-        return Path("weights")
-    return None
+    #: The prediction's error, as ``ValueError: boom``.
+    error: str
 
 
 class _EventLoop:
@@ -221,14 +120,19 @@ class _ActiveRun:
 class Runner:
     """One loaded model: ``load`` and ``setup`` once, then ``run`` per prediction."""
 
-    def __init__(self, predictor_ref: str, mode: str = "predict") -> None:
+    def __init__(
+        self, predictor_ref: str, mode: str = "predict", other_ref: str | None = None
+    ) -> None:
         capture.install()
         self.predictor_ref = predictor_ref
         self.mode = mode
+        # The other mode's function, which the schema document describes too.
+        self.other_ref = other_ref
         self._instance: Any = None
         self._run: Callable[..., Any] | None = None
-        # The run method's inputs and output, and the schema document (cogd.schema).
-        self._signature: schema.Signature | None = None
+        # The run method's inputs and output (cogd.signature), and the schema
+        # document (cogd.schema).
+        self._signature: Signature | None = None
         self._schema_json = "null"
         self._loop: _EventLoop | None = None
         # Whether the run method is ``async def`` (or an async generator): known
@@ -261,23 +165,19 @@ class Runner:
                 self._loop = _EventLoop()
             return self._loop
 
-    def load(self) -> tuple[int | None, bool, bool, bool, tuple[int, float] | None]:
-        """Import the model; returns its declared concurrency, whether its run is
-        async, whether it is marked ``@streaming``, whether it defines a
-        ``healthcheck()``, and its ``@cog.batch`` settings (``(max_size,
-        max_wait_ms)``, or ``None`` when it is not batched)."""
+    def load(self) -> Loaded:
+        """Import the model, find its run method and read its signature."""
         try:
             predictor = load_predictor(self.predictor_ref)
-            self._instance, self._run = find_run_method(predictor, self.mode)
-            targets = (self._run, getattr(self._run, "__func__", None), predictor)
-            streaming = declared_streaming(*targets)
-            self._batch = declared_batch(*targets)
+            self._instance, self._run = find_run_method(predictor, self.mode).bind()
+            concurrency, streaming = declared(self._run, predictor)
+            self._batch = declared_batch(self._run, getattr(self._run, "__func__", None), predictor)
             if self._batch is not None:
-                _check_batchable(self._run, self.mode, streaming)
+                check_batchable(self._run, self.mode, streaming)
             # Before the model's setup: a signature the schema cannot express
             # fails at once, naming the parameter, not after the weights load.
             self._signature, self._schema_json = schema.prepare(
-                self._run, self.predictor_ref, self.mode, streaming=streaming
+                self._run, self.mode, streaming=streaming, other_ref=self.other_ref
             )
         except BaseException:
             traceback.print_exc()
@@ -285,17 +185,14 @@ class Runner:
         finally:
             _flush_std_streams()
         run = self._run
-        is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
-        self._is_async = is_async
-        has_healthcheck = callable(getattr(self._instance, "healthcheck", None))
-        batch = self._batch
-        return (
-            declared_concurrency(*targets),
-            is_async,
+        self._is_async = inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
+        return Loaded(
+            concurrency=concurrency,
+            is_async=self._is_async,
             # A pre-built schema (made by Cog's tools) says so by its extension.
-            streaming or schema.marks_streaming(self._schema_json),
-            has_healthcheck,
-            None if batch is None else (batch.max_size, batch.max_wait_ms),
+            streaming=streaming or schema.marks_streaming(self._schema_json),
+            healthcheck=callable(getattr(self._instance, "healthcheck", None)),
+            batch=self._batch,
         )
 
     def setup(self) -> str:
@@ -321,13 +218,12 @@ class Runner:
         output_dir: str,
         slot: int = 0,
         prediction_id: str = "",
-    ) -> tuple[list[str] | None, str, list[str]]:
+    ) -> coercion.EncodedOutput | None:
         """Run one prediction on ``inputs`` (the validated input object, which
         the Rust side has already read from JSON).
 
-        Returns ``(output JSON pieces, files JSON text, long strings)`` for a
-        plain run (see ``coercion.output_json``), or ``(None, "[]", [])`` for a
-        generator, whose items were each sent as they were yielded. Raises
+        Returns the output as JSON (``coercion.output_json``), or ``None`` for
+        a generator, whose items were each sent as they were yielded. Raises
         ``CancelationException`` when the run was cancelled.
         """
         assert self._run is not None and self._signature is not None, "run() before load()"
@@ -351,7 +247,7 @@ class Runner:
                 # The run swallowed the cancel and returned: it is still cancelled.
                 raise CancelationException()
             if output is _STREAMED:
-                return None, "[]", []
+                return None
             return coercion.output_json(
                 self._signature.output, output, self._call, active.output_dir
             )
@@ -374,15 +270,14 @@ class Runner:
 
     def run_batch(
         self, members: list[tuple[dict[str, Any], str, str, str]], slot: int = 0
-    ) -> list[tuple[str | None, list[str] | None, str, list[str]]]:
+    ) -> list[coercion.EncodedOutput | MemberFailure]:
         """Run a ``@cog.batch`` model once for several predictions.
 
         ``members`` holds each prediction's ``(inputs, context JSON, output
         directory, id)``. Each parameter receives a list with one item per
         prediction whose inputs could be coerced (one whose inputs cannot
-        fails alone). Returns one ``(error, output JSON pieces, files JSON
-        text, long strings)`` per member, in order: ``error`` is ``None`` for
-        an output, else the member's error (an exception instance the run put
+        fails alone). Returns one result per member, in order: its output's
+        JSON, or a :class:`MemberFailure` (an exception instance the run put
         in its place, or one its output raised when encoded). A raised
         exception, or a returned list of the wrong length, fails the whole
         batch (it propagates); ``CancelationException`` when it was cancelled.
@@ -401,9 +296,7 @@ class Runner:
         context = json.loads(context_json) if context_json and context_json != "{}" else {}
         scope = scopes.Scope(slot, context)
         scope_token = scopes.current.set(scope)
-        results: list[tuple[str | None, list[str] | None, str, list[str]]] = [
-            (None, None, "[]", []) for _ in members
-        ]
+        results: list[coercion.EncodedOutput | MemberFailure] = []
         try:
             active.armed = True
             if active.cancelled:
@@ -413,8 +306,9 @@ class Runner:
             for index, (inputs, _, _, _) in enumerate(members):
                 try:
                     live.append((index, coercion.coerce_inputs(self._signature, inputs)))
+                    results.append(MemberFailure("not run"))
                 except Exception as e:
-                    results[index] = (_describe(e), None, "[]", [])
+                    results.append(MemberFailure(_describe(e)))
             if not live:
                 return results
             kwargs = {
@@ -450,18 +344,15 @@ class Runner:
 
     def _member_output(
         self, output: Any, output_dir: str
-    ) -> tuple[str | None, list[str] | None, str, list[str]]:
-        """One batch member's result: its error, or its output's JSON."""
+    ) -> coercion.EncodedOutput | MemberFailure:
+        """One batch member's result: its failure, or its output's JSON."""
         assert self._signature is not None
         if isinstance(output, BaseException):
-            return _describe(output), None, "[]", []
+            return MemberFailure(_describe(output))
         try:
-            pieces, files, strings = coercion.output_json(
-                self._signature.output, output, self._call, output_dir
-            )
+            return coercion.output_json(self._signature.output, output, self._call, output_dir)
         except Exception as e:
-            return _describe(e), None, "[]", []
-        return None, pieces, files, strings
+            return MemberFailure(_describe(e))
 
     def _invoke(
         self, slot: int, active: _ActiveRun, kwargs: dict[str, Any], scope: scopes.Scope
@@ -505,10 +396,11 @@ class Runner:
         assert self._signature is not None
         node = self._signature.output
         # A generator's items are checked against the declared item type.
-        if isinstance(node, (schema.IteratorOf, schema.ListOf)):
+        if isinstance(node, (IteratorOf, ListOf)):
             node = node.item
-        pieces, files, strings = coercion.output_json(node, item, self._call, active.output_dir)
-        _native.write_output(slot, index, pieces, files, strings)
+        _native.write_output(
+            slot, index, coercion.output_json(node, item, self._call, active.output_dir)
+        )
 
     def cancel(self, slot: int, prediction_id: str = "") -> None:
         """Stop the run of ``prediction_id`` in ``slot``: cancel its task, or
@@ -596,24 +488,6 @@ def _batch_result(outputs: Any, size: int | None) -> str:
     if size is None:
         return f"a {type(outputs).__name__}"
     return f"{size} output" + ("" if size == 1 else "s")
-
-
-def _check_batchable(run: Any, mode: str, streaming: bool) -> None:
-    """Refuse ``@cog.batch`` where a run cannot take lists and give one
-    output per prediction: training functions, generators, ``@streaming``."""
-    name = getattr(run, "__qualname__", getattr(run, "__name__", "the run"))
-    if mode == "train":
-        raise LoadError(f"{name}: training functions cannot be batched; remove @cog.batch")
-    if inspect.isgeneratorfunction(run) or inspect.isasyncgenfunction(run):
-        raise LoadError(
-            f"{name} is a generator, which cannot be batched: a batched run returns one "
-            "list of outputs; remove @cog.batch or return instead of yielding"
-        )
-    if streaming:
-        raise LoadError(
-            f"{name} is marked @streaming, which cannot be batched; remove one of "
-            "@cog.batch and @streaming"
-        )
 
 
 def _interrupt(active: _ActiveRun) -> None:

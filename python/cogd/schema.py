@@ -1,17 +1,13 @@
-"""The model's schema: its run method's type hints, as the OpenAPI document Cog clients read.
+"""The model's OpenAPI document: a run method's signature as Cog clients read it.
 
-The worker calls :func:`prepare` once, before the model's ``setup``: it reads the
-run method's signature (``typing.get_type_hints``, so ``from __future__ import
-annotations`` works), turns every parameter and the return type into a small
-type tree (:data:`Node`), and renders the document that the worker sends in
-``ready``. The server serves that document as ``/openapi.json`` and compiles its
-``Input`` schema into the validator that checks every request, so the tree, the
-document and the validation can never disagree. ``cogd.coercion`` walks the same
-tree to turn validated JSON into Python values and outputs back into JSON.
-
-A signature the document cannot express (an unsupported type, a ``Union`` with a
-``Path``, ``**kwargs``) raises :class:`SchemaError`, whose message names the
-parameter and its type; setup fails with it. A pre-built
+The worker calls :func:`prepare` once, before the model's ``setup``: it reads
+the run method's signature (``cogd.signature``) and renders the document that
+the worker sends in ``ready``. The server serves that document as
+``/openapi.json`` and compiles its ``Input`` schema into the validator that
+checks every request, so the signature, the document and the validation can
+never disagree. When the server names the other mode's function too (the
+training function of a predictor, or the reverse), the document describes both,
+as the one Cog builds into an image does. A pre-built
 ``.cog/openapi_schema.json`` in the model directory is served as it is.
 
 ``python -m cogd.schema FILE.py:NAME`` prints the document (``cogd schema``
@@ -21,561 +17,31 @@ runs it), so users can check a model's schema without serving it.
 from __future__ import annotations
 
 import argparse
-import collections.abc
-import dataclasses
 import enum
-import inspect
 import json
 import os
-import pathlib
-import re
 import sys
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from cogd.decorators import declared_streaming
-from cogd.types import (
-    MISSING,
-    AsyncConcatenateIterator,
-    ConcatenateIterator,
-    FieldInfo,
-    File,
-    Opaque,
-    Secret,
+from cogd.loader import declared, find_run_method, load_predictor
+from cogd.signature import (
+    InputSpec,
+    IteratorOf,
+    ListOf,
+    Node,
+    Nullable,
+    Scalar,
+    SchemaError,
+    Signature,
+    UnionOf,
+    loose_signature,
+    signature_of,
+    unwrap_nullable,
 )
 
 # Where Cog's build step leaves a pre-built schema, relative to the model directory.
 PREBUILT_SCHEMA = os.path.join(".cog", "openapi_schema.json")
-
-
-class SchemaError(Exception):
-    """A signature the schema cannot express; the message names the parameter and type."""
-
-
-# -- the type tree ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scalar:
-    """A leaf type. ``kind`` is one of :data:`SCALAR_KINDS`."""
-
-    kind: str
-
-
-@dataclass(frozen=True)
-class ListOf:
-    """``list[item]`` (also used for ``Iterator`` outputs once materialized)."""
-
-    item: Node
-
-
-@dataclass(frozen=True)
-class Nullable:
-    """``Optional[inner]``: the value may be ``None``/``null``."""
-
-    inner: Node
-
-
-@dataclass(frozen=True)
-class UnionOf:
-    """``Union`` of two or more JSON-native members, in declaration order."""
-
-    members: tuple[Node, ...]
-
-
-@dataclass(frozen=True)
-class ObjectOf:
-    """A structured output: ``BaseModel``, pydantic model or dataclass."""
-
-    cls: type
-    fields: tuple[tuple[str, Node], ...]
-
-
-@dataclass(frozen=True)
-class IteratorOf:
-    """``Iterator[item]``/``AsyncIterator[item]`` output; ``concatenate`` for the
-    ``ConcatenateIterator`` kinds, whose chunks are joined for display."""
-
-    item: Node
-    concatenate: bool
-
-
-Node = typing.Union[Scalar, ListOf, Nullable, UnionOf, ObjectOf, IteratorOf]  # noqa: UP007
-
-# str int float bool: JSON natives; path/file: URLs in, data URIs (for now) out;
-# secret: a masked string; dict: any JSON object; opaque: `Annotated[T, Opaque]`,
-# a JSON object passed through as it is; any: no check at all.
-SCALAR_KINDS = ("str", "int", "float", "bool", "path", "file", "secret", "dict", "opaque", "any")
-
-# Python names for messages, so an error reads like the code the user wrote.
-_SCALAR_NAMES = {
-    "str": "str",
-    "int": "int",
-    "float": "float",
-    "bool": "bool",
-    "path": "cog.Path",
-    "file": "cog.File",
-    "secret": "cog.Secret",
-    "dict": "dict",
-    "opaque": "cog.Opaque",
-    "any": "Any",
-}
-
-
-def type_name(node: Node) -> str:
-    """The node as a Python type expression, for messages: ``list[int] | None``."""
-    if isinstance(node, Scalar):
-        return _SCALAR_NAMES[node.kind]
-    if isinstance(node, ListOf):
-        return f"list[{type_name(node.item)}]"
-    if isinstance(node, Nullable):
-        return f"{type_name(node.inner)} | None"
-    if isinstance(node, UnionOf):
-        return " | ".join(type_name(m) for m in node.members)
-    if isinstance(node, ObjectOf):
-        return node.cls.__name__
-    kind = "ConcatenateIterator" if node.concatenate else "Iterator"
-    return f"{kind}[{type_name(node.item)}]"
-
-
-def annotation_name(annotation: Any) -> str:
-    """A type hint as the user would write it: ``numpy.ndarray``, ``Union[str, Path]``."""
-    if _is_class(annotation):
-        module = annotation.__module__
-        if module in ("builtins", "cogd.types", "cog"):
-            prefix = "cog." if module != "builtins" else ""
-            return prefix + annotation.__qualname__
-        return f"{module}.{annotation.__qualname__}"
-    return repr(annotation).replace("typing.", "").replace("cogd.types.", "cog.")
-
-
-class _UnsupportedError(Exception):
-    """Raised inside the parsers; the caller adds which parameter it was about."""
-
-
-_BY_CLASS: dict[Any, str] = {
-    str: "str",
-    int: "int",
-    float: "float",
-    bool: "bool",
-    File: "file",
-    Secret: "secret",
-    dict: "dict",
-    Any: "any",
-}
-
-
-def _is_class(annotation: Any) -> bool:
-    """A plain class (on 3.10, ``list[int]`` also passes ``isinstance(x, type)``)."""
-    return isinstance(annotation, type) and typing.get_origin(annotation) is None
-
-
-def _is_union(annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    return origin is typing.Union or origin is types.UnionType
-
-
-def _opaque_inner(annotation: Any) -> tuple[Any, bool]:
-    """``(T, True)`` for ``Annotated[T, Opaque]``; other ``Annotated`` metadata is dropped."""
-    if typing.get_origin(annotation) is not typing.Annotated:
-        return annotation, False
-    inner, *metadata = typing.get_args(annotation)
-    opaque = any(m is Opaque or isinstance(m, Opaque) for m in metadata)
-    return inner, opaque
-
-
-def _scalar_of(annotation: Any) -> Scalar | None:
-    """The leaf kind of a class annotation, or ``None`` when it is not a leaf."""
-    try:
-        kind = _BY_CLASS.get(annotation)
-    except TypeError:  # unhashable annotations are never leaves
-        return None
-    if kind is not None:
-        return Scalar(kind)
-    if _is_class(annotation):
-        if issubclass(annotation, pathlib.PurePath):
-            return Scalar("path")
-        if issubclass(annotation, Secret):
-            return Scalar("secret")
-        if issubclass(annotation, File):
-            return Scalar("file")
-        if typing.is_typeddict(annotation):
-            return Scalar("dict")
-    origin = typing.get_origin(annotation)
-    if origin in (dict, collections.abc.Mapping):
-        return Scalar("dict")
-    return None
-
-
-def _contains(node: Node, kinds: set[str]) -> bool:
-    if isinstance(node, Scalar):
-        return node.kind in kinds
-    if isinstance(node, (ListOf, IteratorOf)):
-        return _contains(node.item, kinds)
-    if isinstance(node, Nullable):
-        return _contains(node.inner, kinds)
-    if isinstance(node, UnionOf):
-        return any(_contains(m, kinds) for m in node.members)
-    return any(_contains(f, kinds) for _, f in node.fields)
-
-
-def _parse(annotation: Any, *, output: bool) -> Node:
-    """The tree for one type hint; ``output`` allows the output-only shapes."""
-    annotation, opaque = _opaque_inner(annotation)
-    if opaque:
-        origin = typing.get_origin(annotation)
-        if annotation is list or origin is list:
-            return ListOf(Scalar("opaque"))
-        return Scalar("opaque")
-    if isinstance(annotation, typing.TypeVar):
-        return Scalar("any")
-
-    leaf = _scalar_of(annotation)
-    if leaf is not None:
-        return leaf
-
-    if _is_union(annotation):
-        members = typing.get_args(annotation)
-        present = [m for m in members if m is not type(None) and m is not None]
-        nodes = [_parse(m, output=output) for m in present]
-        node: Node = nodes[0] if len(nodes) == 1 else UnionOf(tuple(nodes))
-        if isinstance(node, UnionOf):
-            # A union is told apart by the JSON value alone, so a member that is
-            # "a string with a meaning" (a URL, a secret) cannot be in one.
-            for member, parsed in zip(present, nodes, strict=True):
-                if _contains(parsed, {"path", "file", "secret"}) or isinstance(
-                    parsed, (ObjectOf, IteratorOf)
-                ):
-                    raise _UnsupportedError(
-                        f"a Union may only combine str, int, float, bool, list and dict, "
-                        f"not {annotation_name(member)}"
-                    )
-        if len(present) < len(members):
-            node = Nullable(node)
-        return node
-
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is list or origin in (list, collections.abc.Sequence):
-        item = _parse(args[0], output=output) if args else Scalar("any")
-        return ListOf(item)
-
-    if output:
-        iterator = _iterator_of(annotation, origin, args)
-        if iterator is not None:
-            return iterator
-        if _is_class(annotation) and _is_structured(annotation):
-            return _object_of(annotation)
-
-    raise _UnsupportedError(_OUTPUT_TYPES if output else _INPUT_TYPES)
-
-
-_INPUT_TYPES = (
-    "an input may be str, int, float, bool, cog.Path, cog.File, cog.Secret, dict or Any, "
-    "or a list, Optional or Union of those"
-)
-_OUTPUT_TYPES = (
-    "an output may be str, int, float, bool, cog.Path, cog.File, dict, Any, a cog.BaseModel, "
-    "pydantic model or dataclass, or a list, Iterator or ConcatenateIterator of those"
-)
-
-
-_ITERATORS = {
-    collections.abc.Iterator,
-    collections.abc.Iterable,
-    collections.abc.Generator,
-    collections.abc.AsyncIterator,
-    collections.abc.AsyncIterable,
-    collections.abc.AsyncGenerator,
-}
-
-
-def _iterator_of(annotation: Any, origin: Any, args: tuple[Any, ...]) -> IteratorOf | None:
-    concatenating = (ConcatenateIterator, AsyncConcatenateIterator)
-    if annotation in concatenating or origin in concatenating:
-        item = _parse(args[0], output=True) if args else Scalar("str")
-        if item != Scalar("str"):
-            raise _UnsupportedError(
-                f"{annotation_name(annotation)} must yield str, to be concatenated for display"
-            )
-        return IteratorOf(item, concatenate=True)
-    if annotation in _ITERATORS or origin in _ITERATORS:
-        item = _parse(args[0], output=True) if args else Scalar("any")
-        return IteratorOf(item, concatenate=False)
-    return None
-
-
-def _is_structured(cls: type) -> bool:
-    """A ``cog.BaseModel``, a pydantic model (v1 or v2) or a dataclass."""
-    return (
-        dataclasses.is_dataclass(cls) or hasattr(cls, "model_fields") or hasattr(cls, "__fields__")
-    )
-
-
-# Structured classes being parsed, so one that contains itself is reported
-# instead of recursing forever (the schema is built once, on one thread).
-_IN_PROGRESS: set[type] = set()
-
-
-def _object_of(cls: type) -> ObjectOf:
-    if cls in _IN_PROGRESS:
-        raise _UnsupportedError(f"{cls.__name__} contains itself, which the schema cannot express")
-    _IN_PROGRESS.add(cls)
-    try:
-        return _object_fields(cls)
-    finally:
-        _IN_PROGRESS.discard(cls)
-
-
-def _object_fields(cls: type) -> ObjectOf:
-    try:
-        hints = typing.get_type_hints(cls, include_extras=True)
-    except Exception as e:  # noqa: BLE001 - any failure to resolve is reported the same way
-        raise _UnsupportedError(f"cannot resolve the type hints of {cls.__name__}: {e}") from None
-    declared = getattr(cls, "model_fields", None) or getattr(cls, "__fields__", None)
-    if declared is not None:
-        names = list(declared)
-    elif dataclasses.is_dataclass(cls):
-        names = [f.name for f in dataclasses.fields(cls)]
-    else:
-        names = list(hints)
-    fields = []
-    for name in names:
-        if name not in hints:
-            raise _UnsupportedError(f"field {cls.__name__}.{name} has no type annotation")
-        try:
-            fields.append((name, _parse(hints[name], output=True)))
-        except _UnsupportedError as e:
-            raise _UnsupportedError(f"field {cls.__name__}.{name}: {e}") from None
-    return ObjectOf(cls, tuple(fields))
-
-
-# -- signatures ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One parameter of the run method: its type tree and what ``Input()`` declared."""
-
-    name: str
-    order: int
-    node: Node
-    info: FieldInfo
-
-    @property
-    def has_default(self) -> bool:
-        """True when the parameter has a default (``None`` included)."""
-        return self.info.default is not MISSING
-
-    @property
-    def required(self) -> bool:
-        """True when a request must give this input."""
-        return not self.has_default and not isinstance(self.node, Nullable)
-
-
-@dataclass(frozen=True)
-class Signature:
-    """What a run method takes and returns."""
-
-    inputs: tuple[InputSpec, ...]
-    output: Node
-
-
-def _resolve_hints(fn: Callable[..., Any], names: list[str]) -> dict[str, Any]:
-    """Type hints of ``fn``; when one cannot be resolved, the error names its parameter."""
-    try:
-        return typing.get_type_hints(fn, include_extras=True)
-    except Exception:  # noqa: BLE001 - narrowed down below, parameter by parameter
-        pass
-    raw = getattr(inspect.unwrap(fn), "__annotations__", {})
-    module_globals = getattr(inspect.unwrap(fn), "__globals__", {})
-    hints = {}
-    for name, annotation in raw.items():
-        if isinstance(annotation, str):
-            try:
-                annotation = eval(annotation, module_globals)  # noqa: S307 - the model's own hint
-            except Exception as e:  # noqa: BLE001 - reported with the parameter's name
-                what = "the return type" if name == "return" else f"input {name!r}"
-                raise SchemaError(
-                    f"cannot resolve the type hint of {what} ({raw[name]!r}): {e}"
-                ) from None
-        hints[name] = annotation
-    return {k: v for k, v in hints.items() if k in names or k == "return"}
-
-
-def signature_of(fn: Callable[..., Any], *, skip_self: bool = False) -> Signature:
-    """The :class:`Signature` of a run method, function or bound method.
-
-    ``skip_self`` drops the first parameter of a function taken from a class.
-    Raises :class:`SchemaError` naming the parameter that cannot be expressed.
-    """
-    params = list(inspect.signature(fn).parameters.values())
-    if skip_self:
-        params = params[1:]
-    hints = _resolve_hints(fn, [p.name for p in params])
-    inputs = []
-    for order, param in enumerate(params):
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            star = "*" if param.kind is param.VAR_POSITIONAL else "**"
-            raise SchemaError(
-                f"input {star}{param.name}: the schema cannot express variable arguments; "
-                "declare each input as its own parameter"
-            )
-        if param.kind is param.POSITIONAL_ONLY:
-            raise SchemaError(f"input {param.name!r} is positional-only; inputs are passed by name")
-        if param.name not in hints:
-            raise SchemaError(f"input {param.name!r} has no type annotation")
-        annotation = hints[param.name]
-        try:
-            node = _parse(annotation, output=False)
-        except _UnsupportedError as e:
-            raise SchemaError(
-                f"input {param.name!r} has type {annotation_name(annotation)}, "
-                f"which cogd cannot express: {e}"
-            ) from None
-        info = param.default if isinstance(param.default, FieldInfo) else FieldInfo()
-        if not isinstance(param.default, FieldInfo) and param.default is not param.empty:
-            info = dataclasses.replace(info, default=param.default)
-        if info.default is None and not isinstance(node, Nullable):
-            # `x: int = None` means "may be left out" in Cog, as in pydantic.
-            node = Nullable(node)
-        info = _checked_info(param.name, node, info)
-        inputs.append(InputSpec(param.name, order, node, info))
-
-    returns = hints.get("return", inspect.Signature.empty)
-    if returns in (inspect.Signature.empty, None, type(None)):
-        # No declared output (or `-> None`): nothing to describe or check.
-        output: Node = Scalar("any")
-    else:
-        try:
-            output = _parse(returns, output=True)
-        except _UnsupportedError as e:
-            raise SchemaError(
-                f"the return type {annotation_name(returns)} cannot be expressed: {e}"
-            ) from None
-    return Signature(tuple(inputs), output)
-
-
-def loose_signature(fn: Callable[..., Any], *, skip_self: bool = False) -> Signature:
-    """A signature that accepts anything, with the declared defaults.
-
-    Used when a pre-built schema file is served for a run method cogd cannot
-    describe itself: values pass through as JSON, defaults still apply.
-    """
-    params = list(inspect.signature(fn).parameters.values())
-    if skip_self:
-        params = params[1:]
-    inputs = []
-    for order, param in enumerate(params):
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        info = param.default if isinstance(param.default, FieldInfo) else FieldInfo()
-        if not isinstance(param.default, FieldInfo) and param.default is not param.empty:
-            info = dataclasses.replace(info, default=param.default)
-        inputs.append(InputSpec(param.name, order, Scalar("any"), info))
-    return Signature(tuple(inputs), Scalar("any"))
-
-
-def _core(node: Node) -> Node:
-    return node.inner if isinstance(node, Nullable) else node
-
-
-def _leaf(node: Node) -> Node:
-    """What constraints apply to: the value, or each item of a list."""
-    node = _core(node)
-    return _core(node.item) if isinstance(node, ListOf) else node
-
-
-def _warn(name: str, problem: str) -> None:
-    """One line in the setup logs about an input's declaration that Cog took
-    and cogd serves without the part that cannot apply."""
-    print(f"cogd: warning: input {name!r}: {problem}", file=sys.stderr)
-
-
-def _checked_info(name: str, node: Node, info: FieldInfo) -> FieldInfo:
-    """``info`` without the constraints that cannot apply to the input.
-
-    Cog's runtime never checked a declaration against its type, so a model
-    it served may carry constraints that make no sense (``ge`` on a string,
-    ``choices=[]`` computed at import time): each is dropped with a warning
-    in the setup logs, never a failed setup.
-    """
-    leaf = _leaf(node)
-    kind = leaf.kind if isinstance(leaf, Scalar) else None
-    shown = type_name(node)
-    dropped: dict[str, Any] = {}
-    if (info.ge is not None or info.le is not None) and kind not in ("int", "float"):
-        _warn(name, f"ge/le apply to int and float inputs, not {shown}; ignoring them")
-        dropped.update(ge=None, le=None)
-    text_rules = (info.min_length, info.max_length, info.regex)
-    if any(r is not None for r in text_rules) and kind not in ("str", "secret"):
-        _warn(name, f"min_length/max_length/regex apply to str inputs, not {shown}; ignoring them")
-        dropped.update(min_length=None, max_length=None, regex=None)
-    elif info.regex is not None:
-        try:
-            re.compile(info.regex)
-        except re.error as e:
-            _warn(name, f"regex {info.regex!r} is invalid ({e}); ignoring it")
-            dropped.update(regex=None)
-    if info.choices is not None:
-        problem = _choices_problem(node, info)
-        if problem:
-            _warn(name, f"{problem}; ignoring the choices")
-            dropped.update(choices=None)
-    info = dataclasses.replace(info, **dropped) if dropped else info
-    _check_default(name, node, info)
-    return info
-
-
-def _choices_problem(node: Node, info: FieldInfo) -> str | None:
-    """Why ``info.choices`` cannot be served for ``node``, or ``None``."""
-    core = _core(node)
-    expected = {"str": str, "int": int, "float": float}
-    if not (isinstance(core, Scalar) and core.kind in expected):
-        return f"choices apply to str, int and float inputs, not {type_name(node)}"
-    if not info.choices:
-        return "choices is empty"
-    values = [c.value if isinstance(c, enum.Enum) else c for c in info.choices]
-    for value in values:
-        if type(value) is not expected[core.kind] and not (
-            core.kind == "float" and type(value) is int
-        ):
-            return f"choice {value!r} is not a {core.kind} like the input"
-    return None
-
-
-def _check_default(name: str, node: Node, info: FieldInfo) -> None:
-    """Warns when a default breaks the input's own constraints: the server
-    applies it unchecked, as Cog does."""
-    default = info.default
-    if default is MISSING or default is None:
-        return
-    listed = isinstance(_core(node), ListOf) and isinstance(default, (list, tuple))
-    for value in default if listed else [default]:
-        problem = None
-        if isinstance(value, enum.Enum):
-            value = value.value
-        if info.choices is not None:
-            choices = [c.value if isinstance(c, enum.Enum) else c for c in info.choices]
-            if value not in choices:
-                problem = "not one of its choices"
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if info.ge is not None and value < info.ge:
-                problem = f"less than ge={info.ge}"
-            elif info.le is not None and value > info.le:
-                problem = f"greater than le={info.le}"
-        if isinstance(value, str):
-            if info.min_length is not None and len(value) < info.min_length:
-                problem = f"shorter than min_length={info.min_length}"
-            elif info.max_length is not None and len(value) > info.max_length:
-                problem = f"longer than max_length={info.max_length}"
-            elif info.regex is not None and re.search(info.regex, value) is None:
-                problem = f"not a match for regex {info.regex!r}"
-        if problem:
-            _warn(name, f"the default {value!r} is {problem}; it is applied all the same")
 
 
 # -- the OpenAPI document --------------------------------------------------------
@@ -638,7 +104,7 @@ class _NoJsonError(Exception):
 
 def _default_json(node: Node, value: Any) -> Any:
     """The JSON form of a default, as a client would send it."""
-    core = _core(node)
+    core = unwrap_nullable(node)
     if isinstance(value, enum.Enum):
         value = value.value
     if isinstance(core, Scalar):
@@ -670,7 +136,7 @@ def input_schema(
     required = []
     for spec in specs:
         info = spec.info
-        core = _core(spec.node)
+        core = unwrap_nullable(spec.node)
         prop: dict[str, Any] = {}
         if info.choices is not None:
             name = enum_name(spec.name)
@@ -961,100 +427,7 @@ def openapi_document(predict: Signature | None, train: Signature | None = None) 
     }
 
 
-# -- loading predictors and training functions ----------------------------------
-
-
-def run_callable(predictor: Any, mode: str = "predict") -> tuple[Callable, bool]:
-    """``(function, skip_self)`` of a predictor class's run method (chosen as
-    the worker chooses it, ``cogd.runner.run_method_name``), or of a function.
-
-    The class is not instantiated: its function is read from the class.
-    """
-    if inspect.isclass(predictor):
-        from cogd.runner import LoadError, run_method_name
-
-        try:
-            name = run_method_name(predictor, mode)
-        except LoadError as e:
-            raise SchemaError(str(e)) from None
-        static = isinstance(inspect.getattr_static(predictor, name), staticmethod)
-        return getattr(predictor, name), not static
-    if callable(predictor):
-        return predictor, False
-    raise SchemaError(f"{predictor!r} is neither a class nor a function")
-
-
-def _load(ref: str) -> Any:
-    """``FILE.py:NAME``, reusing the module when the worker already imported that file."""
-    path, _, name = ref.rpartition(":")
-    full = os.path.abspath(path)
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) == full and hasattr(module, name):
-            return getattr(module, name)
-    from cogd.runner import load_predictor
-
-    return load_predictor(ref)
-
-
-def configured_ref(mode: str, model_dir: str = ".") -> str | None:
-    """What runs in ``mode``: ``COG_PREDICT_TYPE_STUB``/``COG_TRAIN_TYPE_STUB``,
-    else ``run:`` (or the older ``predict:``)/``train:`` in cog.yaml.
-
-    ``run:`` and ``predict:`` both set is refused by the server before the
-    worker starts; here ``run:`` wins."""
-    variable = "COG_TRAIN_TYPE_STUB" if mode == "train" else "COG_PREDICT_TYPE_STUB"
-    ref = os.environ.get(variable, "").strip()
-    if ref:
-        return ref
-    keys = ("train",) if mode == "train" else ("run", "predict")
-    try:
-        with open(os.path.join(model_dir, "cog.yaml"), encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        return None
-    for key in keys:
-        value = _cog_yaml_value(text, key)
-        if value:
-            return value
-    return None
-
-
-def _cog_yaml_value(text: str, key: str) -> str | None:
-    """A top-level string of cog.yaml, or ``None`` when unset, empty or unreadable."""
-    try:
-        import yaml  # type: ignore[import-untyped]
-
-        value = (yaml.safe_load(text) or {}).get(key)
-        return value.strip() if isinstance(value, str) and value.strip() else None
-    except ImportError:
-        # PyYAML is not a dependency: a top-level `run: "FILE.py:NAME"` line
-        # is all this needs to read.
-        match = re.search(rf"""^{key}:\s*["']?([^"'#\s]+)["']?\s*(?:#.*)?$""", text, re.M)
-        return match.group(1) if match else None
-    except Exception:  # noqa: BLE001 - a broken cog.yaml is reported by the server itself
-        return None
-
-
-def _other_signature(mode: str, served_ref: str) -> Signature | None:
-    """The signature of the other mode's function when it is configured.
-
-    One document describes both, as the one Cog builds into an image does: a
-    predictor's document carries the training schemas and a training
-    function's the prediction ones. A function that cannot be loaded or
-    described costs the document that part, with a warning, never the runs
-    being served.
-    """
-    other = "predict" if mode == "train" else "train"
-    ref = configured_ref(other)
-    if not ref or ref == served_ref:
-        return None
-    try:
-        fn, skip_self = run_callable(_load(ref), other)
-        return signature_of(fn, skip_self=skip_self)
-    except Exception as e:  # noqa: BLE001 - any failure only drops that part
-        noun = "trainings" if other == "train" else "predictions"
-        print(f"cogd: leaving {noun} out of the schema: {ref}: {e}", file=sys.stderr)
-        return None
+# -- the document a model serves ------------------------------------------------
 
 
 def read_prebuilt() -> str | None:
@@ -1084,13 +457,35 @@ def marks_streaming(document_json: str) -> bool:
     return isinstance(post, dict) and post.get(STREAMING_EXTENSION) is True
 
 
+def other_signature(other_ref: str | None, mode: str) -> Signature | None:
+    """The signature of the other mode's function, ``other_ref`` (the server
+    resolves it as it resolves the served one and sends it in ``init``).
+
+    One document describes both, as the one Cog builds into an image does: a
+    predictor's document carries the training schemas and a training
+    function's the prediction ones. A function that cannot be loaded or
+    described costs the document that part, with a warning, never the runs
+    being served.
+    """
+    if not other_ref:
+        return None
+    other = "predict" if mode == "train" else "train"
+    try:
+        run = find_run_method(load_predictor(other_ref, reuse=True), other)
+        return signature_of(run.function, skip_self=run.skip_self)
+    except Exception as e:  # noqa: BLE001 - any failure only drops that part
+        noun = "trainings" if other == "train" else "predictions"
+        print(f"cogd: leaving {noun} out of the schema: {other_ref}: {e}", file=sys.stderr)
+        return None
+
+
 def prepare(
     fn: Callable[..., Any],
-    predictor_ref: str,
     mode: str = "predict",
     *,
     skip_self: bool = False,
     streaming: bool = False,
+    other_ref: str | None = None,
 ) -> tuple[Signature, str]:
     """The run method's signature and the schema document (JSON text) for ``ready``.
 
@@ -1098,6 +493,8 @@ def prepare(
     A pre-built schema file wins; then a run method cogd cannot describe is
     served with a pass-through signature rather than failing. A ``streaming``
     run is marked ``x-cog-streaming`` on ``POST /predictions``, as Cog does.
+    ``other_ref`` names the other mode's function, described too
+    (:func:`other_signature`).
     """
     prebuilt = read_prebuilt()
     try:
@@ -1109,10 +506,11 @@ def prepare(
         signature = loose_signature(fn, skip_self=skip_self)
     if prebuilt is not None:
         return signature, prebuilt
+    other = other_signature(other_ref, mode)
     if mode == "train":
-        document = openapi_document(_other_signature(mode, predictor_ref), signature)
+        document = openapi_document(other, signature)
     else:
-        document = openapi_document(signature, _other_signature(mode, predictor_ref))
+        document = openapi_document(signature, other)
         if streaming:
             document["paths"]["/predictions"]["post"][STREAMING_EXTENSION] = True
     return signature, json.dumps(document)
@@ -1143,28 +541,33 @@ class _StdoutToStderr:
         os.close(self._saved_fd)
 
 
-def document_for(predictor_ref: str, mode: str = "predict") -> str:
+def document_for(predictor_ref: str, mode: str = "predict", other_ref: str | None = None) -> str:
     """The document the server would serve for this model (run in the model directory)."""
     prebuilt = read_prebuilt()
     if prebuilt is not None:
         return prebuilt
-    predictor = _load(predictor_ref)
-    fn, skip_self = run_callable(predictor, mode)
-    streaming = declared_streaming(fn, getattr(fn, "__func__", None), predictor)
-    return prepare(fn, predictor_ref, mode, skip_self=skip_self, streaming=streaming)[1]
+    run = find_run_method(load_predictor(predictor_ref, reuse=True), mode)
+    _, streaming = declared(run.function, run.predictor)
+    return prepare(
+        run.function, mode, skip_self=run.skip_self, streaming=streaming, other_ref=other_ref
+    )[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cogd.schema FILE.py:NAME [--mode train]``: print the document."""
+    """``python -m cogd.schema FILE.py:NAME [--mode train] [--other REF]``: print
+    the document; ``--other`` names the other mode's function, described too."""
     parser = argparse.ArgumentParser(
         prog="cogd schema", description="Print a model's OpenAPI schema without serving it."
     )
     parser.add_argument("predictor_ref", help="FILE.py:NAME of the predictor")
     parser.add_argument("--mode", choices=("predict", "train"), default="predict")
+    parser.add_argument(
+        "--other", default=None, help="FILE.py:NAME of the other mode's function, if any"
+    )
     args = parser.parse_args(argv)
     try:
         with _StdoutToStderr():
-            text = document_for(args.predictor_ref, args.mode)
+            text = document_for(args.predictor_ref, args.mode, args.other)
     except Exception as e:  # noqa: BLE001 - any failure is the user's to read
         print(f"cogd schema: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

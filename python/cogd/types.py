@@ -5,7 +5,7 @@ names Cog 0.13's ``cog.types`` had (``Weights``, ``get_filename``, the cog.yaml 
 ``cog`` re-exports these names, so ``from cog import BasePredictor, Input`` in an
 unchanged Cog model resolves here (``BaseModel`` lives in ``cogd.model``). They are
 plain markers and containers: what each means for the schema lives in
-``cogd.schema``, how values become them (and back) in ``cogd.coercion``.
+``cogd.signature``, how values become them (and back) in ``cogd.coercion``.
 """
 
 from __future__ import annotations
@@ -332,7 +332,8 @@ class URLFile(io.IOBase):
 
     @property
     def _url(self) -> str:
-        return object.__getattribute__(self, "__url__")
+        url: str = object.__getattribute__(self, "__url__")
+        return url
 
     @property
     def __wrapped__(self) -> Any:
@@ -368,11 +369,13 @@ class URLFile(io.IOBase):
     # io.IOBase defines these itself; the response's own must answer instead.
     def read(self, size: int = -1) -> bytes:
         """Read from the response (opening it)."""
-        return self.__wrapped__.read(size)
+        data: bytes = self.__wrapped__.read(size)
+        return data
 
-    def readline(self, size: int = -1) -> bytes:
+    def readline(self, size: int | None = -1) -> bytes:
         """A line of the response (opening it)."""
-        return self.__wrapped__.readline(size)
+        line: bytes = self.__wrapped__.readline(-1 if size is None else size)
+        return line
 
     def readable(self) -> bool:
         return True
@@ -385,7 +388,7 @@ class URLFile(io.IOBase):
             pass
 
     @property
-    def closed(self) -> bool:  # type: ignore[override]
+    def closed(self) -> bool:
         try:
             return bool(object.__getattribute__(self, "__target__").closed)
         except AttributeError:

@@ -6,7 +6,9 @@
 //! `cogd.runner.Runner`; [`write_log`] is how the worker's `sys.stdout` and
 //! `sys.stderr` reach the logs, [`write_output`] how a stream's chunks reach
 //! the server, and [`record_metric`] / [`read_metric`] how `cogd.scope`
-//! records and reads a run's custom metrics.
+//! records and reads a run's custom metrics. What crosses from Python is
+//! named data read by attribute ([`Loaded`], [`EncodedOutput`]), never a
+//! positional tuple; `cogd/_native.pyi` types it for Python.
 
 use std::path::PathBuf;
 
@@ -14,8 +16,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::PyString;
 
-use cogd::ipc::BatchSettings;
-use cogd::ipc::LogSource;
+use cogd::ipc::{BatchSettings, LogSource};
 use cogd::worker::{
     Handler, InitInfo, LoadInfo, OutputJson, RunError, RunOutput, RunRequest, SetupInfo,
 };
@@ -64,23 +65,68 @@ fn write_log(
     }))
 }
 
-/// Sends one chunk of the streaming run in `slot` to the server: its JSON
-/// text in `pieces` with a long string from `strings` between each two (see
-/// [`output_json`]), and the files it refers to as a JSON list. False outside
-/// a worker or when no run is active in `slot`.
+/// Sends one chunk of the streaming run in `slot` to the server (a
+/// `cogd.coercion.EncodedOutput`, see [`EncodedOutput`]). False outside a
+/// worker or when no run is active in `slot`.
 #[pyfunction]
 fn write_output(
     py: Python<'_>,
     slot: usize,
     index: u64,
-    pieces: Vec<Bound<'_, PyString>>,
-    files: &str,
-    strings: Vec<Bound<'_, PyString>>,
+    output: EncodedOutput<'_>,
 ) -> PyResult<bool> {
-    let output = output_json(pieces, strings).map_err(pyo3::exceptions::PyValueError::new_err)?;
-    let files = parse_files(files).map_err(pyo3::exceptions::PyValueError::new_err)?;
+    let (output, files) = output
+        .into_parts()
+        .map_err(pyo3::exceptions::PyValueError::new_err)?;
     py.detach(|| cogd::worker::write_output(slot, index, output, files))
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot send the output: {e}")))
+}
+
+/// `cogd.coercion.EncodedOutput`, read by attribute name: an output's JSON
+/// text in `pieces`, with a long string from `strings` between each two (see
+/// [`output_json`]), and the files it refers to as a JSON list.
+#[derive(FromPyObject)]
+struct EncodedOutput<'py> {
+    pieces: Vec<Bound<'py, PyString>>,
+    files: String,
+    strings: Vec<Bound<'py, PyString>>,
+}
+
+impl EncodedOutput<'_> {
+    /// The output as the worker sends it, and its files.
+    fn into_parts(self) -> Result<(OutputJson, Vec<cogd::ipc::FileOutput>), String> {
+        let output = output_json(self.pieces, self.strings)?;
+        Ok((output, parse_files(&self.files)?))
+    }
+}
+
+/// `cogd.runner.Loaded`, read by attribute name: what loading the model says.
+#[derive(FromPyObject)]
+struct Loaded {
+    concurrency: Option<usize>,
+    is_async: bool,
+    streaming: bool,
+    healthcheck: bool,
+    batch: Option<LoadedBatch>,
+}
+
+/// `cogd.decorators.BatchSettings`, read by attribute name: `@cog.batch`'s
+/// settings.
+#[derive(FromPyObject)]
+struct LoadedBatch {
+    max_size: usize,
+    max_wait_ms: f64,
+}
+
+/// One member's result among what `Runner.run_batch` returns: its output,
+/// or a `cogd.runner.MemberFailure` (read by its `error`).
+#[derive(FromPyObject)]
+enum MemberResult<'py> {
+    Output(EncodedOutput<'py>),
+    Failed {
+        #[pyo3(attribute("error"))]
+        error: String,
+    },
 }
 
 /// An output as `cogd.coercion.output_json` makes it: JSON text in pieces,
@@ -124,35 +170,13 @@ fn utf8_lossy(text: &Bound<'_, PyString>) -> String {
     }
 }
 
-/// What `Runner.run` returns: the output's JSON text in pieces (`None` for a
-/// stream, whose chunks were sent as they came), its files as JSON text, and
-/// the long strings between the pieces (see [`output_json`]).
-type PyRunOutput<'py> = (
-    Option<Vec<Bound<'py, PyString>>>,
-    String,
-    Vec<Bound<'py, PyString>>,
-);
-
-/// What `Runner.run_batch` returns per member: its error, or (`None` and)
-/// its output as [`PyRunOutput`] has it.
-type PyMemberResult<'py> = (
-    Option<String>,
-    Option<Vec<Bound<'py, PyString>>>,
-    String,
-    Vec<Bound<'py, PyString>>,
-);
-
-/// What `Runner.load` returns: declared concurrency, async, `@streaming`,
-/// has a `healthcheck()`, and `@cog.batch`'s `(max_size, max_wait_ms)`.
-type LoadTuple = (Option<usize>, bool, bool, bool, Option<(usize, f64)>);
-
-/// A run's result as the worker sends it.
-fn run_output((pieces, files, strings): PyRunOutput<'_>) -> Result<RunOutput, RunError> {
-    let Some(pieces) = pieces else {
+/// A run's result as the worker sends it: what `Runner.run` returned, or
+/// `None` for a stream, whose chunks were sent as they came.
+fn run_output(output: Option<EncodedOutput<'_>>) -> Result<RunOutput, RunError> {
+    let Some(output) = output else {
         return Ok(RunOutput::Streamed);
     };
-    let output = output_json(pieces, strings).map_err(RunError::Failed)?;
-    let files = parse_files(&files).map_err(RunError::Failed)?;
+    let (output, files) = output.into_parts().map_err(RunError::Failed)?;
     Ok(RunOutput::Value(output, files))
 }
 
@@ -288,9 +312,11 @@ impl PyHandler {
         };
         Python::attach(|py| {
             let module = py.import("cogd.runner")?;
-            let runner = module
-                .getattr("Runner")?
-                .call1((info.predictor_ref.as_str(), mode))?;
+            let runner = module.getattr("Runner")?.call1((
+                info.predictor_ref.as_str(),
+                mode,
+                info.other_ref.as_deref(),
+            ))?;
             let cancelation = py.import("cogd.types")?.getattr("CancelationException")?;
             Ok(Self {
                 runner: runner.unbind(),
@@ -323,20 +349,20 @@ fn describe(py: Python<'_>, err: &PyErr) -> String {
 impl Handler for PyHandler {
     fn load(&self) -> Result<LoadInfo, String> {
         Python::attach(|py| {
-            let (concurrency, is_async, streaming, healthcheck, batch) = self
+            let loaded: Loaded = self
                 .runner
                 .bind(py)
                 .call_method0("load")
-                .and_then(|info| info.extract::<LoadTuple>())
+                .and_then(|info| info.extract())
                 .map_err(|e| describe(py, &e))?;
             Ok(LoadInfo {
-                concurrency,
-                is_async,
-                streaming,
-                healthcheck,
-                batch: batch.map(|(max_size, max_wait_ms)| BatchSettings {
-                    max_size,
-                    max_wait_ms,
+                concurrency: loaded.concurrency,
+                is_async: loaded.is_async,
+                streaming: loaded.streaming,
+                healthcheck: loaded.healthcheck,
+                batch: loaded.batch.map(|batch| BatchSettings {
+                    max_size: batch.max_size,
+                    max_wait_ms: batch.max_wait_ms,
                 }),
             })
         })
@@ -383,7 +409,7 @@ impl Handler for PyHandler {
                         request.id,
                     ),
                 )
-                .and_then(|out| out.extract::<PyRunOutput<'_>>())
+                .and_then(|out| out.extract::<Option<EncodedOutput<'_>>>())
                 .map_err(|e| {
                     if e.is_instance(py, self.cancelation.bind(py)) {
                         RunError::Canceled
@@ -416,7 +442,7 @@ impl Handler for PyHandler {
                 .runner
                 .bind(py)
                 .call_method1("run_batch", (members, slot))
-                .and_then(|out| out.extract::<Vec<PyMemberResult<'_>>>())
+                .and_then(|out| out.extract::<Vec<MemberResult<'_>>>())
                 .map_err(|e| {
                     if e.is_instance(py, self.cancelation.bind(py)) {
                         RunError::Canceled
@@ -426,9 +452,9 @@ impl Handler for PyHandler {
                 })?;
             Ok(results
                 .into_iter()
-                .map(|(error, pieces, files, strings)| match error {
-                    Some(error) => Err(RunError::Failed(error)),
-                    None => run_output((pieces, files, strings)),
+                .map(|result| match result {
+                    MemberResult::Output(output) => run_output(Some(output)),
+                    MemberResult::Failed { error } => Err(RunError::Failed(error)),
                 })
                 .collect())
         })
@@ -467,5 +493,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_output, m)?)?;
     m.add_function(wrap_pyfunction!(record_metric, m)?)?;
     m.add_function(wrap_pyfunction!(read_metric, m)?)?;
+    m.add("__version__", cogd::VERSION)?;
     Ok(())
 }

@@ -214,7 +214,8 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
 
 /// `cogd schema`: the schema comes from the model's code, so it is built where
 /// the model runs: `python -m cogd.schema FILE.py:NAME` in the model
-/// directory, whose stdout is the document. Returns its exit code.
+/// directory (with `--other` naming the other mode's function, as the worker
+/// is told in `init`), whose stdout is the document. Returns its exit code.
 fn print_schema(flags: Flags) -> i32 {
     let config = match Config::resolve(flags, |k| std::env::var(k).ok()) {
         Ok(config) => config,
@@ -227,10 +228,12 @@ fn print_schema(flags: Flags) -> i32 {
         crate::ipc::Mode::Predict => "predict",
         crate::ipc::Mode::Train => "train",
     };
-    let status = std::process::Command::new(&config.python)
-        .args(["-m", "cogd.schema", &config.predictor_ref, "--mode", mode])
-        .current_dir(&config.model_dir)
-        .status();
+    let mut command = std::process::Command::new(&config.python);
+    command.args(["-m", "cogd.schema", &config.predictor_ref, "--mode", mode]);
+    if let Some(other) = &config.other_ref {
+        command.args(["--other", other]);
+    }
+    let status = command.current_dir(&config.model_dir).status();
     match status {
         Ok(status) => status.code().unwrap_or(1),
         Err(e) => {

@@ -17,6 +17,10 @@ pub struct Config {
     pub predictor_ref: String,
     /// Predict or train.
     pub mode: Mode,
+    /// `FILE.py:NAME` of the other mode's function (the training function
+    /// when predicting, the predictor when training), when one is configured
+    /// and differs: its part of the schema document is described too.
+    pub other_ref: Option<String>,
     /// Concurrent runs from `COG_MAX_CONCURRENCY`, which wins over the model.
     pub slots_override: Option<usize>,
     /// Concurrent runs from `cog.yaml`, for models that declare none.
@@ -191,21 +195,31 @@ impl Config {
             return Err(ConfigError::NoModelDir(model_dir));
         }
         let cog_yaml = read_cog_yaml(&model_dir)?;
-        // Training mode runs `train:` where predict mode runs `predict:`;
-        // each has its own variable, which wins over cog.yaml.
-        let (mode, predictor_ref) = if flags.train {
-            let train = env("COG_TRAIN_TYPE_STUB")
-                .filter(|s| !s.trim().is_empty())
+        // Training mode runs `train:` where predict mode runs `run:` (or
+        // `predict:`); each has its own variable, which wins over cog.yaml.
+        // This is the one place that rule lives: the worker is told both
+        // references in `init`.
+        let set = |value: Option<String>| value.filter(|s| !s.trim().is_empty());
+        let train_stub = set(env("COG_TRAIN_TYPE_STUB"));
+        let predict_stub = set(env("COG_PREDICT_TYPE_STUB"));
+        let (mode, predictor_ref, other_ref) = if flags.train {
+            let train = train_stub
                 .or(cog_yaml.train)
                 .ok_or_else(|| ConfigError::NoTrainer(model_dir.clone()))?;
-            (Mode::Train, train)
+            // Only described here, never run: both `run:` and `predict:` set
+            // (refused when predicting) is read as `run:`.
+            let predict = predict_stub.or(set(cog_yaml.run)).or(set(cog_yaml.predict));
+            (Mode::Train, train, predict)
         } else {
-            let predict = env("COG_PREDICT_TYPE_STUB")
-                .filter(|s| !s.trim().is_empty())
+            let predict = predict_stub
                 .or(entry_point(cog_yaml.run, cog_yaml.predict, &model_dir)?)
                 .ok_or_else(|| ConfigError::NoPredictor(model_dir.clone()))?;
-            (Mode::Predict, predict)
+            let train = train_stub.or(set(cog_yaml.train));
+            (Mode::Predict, predict, train)
         };
+        let other_ref = other_ref
+            .map(|r| r.trim().to_string())
+            .filter(|r| r != predictor_ref.trim());
         let slots_override = positive(&env, "COG_MAX_CONCURRENCY")?;
         let slots_default = cog_yaml.concurrency.and_then(|c| c.max).map(|n| n.max(1));
         let queue_size = number(
@@ -285,6 +299,7 @@ impl Config {
             model_dir,
             predictor_ref,
             mode,
+            other_ref,
             slots_override,
             slots_default,
             queue_size,
@@ -582,6 +597,7 @@ mod tests {
         let config = train(&[]).unwrap();
         assert_eq!(config.mode, Mode::Train);
         assert_eq!(config.predictor_ref, "train.py:train");
+        assert_eq!(config.other_ref.as_deref(), Some("predict.py:Predictor"));
         let config = train(&[("COG_TRAIN_TYPE_STUB", "other.py:Trainer")]).unwrap();
         assert_eq!(config.predictor_ref, "other.py:Trainer");
         assert_eq!(resolve(dir.path(), &[]).unwrap().mode, Mode::Predict);
@@ -597,6 +613,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::NoTrainer(_)), "{err}");
+    }
+
+    #[test]
+    fn the_other_mode_reference_follows_the_same_rule() {
+        let dir = model("run: run.py:Runner\ntrain: train.py:train\n");
+        let config = resolve(dir.path(), &[]).unwrap();
+        assert_eq!(config.other_ref.as_deref(), Some("train.py:train"));
+        // Its variable wins over cog.yaml, as the served one's does.
+        let config = resolve(dir.path(), &[("COG_TRAIN_TYPE_STUB", " t.py:T ")]).unwrap();
+        assert_eq!(config.other_ref.as_deref(), Some("t.py:T"));
+        let config = resolve(dir.path(), &[("COG_TRAIN_TYPE_STUB", "  ")]).unwrap();
+        assert_eq!(config.other_ref.as_deref(), Some("train.py:train"));
+        // One function serving both modes is described once.
+        let same = model("run: main.py:Model\ntrain: main.py:Model\n");
+        assert_eq!(resolve(same.path(), &[]).unwrap().other_ref, None);
+        let alone = model("run: run.py:Runner\ntrain: ''\n");
+        assert_eq!(resolve(alone.path(), &[]).unwrap().other_ref, None);
+        // Training with both entry points set describes `run:`.
+        let both = model("run: run.py:Runner\npredict: p.py:P\ntrain: train.py:train\n");
+        let config = resolve_flags(
+            Flags {
+                model_dir: both.path().to_path_buf(),
+                train: true,
+                ..Flags::default()
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.other_ref.as_deref(), Some("run.py:Runner"));
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub(crate) fn start_model(
             model_dir: config.model_dir.clone(),
             predictor_ref: config.predictor_ref.clone(),
             mode: config.mode,
+            other_ref: config.other_ref.clone(),
             slots_override: config.slots_override,
             slots_default: config.slots_default,
             setup_timeout: config.setup_timeout,

@@ -65,6 +65,10 @@ pub enum ControlRequest {
         predictor_ref: String,
         /// Predict or train.
         mode: Mode,
+        /// `FILE.py:NAME` of the other mode's function, when one is
+        /// configured: the schema document describes it too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        other_ref: Option<String>,
         /// A slot count that wins over the model's own (`COG_MAX_CONCURRENCY`).
         slots_override: Option<usize>,
         /// A slot count for models that declare none (`cog.yaml`).
@@ -591,6 +595,7 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             predictor_ref: "predict.py:Predictor".into(),
             mode: Mode::Predict,
+            other_ref: Some("train.py:train".into()),
             slots_override: Some(4),
             slots_default: None,
             socket_dir: "/tmp/cogd-x".into(),

@@ -49,6 +49,8 @@ pub struct WorkerConfig {
     pub predictor_ref: String,
     /// Predict or train.
     pub mode: Mode,
+    /// `FILE.py:NAME` of the other mode's function, described in the schema.
+    pub other_ref: Option<String>,
     /// A slot count that wins over the model's own (`COG_MAX_CONCURRENCY`).
     pub slots_override: Option<usize>,
     /// A slot count for models that declare none (`cog.yaml`).
@@ -651,6 +653,7 @@ impl Inner {
             protocol_version: PROTOCOL_VERSION,
             predictor_ref: config.predictor_ref.clone(),
             mode: config.mode,
+            other_ref: config.other_ref.clone(),
             slots_override: config.slots_override,
             slots_default: config.slots_default,
             socket_dir: config.socket_dir.clone(),

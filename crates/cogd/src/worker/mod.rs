@@ -41,6 +41,8 @@ pub struct InitInfo {
     pub predictor_ref: String,
     /// Predict or train.
     pub mode: Mode,
+    /// `FILE.py:NAME` of the other mode's function, described in the schema.
+    pub other_ref: Option<String>,
 }
 
 /// What loading the model says about how it may be run.
@@ -375,6 +377,7 @@ where
                 protocol_version,
                 predictor_ref,
                 mode,
+                other_ref,
                 slots_override,
                 slots_default,
                 socket_dir,
@@ -392,6 +395,7 @@ where
                 let info = InitInfo {
                     predictor_ref,
                     mode,
+                    other_ref,
                 };
                 (info, slots_override, slots_default, socket_dir)
             }
