@@ -91,6 +91,16 @@ def test_batches_never_exceed_max_size(start_server, tmp_path):
         assert prediction["output"]["text"].endswith(f":{prediction['metrics']['batch_size']}")
 
 
+def test_cog_max_batch_size_wins_over_the_decorator(start_server, tmp_path):
+    env = {"COG_MAX_BATCH_SIZE": "2", "COG_BATCH_WAIT_MS": "300", "COG_QUEUE_SIZE": "4"}
+    server = start_server("batched", env=env)
+    log = tmp_path / "batches.jsonl"
+    responses = predict_together(server, [{"text": f"t{i}", "log": str(log)} for i in range(4)])
+    for resp in responses:
+        assert resp.json()["status"] == "succeeded", resp.text
+    assert [b["size"] for b in batches(log)] == [2, 2]
+
+
 def test_admission_takes_max_size_times_slots_before_refusing(start_server, gate, tmp_path):
     server = start_server("batched", env={"COG_BATCH_WAIT_MS": "0"})
     started = tmp_path / "started"
