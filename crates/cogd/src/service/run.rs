@@ -491,7 +491,7 @@ impl<'a> RunLoop<'a> {
     }
 
     /// How the prediction ends for a run that stopped early: as it was asked
-    /// to stop, or canceled when it was not (the run canceled itself).
+    /// to stop, or canceled, as the worker reported, when it was not.
     fn stopped(&mut self) -> Outcome {
         match self.stopping.take() {
             Some(stopping) => self.stopped_by(stopping.why),
@@ -756,6 +756,46 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prediction::Prediction;
+    use std::time::Duration;
+
+    /// The first interruption, which must come within seconds.
+    async fn first(interrupts: Interrupts<'_>) -> Interrupt {
+        tokio::time::timeout(Duration::from_secs(5), interrupts.wait())
+            .await
+            .expect("interrupted")
+    }
+
+    #[tokio::test]
+    async fn a_run_is_interrupted_by_a_cancel_or_its_deadline_then_only_by_its_grace() {
+        let handle =
+            PredictionHandle::new(Prediction::new("p".into(), &serde_json::json!({}), None));
+        let now = tokio::time::Instant::now();
+        let soon = Some(now + Duration::from_millis(20));
+        let interrupts = |running, deadline, grace_over_at| Interrupts {
+            handle: &handle,
+            running,
+            deadline,
+            grace_over_at,
+        };
+        // Running: nothing interrupts it before its deadline, which does.
+        let nothing = tokio::time::timeout(
+            Duration::from_millis(20),
+            interrupts(true, None, None).wait(),
+        );
+        assert!(nothing.await.is_err());
+        let why = first(interrupts(true, soon, None)).await;
+        assert!(matches!(why, Interrupt::Stop(StopReason::TimedOut)));
+        // A cancel interrupts it at once.
+        handle.cancel();
+        let far = Some(now + Duration::from_secs(60));
+        let why = first(interrupts(true, far, None)).await;
+        assert!(matches!(why, Interrupt::Stop(StopReason::Canceled)));
+        // Stopping: the cancel and the deadline are behind it; only the end
+        // of its grace period interrupts it.
+        let why = first(interrupts(false, Some(now), soon)).await;
+        assert!(matches!(why, Interrupt::GraceOver));
+    }
 
     #[test]
     fn client_ids_never_become_paths_outside_the_directory() {
