@@ -160,8 +160,8 @@ impl Run {
             changed
         });
         self.publish_state("completed");
-        // (Until the registry hears, it keeps the whole handle, already
-        // terminal.)
+        // The records below wait for the client's answer. (Until the
+        // registry hears, it keeps the whole handle, already terminal.)
         nudge::let_waiters_answer_first().await;
         self.inner.lock_registry().finished(&self.id);
         let (status, error) = ended.expect("update runs its closure");
