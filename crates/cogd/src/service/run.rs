@@ -20,7 +20,7 @@
 //! The slot is freed (or poisoned) before the prediction's terminal state is
 //! published.
 
-use std::ops::ControlFlow;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -426,19 +426,19 @@ impl<'a> RunLoop<'a> {
             let flow = tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event).await,
-                    None => ControlFlow::Break(RunEnd::new(Outcome::Failed(
+                    None => Break(RunEnd::new(Outcome::Failed(
                         "the worker stopped reporting on this prediction".into(),
                     ))),
                 },
                 why = interrupts.wait() => match why {
                     Interrupt::Stop(why) => {
                         self.stop(why).await;
-                        ControlFlow::Continue(())
+                        Continue(())
                     }
-                    Interrupt::GraceOver => ControlFlow::Break(self.outlast(&mut events).await),
+                    Interrupt::GraceOver => Break(self.outlast(&mut events).await),
                 },
             };
-            if let ControlFlow::Break(end) = flow {
+            if let Break(end) = flow {
                 return end;
             }
         }
@@ -514,21 +514,17 @@ impl<'a> RunLoop<'a> {
             SlotEvent::Log { source, data } => self.on_log(source, &data),
             SlotEvent::Metric { name, value, mode } => self.on_metric(&name, value, mode),
             SlotEvent::Output { output, index } => self.on_output(output, index).await,
+            // The final events.
             SlotEvent::Done {
                 predict_time,
                 is_stream,
                 output,
-            } => {
-                let end = self.on_done(predict_time, is_stream, output).await;
-                return ControlFlow::Break(end);
-            }
-            SlotEvent::Failed(error) => {
-                return ControlFlow::Break(RunEnd::new(Outcome::Failed(error)))
-            }
-            SlotEvent::Canceled => return ControlFlow::Break(RunEnd::new(self.stopped())),
-            SlotEvent::Died(reason) => return ControlFlow::Break(self.on_died(reason)),
+            } => return Break(self.on_done(predict_time, is_stream, output).await),
+            SlotEvent::Failed(error) => return Break(RunEnd::new(Outcome::Failed(error))),
+            SlotEvent::Canceled => return Break(RunEnd::new(self.stopped())),
+            SlotEvent::Died(reason) => return Break(self.on_died(reason)),
         }
-        ControlFlow::Continue(())
+        Continue(())
     }
 
     /// A line the run wrote: into the logs, and to stream readers.
