@@ -15,6 +15,7 @@ pub mod ipc;
 pub mod json;
 pub mod logs;
 pub mod metrics;
+mod nudge;
 pub mod outbound;
 pub mod prediction;
 pub mod run_once;

@@ -276,11 +276,8 @@ async fn create(
     };
     match admitted {
         Admitted::Stream(response) => {
-            // The run task just made takes its slot and sends the run to the
-            // worker before the reply's head is written: the model starts
-            // sooner, and the head goes out with the `start` event in one
-            // write.
-            tokio::task::yield_now().await;
+            // Before the reply's head is written.
+            crate::nudge::let_the_run_start().await;
             Ok(response)
         }
         Admitted::Run(admission) => respond(admission, headers).await,

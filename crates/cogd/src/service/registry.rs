@@ -69,7 +69,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// The prediction with this id. A finished one kept as its final state
     /// comes back in a new handle, already terminal: waiting on it returns at
-    /// once, and cancelling it does nothing, as for any finished prediction.
+    /// once, and canceling it does nothing, as for any finished prediction.
     pub(crate) fn get(&self, id: &str) -> Option<PredictionHandle> {
         match self.by_id.get(id)? {
             Kept::Live(handle) => Some(handle.clone()),

@@ -140,8 +140,8 @@ pub enum SlotEvent {
     },
     /// The run raised.
     Failed(String),
-    /// The run was cancelled.
-    Cancelled,
+    /// The run was canceled.
+    Canceled,
     /// The worker (or this slot) died under the run.
     Died(String),
 }
@@ -198,7 +198,7 @@ impl SlotEvent {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Self::Done { .. } | Self::Failed(_) | Self::Cancelled | Self::Died(_)
+            Self::Done { .. } | Self::Failed(_) | Self::Canceled | Self::Died(_)
         )
     }
 }
@@ -762,7 +762,7 @@ impl Inner {
                     output: OutputValue::new(output, output_file, attached, files),
                 },
                 SlotResponse::Failed { error, .. } => SlotEvent::Failed(error),
-                SlotResponse::Cancelled { .. } => SlotEvent::Cancelled,
+                SlotResponse::Cancelled { .. } => SlotEvent::Canceled,
             };
             if event.is_final() {
                 end_run(&slots[index], event).await;
@@ -783,12 +783,8 @@ impl Inner {
                     let _ = run.events.send(event).await;
                 }
                 if frames.read_buffer().is_empty() {
-                    // Everything read so far has been handed on: let the run
-                    // act on it (send the first chunk of a stream to its
-                    // readers) before reading more. A model that yields faster
-                    // than that would otherwise keep this task reading, and
-                    // its first chunk waiting, for a whole scheduling budget.
-                    tokio::task::yield_now().await;
+                    // Everything read so far has been handed on.
+                    crate::nudge::let_the_run_act().await;
                 }
             }
         }
