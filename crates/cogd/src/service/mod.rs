@@ -38,7 +38,7 @@ use tracing::Instrument;
 use crate::files::outputs::{OutputSender, OutputTarget};
 use crate::files::Fetcher;
 use crate::ipc::{Mode, SlotRequest, Spill};
-use crate::prediction::{JsonText, Outcome, Prediction, PredictionHandle};
+use crate::prediction::{JsonText, Outcome, Prediction, PredictionHandle, StreamEvent};
 use crate::schema::{InputError, LiveSchema};
 use crate::supervisor::{OutputValue, SetupRecord, SlotEvent, Supervisor, WorkerState};
 use crate::telemetry::{self, Metrics, Phase, SlotCounts};
@@ -595,7 +595,7 @@ impl Run {
                     "the model stopped serving before the prediction could run".into(),
                 )),
                 // Cancelled while it waited for a slot: it never runs.
-                () = self.handle.cancelled() => Err(Outcome::Canceled),
+                () = self.handle.canceled() => Err(Outcome::Canceled),
             },
         };
         let permit = match permit {
@@ -618,7 +618,7 @@ impl Run {
             p.start();
             true
         });
-        self.publish_state("start");
+        self.publish_state(StreamEvent::start);
         let ended = self.run_in_slot(&permit, dir.clone(), started).await;
         if ended.dir_used {
             remove_run_dir(&self.id, dir).await;
@@ -640,10 +640,9 @@ impl Run {
     }
 
     /// Publishes the whole prediction as a stream event.
-    fn publish_state(&self, name: &'static str) {
+    fn publish_state(&self, event: fn(&Prediction) -> StreamEvent) {
         if self.handle.has_stream() {
-            let state = self.handle.snapshot().to_json();
-            self.handle.publish(name, state);
+            self.handle.publish(event(&self.handle.snapshot()));
         }
     }
 
@@ -656,7 +655,7 @@ impl Run {
             ended = Some((p.status, p.error.clone()));
             changed
         });
-        self.publish_state("completed");
+        self.publish_state(StreamEvent::completed);
         // A client waiting for the result answers first: the records below
         // are not its business and need not delay it. (Until the registry
         // hears, it keeps the whole handle, already terminal.)
@@ -718,7 +717,7 @@ impl Run {
                     .localize(&mut input, &self.file_inputs, &inputs_dir);
             let fetched = tokio::select! {
                 fetched = fetch => fetched,
-                () = self.handle.cancelled() => return ended(Outcome::Canceled),
+                () = self.handle.canceled() => return ended(Outcome::Canceled),
             };
             drop(download);
             if let Err(error) = fetched {
@@ -798,7 +797,7 @@ impl Run {
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
-                () = self.handle.cancelled(), if stop.is_none() => {
+                () = self.handle.canceled(), if stop.is_none() => {
                     stop = Some(self.ask_to_stop(slot, timeout_at).await);
                     continue;
                 }
@@ -836,14 +835,14 @@ impl Run {
                         None => false,
                     });
                     if let Some(data) = kept {
-                        let event = serde_json::json!({"source": source, "data": data});
-                        self.handle.publish("log", event.to_string());
+                        self.handle.publish(StreamEvent::log(source, &data));
                     }
                 }
                 SlotEvent::Metric { name, value, mode } => {
-                    let event = self.handle.has_stream().then(|| {
-                        serde_json::json!({"name": name, "value": value, "mode": mode}).to_string()
-                    });
+                    let event = self
+                        .handle
+                        .has_stream()
+                        .then(|| StreamEvent::metric(&name, &value, mode));
                     let mut refused = None;
                     self.handle
                         .update(|p| match p.record_metric(&name, value, mode) {
@@ -859,7 +858,7 @@ impl Run {
                         (Some(error), _) => {
                             tracing::warn!(prediction_id = %self.id, %error, "ignoring a metric the worker should have refused")
                         }
-                        (None, Some(event)) => self.handle.publish("metric", event),
+                        (None, Some(event)) => self.handle.publish(event),
                         (None, None) => {}
                     }
                 }
@@ -873,7 +872,7 @@ impl Run {
                     let output = tokio::select! {
                         sent = self.send_output(output, &output_dir) => sent,
                         // Back to the loop, which acts on the cancel or the time limit.
-                        () = self.handle.cancelled(), if stop.is_none() => continue,
+                        () = self.handle.canceled(), if stop.is_none() => continue,
                         () = sleep_until(timeout_at), if stop.is_none() => continue,
                     };
                     let output = match output {
@@ -889,8 +888,7 @@ impl Run {
                         }
                     };
                     if self.handle.has_stream() {
-                        let event = format!(r#"{{"chunk":{},"index":{index}}}"#, output.get());
-                        self.handle.publish("output", event);
+                        self.handle.publish(StreamEvent::output(&output, index));
                     }
                     self.handle.update(|p| {
                         p.push_output(output);
@@ -910,7 +908,7 @@ impl Run {
                         dir_used |= output.uses_dir();
                         let sent = tokio::select! {
                             sent = self.send_output(output, &output_dir) => sent,
-                            () = self.handle.cancelled(), if stop.is_none() => {
+                            () = self.handle.canceled(), if stop.is_none() => {
                                 return ended(Outcome::Canceled)
                             }
                             () = sleep_until(timeout_at), if stop.is_none() => {
