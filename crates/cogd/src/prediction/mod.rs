@@ -9,9 +9,9 @@
 //!
 //! Here: the state machine ([`Prediction`], [`Status`], [`Outcome`]), the
 //! response envelope it is written as, and [`PredictionHandle`]. The shared
-//! JSON text of inputs and outputs is in [`text`] ([`JsonText`]); the events
-//! of a `@streaming` model's stream, its history and its readers, in
-//! [`stream`] ([`StreamEvent`]).
+//! JSON text of inputs and outputs ([`JsonText`]) is in `text.rs`; the
+//! events of a `@streaming` model's stream ([`StreamEvent`]), its history
+//! and its readers, in `stream.rs`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::ser::Serializer;
@@ -248,7 +248,8 @@ pub(crate) fn timestamp(t: &DateTime<Utc>) -> String {
 impl Serialize for Prediction {
     /// Serialises as the envelope's text: the text
     /// [`Prediction::envelope_pieces`] writes, the one writer of the
-    /// envelope (every reply, webhook and stream event sends its pieces).
+    /// envelope (every reply, webhook and stream event is written from its
+    /// pieces).
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let text = self.to_json();
         serde_json::from_str::<&RawValue>(&text)

@@ -1,6 +1,6 @@
 //! [`JsonText`]: the text of one JSON value, shared. A prediction's input and
-//! outputs are kept this way, so snapshots, replies and stream events never
-//! copy (or parse again) what may be tens of megabytes.
+//! outputs are kept this way, so snapshots and replies never copy what may
+//! be tens of megabytes, and nothing parses it again.
 
 use serde::ser::Serializer;
 use serde::Serialize;
