@@ -164,7 +164,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prediction::Outcome;
+    use crate::prediction::{JsonText, Outcome, StreamEvent};
 
     fn handle(id: &str) -> PredictionHandle {
         PredictionHandle::new(Prediction::new(id.into(), &serde_json::json!({}), None))
@@ -231,7 +231,8 @@ mod tests {
         let prediction = Prediction::new("streamed".into(), &serde_json::json!({}), None);
         let streamed = PredictionHandle::with_stream(prediction, 8);
         registry.insert("streamed".into(), streamed.clone());
-        streamed.publish("output", "\"a\"".into());
+        let chunk = JsonText::from(&serde_json::json!("a"));
+        streamed.publish(StreamEvent::output(&chunk, 0));
         streamed.update(|p| p.finish(Outcome::Canceled));
         registry.finished("streamed");
         let found = registry.get("streamed").expect("kept");

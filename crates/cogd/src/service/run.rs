@@ -34,7 +34,7 @@ use super::Inner;
 use crate::files::outputs::OutputTarget;
 use crate::ipc::{LogSource, MetricMode, SlotRequest, Spill};
 use crate::nudge;
-use crate::prediction::{JsonText, Outcome, PredictionHandle};
+use crate::prediction::{JsonText, Outcome, Prediction, PredictionHandle, StreamEvent};
 use crate::supervisor::{OutputValue, SlotEvent};
 use crate::telemetry::{self, Phase};
 
@@ -98,7 +98,7 @@ impl Run {
                     "the model stopped serving before the prediction could run".into(),
                 )),
                 // Canceled while it waited for a slot: it never runs.
-                () = self.handle.cancelled() => Err(Outcome::Canceled),
+                () = self.handle.canceled() => Err(Outcome::Canceled),
             },
         };
         let permit = match permit {
@@ -121,7 +121,7 @@ impl Run {
             p.start();
             true
         });
-        self.publish_state("start");
+        self.publish_state(StreamEvent::start);
         let end = self.run_in_slot(&permit, dir.clone(), started).await;
         if end.dir_used {
             remove_run_dir(&self.id, dir).await;
@@ -143,10 +143,9 @@ impl Run {
     }
 
     /// Publishes the whole prediction as a stream event.
-    fn publish_state(&self, name: &'static str) {
+    fn publish_state(&self, event: fn(&Prediction) -> StreamEvent) {
         if self.handle.has_stream() {
-            let state = self.handle.snapshot().to_json();
-            self.handle.publish(name, state);
+            self.handle.publish(event(&self.handle.snapshot()));
         }
     }
 
@@ -159,7 +158,7 @@ impl Run {
             ended = Some((p.status, p.error.clone()));
             changed
         });
-        self.publish_state("completed");
+        self.publish_state(StreamEvent::completed);
         // The records below wait for the client's answer. (Until the
         // registry hears, it keeps the whole handle, already terminal.)
         nudge::let_waiters_answer_first().await;
@@ -306,7 +305,7 @@ impl Run {
                 .localize(&mut input, &self.file_inputs, &inputs_dir);
         let fetched = tokio::select! {
             fetched = fetch => fetched,
-            () = self.handle.cancelled() => return Err(Outcome::Canceled),
+            () = self.handle.canceled() => return Err(Outcome::Canceled),
         };
         drop(download);
         fetched.map_err(Outcome::Failed)?;
@@ -381,7 +380,7 @@ impl Interrupts<'_> {
     /// Waits for the first interruption.
     async fn wait(self) -> Interrupt {
         tokio::select! {
-            () = self.handle.cancelled(), if self.running => Interrupt::Stop(StopReason::Canceled),
+            () = self.handle.canceled(), if self.running => Interrupt::Stop(StopReason::Canceled),
             () = sleep_until(self.deadline), if self.running => Interrupt::Stop(StopReason::TimedOut),
             () = sleep_until(self.grace_over_at) => Interrupt::GraceOver,
         }
@@ -541,8 +540,7 @@ impl<'a> RunLoop<'a> {
             None => false,
         });
         if let Some(data) = kept {
-            let event = serde_json::json!({"source": source, "data": data});
-            handle.publish("log", event.to_string());
+            handle.publish(StreamEvent::log(source, &data));
         }
     }
 
@@ -552,7 +550,7 @@ impl<'a> RunLoop<'a> {
         let handle = &self.run.handle;
         let event = handle
             .has_stream()
-            .then(|| serde_json::json!({"name": name, "value": value, "mode": mode}).to_string());
+            .then(|| StreamEvent::metric(name, &value, mode));
         let mut refused = None;
         handle.update(|p| match p.record_metric(name, value, mode) {
             Ok(changed) => changed,
@@ -567,7 +565,7 @@ impl<'a> RunLoop<'a> {
             (Some(error), _) => {
                 tracing::warn!(prediction_id = %self.run.id, %error, "ignoring a metric the worker should have refused")
             }
-            (None, Some(event)) => handle.publish("metric", event),
+            (None, Some(event)) => handle.publish(event),
             (None, None) => {}
         }
     }
@@ -588,8 +586,7 @@ impl<'a> RunLoop<'a> {
         };
         let handle = &self.run.handle;
         if handle.has_stream() {
-            let event = format!(r#"{{"chunk":{},"index":{index}}}"#, output.get());
-            handle.publish("output", event);
+            handle.publish(StreamEvent::output(&output, index));
         }
         handle.update(|p| {
             p.push_output(output);
