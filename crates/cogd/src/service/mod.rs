@@ -37,10 +37,10 @@ use tracing::Instrument;
 
 use crate::files::outputs::{OutputSender, OutputTarget};
 use crate::files::Fetcher;
-use crate::ipc::{Mode, SlotRequest, Spill};
+use crate::ipc::{Mode, OutputValue, SlotRequest, Spill};
 use crate::prediction::{JsonText, Outcome, Prediction, PredictionHandle};
 use crate::schema::{InputError, LiveSchema};
-use crate::supervisor::{OutputValue, SetupRecord, SlotEvent, Supervisor, WorkerState};
+use crate::supervisor::{SetupRecord, SlotEvent, Supervisor, WorkerState};
 use crate::telemetry::{self, Metrics, Phase, SlotCounts};
 use crate::webhook::{Subscription, WebhookSender};
 use registry::Registry;
