@@ -32,10 +32,10 @@ use tracing::Instrument;
 use super::slots::{Admit, SlotPermit};
 use super::Inner;
 use crate::files::outputs::OutputTarget;
-use crate::ipc::{LogSource, MetricMode, SlotRequest, Spill};
+use crate::ipc::{LogSource, MetricMode, OutputValue, SlotRequest, Spill};
 use crate::nudge;
 use crate::prediction::{JsonText, Outcome, Prediction, PredictionHandle, StreamEvent};
-use crate::supervisor::{OutputValue, SlotEvent};
+use crate::supervisor::SlotEvent;
 use crate::telemetry::{self, Phase};
 
 /// Inputs larger than this (as JSON) reach the worker through a file.

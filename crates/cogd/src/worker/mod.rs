@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use crate::ipc::{
-    encode_line, ControlRequest, ControlResponse, FileOutput, FileReceiver, FrameReader,
+    encode_line, Carrier, ControlRequest, ControlResponse, FileOutput, FileReceiver, FrameReader,
     HealthcheckStatus, LogSource, MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
 use crate::metrics::MetricError;
@@ -166,11 +166,9 @@ pub fn write_output(
         return Ok(false);
     };
     let carrier = output::spill(output, &dir, &format!("output-{index}.json"))?;
-    let (output, output_file, output_attached, file) = carrier.into_fields();
+    let (output, file) = carrier.detach();
     let message = SlotResponse::Output {
         output,
-        output_file,
-        output_attached,
         index,
         files,
     };
@@ -713,17 +711,15 @@ fn slot_loop(
             Ok(RunOutput::Value(output, files)) => {
                 let carrier = match &dir {
                     Some(dir) => output::spill(output, dir, "output.json"),
-                    None => output::inline(output).map(output::Carrier::Inline),
+                    None => output::inline(output).map(Carrier::Inline),
                 };
                 let done = carrier.map(|carrier| {
-                    let (output, output_file, output_attached, file) = carrier.into_fields();
+                    let (output, file) = carrier.detach();
                     let done = SlotResponse::Done {
                         id: id.clone(),
                         predict_time,
                         is_stream: false,
-                        output,
-                        output_file,
-                        output_attached,
+                        output: Some(output),
                         files,
                     };
                     (done, file)
@@ -745,8 +741,6 @@ fn slot_loop(
                 predict_time,
                 is_stream: true,
                 output: None,
-                output_file: None,
-                output_attached: false,
                 files: Vec::new(),
             }),
             Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed {
