@@ -90,6 +90,45 @@ pub struct Config {
     /// `/health-check` calls it unhealthy (`COG_HEALTHCHECK_TIMEOUT`,
     /// seconds, default 5).
     pub healthcheck_timeout: Duration,
+    /// The Redis Streams queue to consume, when one is given
+    /// (`--queue-url` / `COG_QUEUE_URL`).
+    pub queue: Option<QueueConfig>,
+}
+
+/// Where and how to consume a Redis Streams queue (`docs/scale-out.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// `redis://HOST:PORT/DB` (`--queue-url`, `COG_QUEUE_URL`).
+    pub url: String,
+    /// The stream (`--queue-stream`, `COG_QUEUE_STREAM`, default `cog:predictions`).
+    pub stream: String,
+    /// The consumer group (`--queue-group`, `COG_QUEUE_GROUP`, default the stream's name).
+    pub group: String,
+    /// This replica's consumer name (`--consumer`, `COG_QUEUE_CONSUMER`,
+    /// default `HOSTNAME-PID`).
+    pub consumer: String,
+    /// How long a claim lasts unrenewed; renewed every third of it, and
+    /// entries idle past it are reclaimed (`COG_QUEUE_LEASE`, seconds, default 30).
+    pub lease: Duration,
+    /// Deliveries before an entry goes to `<stream>:dead`
+    /// (`COG_QUEUE_MAX_DELIVERIES`, default 3).
+    pub max_deliveries: u64,
+    /// Failed predictions in a row after which the replica stops
+    /// (`COG_QUEUE_MAX_FAILURES`; unset: never).
+    pub max_failures: Option<usize>,
+}
+
+/// The queue as the command line gives it.
+#[derive(Debug, Clone, Default)]
+pub struct QueueFlags {
+    /// `--queue-url` / `COG_QUEUE_URL`.
+    pub url: Option<String>,
+    /// `--queue-stream` / `COG_QUEUE_STREAM`.
+    pub stream: Option<String>,
+    /// `--queue-group` / `COG_QUEUE_GROUP`.
+    pub group: Option<String>,
+    /// `--consumer` / `COG_QUEUE_CONSUMER`.
+    pub consumer: Option<String>,
 }
 
 /// What the command line gives.
@@ -109,6 +148,8 @@ pub struct Flags {
     pub python: PathBuf,
     /// `--train` (the launcher's `--x-mode train`): run the training function.
     pub train: bool,
+    /// The queue to consume, if any.
+    pub queue: QueueFlags,
 }
 
 /// A configuration the server cannot start with.
@@ -136,6 +177,9 @@ pub enum ConfigError {
     /// Training mode, and nothing says what trains.
     #[error("no training function: set `train: \"train.py:train\"` in {0}/cog.yaml or COG_TRAIN_TYPE_STUB")]
     NoTrainer(PathBuf),
+    /// `--queue-url` is not a Redis URL.
+    #[error("--queue-url {0:?} is not a redis:// (or rediss://) URL")]
+    BadQueueUrl(String),
     /// `--upload-url` is not an http(s) URL.
     #[error("--upload-url {0:?} is not an http:// or https:// URL")]
     BadUploadUrl(String),
@@ -149,6 +193,55 @@ pub enum ConfigError {
         /// What is expected.
         message: &'static str,
     },
+}
+
+/// The queue settings, when a queue URL is given.
+fn queue_config(
+    flags: QueueFlags,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<QueueConfig>, ConfigError> {
+    let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+    let Some(url) = given(flags.url) else {
+        return Ok(None);
+    };
+    if !matches!(
+        url.split_once("://").map(|(scheme, _)| scheme),
+        Some("redis" | "rediss" | "redis+unix" | "unix")
+    ) {
+        return Err(ConfigError::BadQueueUrl(url));
+    }
+    let stream = given(flags.stream).unwrap_or_else(|| "cog:predictions".into());
+    let group = given(flags.group).unwrap_or_else(|| stream.clone());
+    let consumer = given(flags.consumer).unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| env("HOSTNAME"))
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "cogd".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let lease = match seconds(env, "COG_QUEUE_LEASE")? {
+        Some(lease) if lease < Duration::from_millis(300) => {
+            return Err(ConfigError::BadEnv {
+                name: "COG_QUEUE_LEASE",
+                value: env("COG_QUEUE_LEASE").unwrap_or_default(),
+                message: "expected a number of seconds of at least 0.3",
+            })
+        }
+        lease => lease.unwrap_or(Duration::from_secs(30)),
+    };
+    let max_deliveries = positive(env, "COG_QUEUE_MAX_DELIVERIES")?.unwrap_or(3) as u64;
+    let max_failures = positive(env, "COG_QUEUE_MAX_FAILURES")?;
+    Ok(Some(QueueConfig {
+        url,
+        stream,
+        group,
+        consumer,
+        lease,
+        max_deliveries,
+        max_failures,
+    }))
 }
 
 /// The parts of `cog.yaml` the server reads; the rest is for builds.
@@ -264,7 +357,9 @@ impl Config {
                 return Err(ConfigError::BadUploadUrl(url.clone()));
             }
         }
+        let queue = queue_config(flags.queue, &env)?;
         Ok(Config {
+            queue,
             model_dir,
             predictor_ref,
             mode,

@@ -17,6 +17,7 @@ pub mod logs;
 pub mod metrics;
 pub mod outbound;
 pub mod prediction;
+pub mod queue;
 pub mod run_once;
 pub mod schema;
 pub mod server;
