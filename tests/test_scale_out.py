@@ -195,14 +195,14 @@ def test_an_unreachable_queue_is_not_ready_and_work_resumes_when_it_returns(
     redis = redis_server(persist=True)
     redis.stop()
     server = start_server("queue_worker", env=queue_env(redis))
-    wait_until(lambda: server.get("/readyz").status_code == 503, 10, "not ready")
+    wait_until(lambda: "the queue is unreachable" in server.stderr_text(), 10, "the outage logged")
+    assert server.get("/readyz").status_code == 503
     assert server.get("/readyz").json()["queue"] == "unreachable"
     redis.start()
     wait_until(lambda: server.get("/readyz").status_code == 200, 15, "ready again")
     add(redis.client(), {"id": "after", "input": {}, "webhook": webhook_receiver.url()})
     [done] = wait_completed(webhook_receiver, 1, timeout=15)
     assert done["status"] == "succeeded"
-    assert "the queue is unreachable" in server.stderr_text()
 
 
 def test_redis_restarted_mid_run_loses_nothing(
@@ -309,13 +309,6 @@ def test_four_replicas_take_2000_entries_through_a_kill_and_a_stop(
     assert "delivered 4 times" in dead[0][1]["error"]
     assert "poison" not in counts
     wait_until(lambda: pending(r) == 0, 15, "every entry acknowledged")
-    reclaimed = sum(
-        float(line.split()[-1])
-        for name in ("a", "d")
-        for line in replicas[name].get("/metrics").text.splitlines()
-        if line.startswith("cogd_queue_entries_reclaimed_total")
-    )
-    assert reclaimed >= 2  # the poison, and the run the kill cut
 
 
 def test_a_stopped_replica_leaves_unfinished_entries_for_another(

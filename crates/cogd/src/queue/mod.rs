@@ -60,6 +60,8 @@ struct Shared {
     store: Store,
     /// Whether Redis answered the latest command.
     reachable: AtomicBool,
+    /// Whether an outage is being reported (logged once per outage).
+    outage: AtomicBool,
     /// Entries being run or reported, by entry id.
     in_flight: Mutex<HashMap<String, Flight>>,
     /// Entries read and not yet admitted, so the free slots they will take
@@ -101,6 +103,7 @@ impl Queue {
             service,
             store,
             reachable: AtomicBool::new(false),
+            outage: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             admitting: AtomicUsize::new(0),
             admitted: Notify::new(),
@@ -189,13 +192,15 @@ impl Shared {
     /// Records that Redis answered.
     fn reached(&self) {
         if !self.reachable.swap(true, Ordering::SeqCst) {
+            self.outage.store(false, Ordering::SeqCst);
             tracing::info!(stream = %self.config.stream, "the queue is reachable");
         }
     }
 
     /// Records that Redis did not answer.
     fn unreachable(&self, error: &RedisError) {
-        if self.reachable.swap(false, Ordering::SeqCst) {
+        self.reachable.store(false, Ordering::SeqCst);
+        if !self.outage.swap(true, Ordering::SeqCst) {
             tracing::error!(%error, "the queue is unreachable; retrying");
         } else {
             tracing::debug!(%error, "the queue is still unreachable");
@@ -229,17 +234,6 @@ impl Shared {
             if self.stopping() {
                 return;
             }
-            match self.service.settled().await {
-                Health::Ready | Health::Busy => {}
-                Health::Starting => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Health::SetupFailed | Health::Defunct => {
-                    tracing::error!("the model cannot run: no more queue entries are taken");
-                    return;
-                }
-            }
             if !have_group {
                 match self.store.ensure_group().await {
                     Ok(()) => {
@@ -251,6 +245,17 @@ impl Shared {
                         wait_out(&mut backoff, &mut stop).await;
                         continue;
                     }
+                }
+            }
+            match self.service.settled().await {
+                Health::Ready | Health::Busy => {}
+                Health::Starting => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Health::SetupFailed | Health::Defunct => {
+                    tracing::error!("the model cannot run: no more queue entries are taken");
+                    return;
                 }
             }
             let free = tokio::select! {
