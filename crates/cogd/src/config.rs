@@ -710,4 +710,54 @@ mod tests {
             Some(Duration::from_millis(2500))
         );
     }
+
+    #[test]
+    fn a_queue_url_turns_queue_mode_on_with_cogs_defaults() {
+        let dir = model("predict: predict.py:Predictor\n");
+        assert_eq!(resolve(dir.path(), &[]).unwrap().queue, None);
+        let flags = |url: &str| Flags {
+            model_dir: dir.path().to_path_buf(),
+            queue: QueueFlags {
+                url: Some(url.into()),
+                ..QueueFlags::default()
+            },
+            ..Flags::default()
+        };
+        let queue = resolve_flags(flags("redis://h:6379/2"), &[])
+            .unwrap()
+            .queue
+            .unwrap();
+        assert_eq!(queue.stream, "cog:predictions");
+        assert_eq!(queue.group, "cog:predictions");
+        assert!(queue
+            .consumer
+            .ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(queue.lease, Duration::from_secs(30));
+        assert_eq!(queue.max_deliveries, 3);
+        assert_eq!(queue.max_failures, None);
+        let mut named = flags("redis://h");
+        named.queue.stream = Some("jobs".into());
+        let queue = resolve_flags(
+            named,
+            &[
+                ("COG_QUEUE_LEASE", "2.5"),
+                ("COG_QUEUE_MAX_DELIVERIES", "5"),
+                ("COG_QUEUE_MAX_FAILURES", "10"),
+            ],
+        )
+        .unwrap()
+        .queue
+        .unwrap();
+        assert_eq!(
+            (queue.stream.as_str(), queue.group.as_str()),
+            ("jobs", "jobs")
+        );
+        assert_eq!(queue.lease, Duration::from_millis(2500));
+        assert_eq!(queue.max_deliveries, 5);
+        assert_eq!(queue.max_failures, Some(10));
+        let refused = resolve_flags(flags("http://h"), &[]).unwrap_err();
+        assert!(matches!(refused, ConfigError::BadQueueUrl(_)), "{refused}");
+        let refused = resolve_flags(flags("redis://h"), &[("COG_QUEUE_LEASE", "0.1")]);
+        assert!(refused.is_err());
+    }
 }

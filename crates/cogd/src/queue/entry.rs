@@ -40,7 +40,7 @@ pub struct Refused {
     /// What is wrong, for people.
     pub error: String,
     /// The request as far as it could be read (`None`: nothing could).
-    pub request: Option<Request>,
+    pub request: Option<Box<Request>>,
 }
 
 impl Request {
@@ -174,7 +174,7 @@ pub fn parse(entry_id: &str, value: Option<&[u8]>) -> Result<Request, Refused> {
     } else {
         Err(Refused {
             error: format!("invalid queue entry: {}", problems.join("; ")),
-            request: Some(request),
+            request: Some(Box::new(request)),
         })
     }
 }

@@ -372,14 +372,13 @@ impl Shared {
                 self.dead_letter(entry, &error, deliveries).await;
                 return;
             }
-            if let Ok(request)
-            | Err(Refused {
-                request: Some(request),
-                ..
-            }) = &parsed
-            {
-                if self.retry(|| self.store.is_done(&request.id)).await == Some(true) {
-                    tracing::info!(entry_id = %entry.id, prediction_id = %request.id, "a reclaimed entry had completed: acknowledged");
+            let id = match &parsed {
+                Ok(request) => Some(&request.id),
+                Err(refused) => refused.request.as_ref().map(|r| &r.id),
+            };
+            if let Some(id) = id {
+                if self.retry(|| self.store.is_done(id)).await == Some(true) {
+                    tracing::info!(entry_id = %entry.id, prediction_id = %id, "a reclaimed entry had completed: acknowledged");
                     self.acknowledge(&entry.id).await;
                     return;
                 }
