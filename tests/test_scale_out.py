@@ -372,3 +372,16 @@ def test_cogs_redis_worker_launcher_starts_queue_mode(
     assert done["status"] == "succeeded"
     consumers = r.xinfo_consumers("jobs", "jobs")
     assert [c["name"] for c in consumers] == ["worker-1"]
+
+
+def test_cogs_http_launcher_honours_the_queue_variables(
+    start_server: Any, redis_server: Any, webhook_receiver: Any
+) -> None:
+    redis = redis_server()
+    r = redis.client()
+    env = {"COG_QUEUE_URL": redis.url, "COG_QUEUE_STREAM": "jobs", "COG_QUEUE_GROUP": "workers"}
+    start_server("queue_worker", launcher="cog", env=env)
+    add(r, {"id": "h1", "input": {}, "webhook": webhook_receiver.url()}, stream="jobs")
+    [done] = wait_completed(webhook_receiver, 1)
+    assert done["status"] == "succeeded"
+    assert [g["name"] for g in r.xinfo_groups("jobs")] == ["workers"]
