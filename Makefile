@@ -91,7 +91,7 @@ fuzz: ## property tests of the protocol codec, messages and request parsing, FUZ
 soak: install ## the soak test with SOAK_N predictions, printing its report
 	COGD_SOAK_N=$(SOAK_N) $(BIN)/pytest -p no:xdist -s tests/test_soak.py
 
-bench: install ## cogd side by side with the reference runtime and the floor (bench/README.md)
+bench: install redis ## cogd side by side with the reference runtime and the floor (bench/README.md)
 	$(PY) bench/suite.py $(BENCH_ARGS)
 
 clean: ## remove build outputs and the virtualenv
