@@ -18,6 +18,7 @@ pub mod metrics;
 mod nudge;
 pub mod outbound;
 pub mod prediction;
+pub mod queue;
 pub mod run_once;
 pub mod schema;
 pub mod server;

@@ -44,6 +44,9 @@ pub struct AppState {
     pub streams: StreamLimit,
     /// `COG_PLAYGROUND`: whether browsers get the playground page at `/`.
     pub playground: bool,
+    /// The Redis Streams queue this replica consumes, if any: not ready
+    /// while it is unreachable; its metrics join `/metrics`.
+    pub queue: Option<crate::queue::Queue>,
 }
 
 /// The router with every route of the API; request bodies larger than
@@ -123,6 +126,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Health::Ready | Health::Busy => StatusCode::OK,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
+    if state.queue.as_ref().is_some_and(|q| !q.reachable()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": health, "queue": "unreachable" })),
+        )
+            .into_response();
+    }
     (status, Json(json!({ "status": health }))).into_response()
 }
 
@@ -407,7 +417,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             crate::telemetry::METRICS_CONTENT_TYPE,
         )],
-        state.service.render_metrics(),
+        match &state.queue {
+            Some(queue) => state.service.render_metrics() + &queue.render_metrics().await,
+            None => state.service.render_metrics(),
+        },
     )
         .into_response()
 }

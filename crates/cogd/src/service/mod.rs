@@ -442,6 +442,23 @@ impl Service {
         Ok(Admission::Created(handle))
     }
 
+    /// Slots free now: predictions created now would run at once.
+    pub fn free_slots(&self) -> usize {
+        self.inner.slots.free()
+    }
+
+    /// Waits until a slot is free and returns how many are (a consumer of an
+    /// outside queue takes only as much work as this).
+    pub async fn wait_for_free_slot(&self) -> usize {
+        self.inner.slots.wait_for_free().await
+    }
+
+    /// The webhook sender this service delivers with, for predictions whose
+    /// webhooks are sent by their creator (see [`WebhookSender::spawn_gated`]).
+    pub fn webhook_sender(&self) -> &WebhookSender {
+        &self.inner.outbound.webhooks
+    }
+
     /// Whether the model's run streams (clients may follow it with SSE).
     pub fn streaming(&self) -> bool {
         self.inner.supervisor.streaming()
