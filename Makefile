@@ -14,7 +14,7 @@ PYTEST_WORKERS ?= 2
 # (debug builds, several times quicker to rebuild).
 PROFILE ?= release
 
-.PHONY: help serve test install build-dev browser cargo-test pytest lint fmt check bench fuzz soak clean
+.PHONY: help serve test install build-dev browser redis cargo-test pytest lint fmt check bench fuzz soak clean
 
 help: ## list the targets (what `make` alone does)
 	@echo "make serve, then make check while changing things and make test before sending them:"
@@ -62,7 +62,11 @@ cargo-test: ## Rust unit tests (release; debug under `make check`)
 browser: ## install the system Chromium the browser tests drive, when missing
 	@command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
-pytest: browser ## end-to-end tests against what is installed (`install` or `build-dev`)
+# The scale-out tests start their own Debian redis-server on a free port.
+redis: ## install the redis-server the scale-out tests start, when missing
+	@command -v redis-server >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }
+
+pytest: browser redis ## end-to-end tests against what is installed (`install` or `build-dev`)
 	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 # mypy checks the Python package (strict, see pyproject.toml) against
@@ -94,7 +98,7 @@ fuzz: ## property tests of the protocol codec, messages and request parsing, FUZ
 soak: install ## the soak test with SOAK_N predictions, printing its report
 	COGD_SOAK_N=$(SOAK_N) $(BIN)/pytest -p no:xdist -s tests/test_soak.py
 
-bench: install ## cogd side by side with the reference runtime and the floor (bench/README.md)
+bench: install redis ## cogd side by side with the reference runtime and the floor (bench/README.md)
 	$(PY) bench/suite.py $(BENCH_ARGS)
 
 clean: ## remove build outputs and the virtualenv

@@ -89,6 +89,18 @@ def parse_args() -> argparse.Namespace:
         "read (default: 10000)",
     )
     p.add_argument(
+        "--queue-entries",
+        type=int,
+        default=600,
+        help="entries each replica count drains in the queue scenario (default: 600)",
+    )
+    p.add_argument(
+        "--queue-latency-samples",
+        type=int,
+        default=100,
+        help="XADD-to-start samples in the queue scenario (default: 100)",
+    )
+    p.add_argument(
         "--json",
         metavar="FILE",
         default=str(BENCH / "results" / "suite.json"),
@@ -830,6 +842,97 @@ def validation(servers: Servers, name: str, args: argparse.Namespace) -> dict:
     }
 
 
+@contextlib.contextmanager
+def redis_server(scratch: Path) -> Iterator[tuple[int, object]]:
+    """A redis-server of its own on a free loopback port, nothing on disk."""
+    import redis
+
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="redis-", dir=scratch))
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+    cmd += ["--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)
+    client = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+    try:
+        for _ in range(500):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.01)
+        yield port, client
+    finally:
+        stop(proc)
+
+
+def drain_time(client: object, stream: str, count: int, timeout: float = 300.0) -> float:
+    """Seconds from adding `count` entries to `stream` (in one pipeline) to
+    the group having read and acknowledged them all."""
+    groups = client.xinfo_groups(stream)  # type: ignore[attr-defined]
+    before = groups[0]["entries-read"] or 0 if groups else 0
+    pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
+    for _ in range(count):
+        pipe.xadd(stream, {"value": json.dumps({"input": {}})})
+    started = time.perf_counter()
+    pipe.execute()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [group] = client.xinfo_groups(stream)  # type: ignore[attr-defined]
+        if (group["entries-read"] or 0) >= before + count and group["pending"] == 0:
+            return time.perf_counter() - started
+        time.sleep(0.005)
+    raise RuntimeError(f"{stream}: entries not all acknowledged within {timeout}s")
+
+
+def queue(servers: Servers, name: str, args: argparse.Namespace) -> dict:
+    """Replicas (1 slot each) of a 20 ms sleep model on one Redis stream:
+    entries per second with 1, 2 and 4 replicas, and the time from XADD to
+    the model's run beginning on an idle replica."""
+    figures: dict[str, float] = {}
+    with redis_server(servers.scratch) as (port, client):
+        url = f"redis://127.0.0.1:{port}/0"
+        for replicas in (1, 2, 4):
+            stream = f"bench:{replicas}"
+            with contextlib.ExitStack() as stack:
+                for i in range(replicas):
+                    env = {
+                        "COG_QUEUE_URL": url,
+                        "COG_QUEUE_STREAM": stream,
+                        "COG_QUEUE_CONSUMER": f"r{i}",
+                    }
+                    stack.enter_context(servers.serve(name, MODELS / "sleep20", env=env))
+                # Until each group exists and every worker has run once.
+                for _ in range(200):
+                    if client.exists(stream) and client.xinfo_groups(stream):
+                        break
+                    time.sleep(0.01)
+                drain_time(client, stream, 8 * replicas)
+                seconds = drain_time(client, stream, args.queue_entries)
+                figures[f"replicas_{replicas}_per_s"] = args.queue_entries / seconds
+        figures["scale_4_over_1"] = figures["replicas_4_per_s"] / figures["replicas_1_per_s"]
+        env = {"COG_QUEUE_URL": url, "COG_QUEUE_STREAM": "bench:latency"}
+        with servers.serve(name, MODELS / "sleep20", env=env):
+            latencies = []
+            for i in range(args.queue_latency_samples + 5):
+                key = f"bench:latency:{i}"
+                request = {"input": {"seconds": 0}, "response_queue": key}
+                time.sleep(0.02)  # idle: nothing running, the reader blocked
+                added = time.time()
+                client.xadd("bench:latency", {"value": json.dumps(request)})
+                for _ in range(5000):
+                    value = client.get(key)
+                    if value and json.loads(value)["status"] == "succeeded":
+                        break
+                    time.sleep(0.001)
+                else:
+                    raise RuntimeError("a latency entry did not finish")
+                latencies.append((json.loads(value)["output"] - added) * 1000)
+            latencies = latencies[5:]  # the first runs warm the model up
+            figures["xadd_to_start_p50_ms"] = statistics.median(latencies)
+            figures["xadd_to_start_p90_ms"] = statistics.quantiles(latencies, n=10)[-1]
+    return figures
+
+
 SCENARIOS: dict[str, tuple[Callable[[Servers, str, argparse.Namespace], dict], set[str]]] = {
     # name: (function, servers it applies to)
     "sequential": (sequential, {"cogd", "reference", "floor"}),
@@ -841,6 +944,8 @@ SCENARIOS: dict[str, tuple[Callable[[Servers, str, argparse.Namespace], dict], s
     "validation": (validation, {"cogd", "reference"}),
     # cogd alone: its own model without and with @cog.batch (no other has it).
     "batching": (batching, {"cogd"}),
+    # Only cogd consumes a Redis Streams queue.
+    "queue": (queue, {"cogd"}),
 }
 
 # What each figure is held to: (how to read the cogd/reference ratio, target).
@@ -864,6 +969,8 @@ TARGETS = {
     ("uploads", "file_20mib_upload_ms"): ("lower", "~ floor"),
     ("batching", "throughput_ratio"): ("higher", ">= 8x"),
     ("batching", "lone_added_wait_ms"): ("lower", "<= max_wait_ms + 1"),
+    ("queue", "scale_4_over_1"): ("higher", ">= 3.5"),
+    ("queue", "xadd_to_start_p50_ms"): ("lower", "<= 2 ms"),
 }
 
 

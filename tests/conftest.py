@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MODELS, Gate, OtlpCollector, Server, UploadReceiver, WebhookReceiver, launch
+from harness import (
+    MODELS,
+    Gate,
+    OtlpCollector,
+    RedisServer,
+    Server,
+    UploadReceiver,
+    WebhookReceiver,
+    launch,
+)
 
 _SERVERS = pytest.StashKey[list]()
 
@@ -107,6 +116,22 @@ def short_tmpdir() -> Iterator[Path]:
     path = make_short_tmpdir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """Factory: redis_server(persist=False) -> RedisServer, a real redis-server
+    on a free loopback port with its own data dir, stopped after the test."""
+    started: list[RedisServer] = []
+
+    def start(*, persist: bool = False) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", persist=persist)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

@@ -316,6 +316,8 @@ def launch(
     launcher "cog":   `python -m cog.server.http --host 127.0.0.1`, the
                       compatibility entry point, run from the model dir with
                       the port in $PORT, as Cog-built images start it.
+    launcher "cog-redis-queue": `python -m cog.server.redis_queue ARGS`, Cog's
+                      Redis worker launcher, the same way.
     port_via:         "flag" (--port N) or "env" (PORT=N); "cog" always uses env.
     """
     if launcher == "cogd":
@@ -328,6 +330,11 @@ def launch(
         run_dir = cwd or log_dir
     elif launcher == "cog":
         base_cmd = [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
+        run_dir = cwd or model_dir
+        port_via = "env"
+    elif launcher == "cog-redis-queue":
+        # Cog's Redis worker launcher; its settings come in `args`.
+        base_cmd = [sys.executable, "-m", "cog.server.redis_queue"]
         run_dir = cwd or model_dir
         port_via = "env"
     else:
@@ -1048,3 +1055,74 @@ def output_chunks(events: Iterable[SseEvent]) -> list[Any]:
 
 def output_indexes(events: Iterable[SseEvent]) -> list[int]:
     return [e.json["index"] for e in output_events(events)]
+
+
+# -- Redis, for the scale-out tests ------------------------------------------
+
+
+class RedisServer:
+    """A real `redis-server` on a free loopback port with its own data dir.
+
+    `persist=True` turns the append-only file on, so the data survives
+    `restart()`; otherwise nothing is written to disk. `stop()` ends it.
+    """
+
+    def __init__(self, data_dir: Path, *, persist: bool = False) -> None:
+        self.data_dir = data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.persist = persist
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        cmd = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--appendfsync",
+            "always",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+        client = self.client()
+        wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}", 0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+
+
+def _pings(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, Flags};
+use crate::config::{Config, Flags, QueueFlags};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +47,19 @@ enum Command {
         /// COG_TRAIN_TYPE_STUB) on /trainings instead of its predictor.
         #[arg(long)]
         train: bool,
+        /// Also take predictions from this Redis Streams queue
+        /// (redis://HOST:PORT/DB), shared with other replicas.
+        #[arg(long, env = "COG_QUEUE_URL")]
+        queue_url: Option<String>,
+        /// The stream to consume [default: cog:predictions].
+        #[arg(long, env = "COG_QUEUE_STREAM")]
+        queue_stream: Option<String>,
+        /// The consumer group [default: the stream's name].
+        #[arg(long, env = "COG_QUEUE_GROUP")]
+        queue_group: Option<String>,
+        /// This replica's consumer name [default: HOSTNAME-PID].
+        #[arg(long, env = "COG_QUEUE_CONSUMER")]
+        consumer: Option<String>,
     },
     /// Print the model's OpenAPI schema (what /openapi.json serves) without serving it.
     Schema {
@@ -172,6 +185,10 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
             await_explicit_shutdown,
             python: python_flag,
             train,
+            queue_url,
+            queue_stream,
+            queue_group,
+            consumer,
         } => {
             let flags = Flags {
                 model_dir,
@@ -181,6 +198,12 @@ pub fn main(argv: Vec<String>, python: Option<PathBuf>) -> i32 {
                 await_explicit_shutdown,
                 python: python(python_flag),
                 train,
+                queue: QueueFlags {
+                    url: queue_url,
+                    stream: queue_stream,
+                    group: queue_group,
+                    consumer,
+                },
             };
             let config = match Config::resolve(flags, |k| std::env::var(k).ok()) {
                 Ok(config) => config,

@@ -97,6 +97,45 @@ pub struct Config {
     /// `/health-check` calls it unhealthy (`COG_HEALTHCHECK_TIMEOUT`,
     /// seconds, default 5).
     pub healthcheck_timeout: Duration,
+    /// The Redis Streams queue to consume, when one is given
+    /// (`--queue-url` / `COG_QUEUE_URL`).
+    pub queue: Option<QueueConfig>,
+}
+
+/// Where and how to consume a Redis Streams queue (`docs/scale-out.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// `redis://HOST:PORT/DB` (`--queue-url`, `COG_QUEUE_URL`).
+    pub url: String,
+    /// The stream (`--queue-stream`, `COG_QUEUE_STREAM`, default `cog:predictions`).
+    pub stream: String,
+    /// The consumer group (`--queue-group`, `COG_QUEUE_GROUP`, default the stream's name).
+    pub group: String,
+    /// This replica's consumer name (`--consumer`, `COG_QUEUE_CONSUMER`,
+    /// default `HOSTNAME-PID`).
+    pub consumer: String,
+    /// How long a claim lasts unrenewed; renewed every third of it, and
+    /// entries idle past it are reclaimed (`COG_QUEUE_LEASE`, seconds, default 30).
+    pub lease: Duration,
+    /// Deliveries before an entry goes to `<stream>:dead`
+    /// (`COG_QUEUE_MAX_DELIVERIES`, default 3).
+    pub max_deliveries: u64,
+    /// Failed predictions in a row after which the replica stops
+    /// (`COG_QUEUE_MAX_FAILURES`; unset: never).
+    pub max_failures: Option<usize>,
+}
+
+/// The queue as the command line gives it.
+#[derive(Debug, Clone, Default)]
+pub struct QueueFlags {
+    /// `--queue-url` / `COG_QUEUE_URL`.
+    pub url: Option<String>,
+    /// `--queue-stream` / `COG_QUEUE_STREAM`.
+    pub stream: Option<String>,
+    /// `--queue-group` / `COG_QUEUE_GROUP`.
+    pub group: Option<String>,
+    /// `--consumer` / `COG_QUEUE_CONSUMER`.
+    pub consumer: Option<String>,
 }
 
 /// What the command line gives.
@@ -116,6 +155,8 @@ pub struct Flags {
     pub python: PathBuf,
     /// `--train` (the launcher's `--x-mode train`): run the training function.
     pub train: bool,
+    /// The queue to consume, if any.
+    pub queue: QueueFlags,
 }
 
 /// A configuration the server cannot start with.
@@ -143,6 +184,9 @@ pub enum ConfigError {
     /// Training mode, and nothing says what trains.
     #[error("no training function: set `train: \"train.py:train\"` in {0}/cog.yaml or COG_TRAIN_TYPE_STUB")]
     NoTrainer(PathBuf),
+    /// `--queue-url` is not a Redis URL.
+    #[error("--queue-url {0:?} is not a redis:// (or rediss://) URL")]
+    BadQueueUrl(String),
     /// `--upload-url` is not an http(s) URL.
     #[error("--upload-url {0:?} is not an http:// or https:// URL")]
     BadUploadUrl(String),
@@ -156,6 +200,55 @@ pub enum ConfigError {
         /// What is expected.
         message: &'static str,
     },
+}
+
+/// The queue settings, when a queue URL is given.
+fn queue_config(
+    flags: QueueFlags,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<QueueConfig>, ConfigError> {
+    let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+    let Some(url) = given(flags.url) else {
+        return Ok(None);
+    };
+    if !matches!(
+        url.split_once("://").map(|(scheme, _)| scheme),
+        Some("redis" | "rediss" | "redis+unix" | "unix")
+    ) {
+        return Err(ConfigError::BadQueueUrl(url));
+    }
+    let stream = given(flags.stream).unwrap_or_else(|| "cog:predictions".into());
+    let group = given(flags.group).unwrap_or_else(|| stream.clone());
+    let consumer = given(flags.consumer).unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| env("HOSTNAME"))
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "cogd".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let lease = match seconds(env, "COG_QUEUE_LEASE")? {
+        Some(lease) if lease < Duration::from_millis(300) => {
+            return Err(ConfigError::BadEnv {
+                name: "COG_QUEUE_LEASE",
+                value: env("COG_QUEUE_LEASE").unwrap_or_default(),
+                message: "expected a number of seconds of at least 0.3",
+            })
+        }
+        lease => lease.unwrap_or(Duration::from_secs(30)),
+    };
+    let max_deliveries = positive(env, "COG_QUEUE_MAX_DELIVERIES")?.unwrap_or(3) as u64;
+    let max_failures = positive(env, "COG_QUEUE_MAX_FAILURES")?;
+    Ok(Some(QueueConfig {
+        url,
+        stream,
+        group,
+        consumer,
+        lease,
+        max_deliveries,
+        max_failures,
+    }))
 }
 
 /// The parts of `cog.yaml` the server reads; the rest is for builds.
@@ -295,7 +388,9 @@ impl Config {
                 return Err(ConfigError::BadUploadUrl(url.clone()));
             }
         }
+        let queue = queue_config(flags.queue, &env)?;
         Ok(Config {
+            queue,
             model_dir,
             predictor_ref,
             mode,
@@ -723,5 +818,55 @@ mod tests {
                 .setup_timeout,
             Some(Duration::from_millis(2500))
         );
+    }
+
+    #[test]
+    fn a_queue_url_turns_queue_mode_on_with_cogs_defaults() {
+        let dir = model("predict: predict.py:Predictor\n");
+        assert_eq!(resolve(dir.path(), &[]).unwrap().queue, None);
+        let flags = |url: &str| Flags {
+            model_dir: dir.path().to_path_buf(),
+            queue: QueueFlags {
+                url: Some(url.into()),
+                ..QueueFlags::default()
+            },
+            ..Flags::default()
+        };
+        let queue = resolve_flags(flags("redis://h:6379/2"), &[])
+            .unwrap()
+            .queue
+            .unwrap();
+        assert_eq!(queue.stream, "cog:predictions");
+        assert_eq!(queue.group, "cog:predictions");
+        assert!(queue
+            .consumer
+            .ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(queue.lease, Duration::from_secs(30));
+        assert_eq!(queue.max_deliveries, 3);
+        assert_eq!(queue.max_failures, None);
+        let mut named = flags("redis://h");
+        named.queue.stream = Some("jobs".into());
+        let queue = resolve_flags(
+            named,
+            &[
+                ("COG_QUEUE_LEASE", "2.5"),
+                ("COG_QUEUE_MAX_DELIVERIES", "5"),
+                ("COG_QUEUE_MAX_FAILURES", "10"),
+            ],
+        )
+        .unwrap()
+        .queue
+        .unwrap();
+        assert_eq!(
+            (queue.stream.as_str(), queue.group.as_str()),
+            ("jobs", "jobs")
+        );
+        assert_eq!(queue.lease, Duration::from_millis(2500));
+        assert_eq!(queue.max_deliveries, 5);
+        assert_eq!(queue.max_failures, Some(10));
+        let refused = resolve_flags(flags("http://h"), &[]).unwrap_err();
+        assert!(matches!(refused, ConfigError::BadQueueUrl(_)), "{refused}");
+        let refused = resolve_flags(flags("redis://h"), &[("COG_QUEUE_LEASE", "0.1")]);
+        assert!(refused.is_err());
     }
 }

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::files::data_uri::DataUri;
 use crate::ipc::Mode;
+use crate::prediction::{Prediction, Status};
 use crate::schema::{InputError, PathSegment};
 use crate::service::{Admission, AdmissionError, Health, NewPrediction};
 
@@ -170,19 +172,35 @@ async fn wait_for_setup(
 /// Writes what `logs` holds past `shown` bytes to stderr; returns the new mark.
 /// A shorter text (a restarted worker's setup) is shown from its start.
 fn show_new(logs: &str, shown: usize) -> usize {
-    let from = if shown > logs.len() || !logs.is_char_boundary(shown) {
-        0
-    } else {
-        shown
-    };
-    let new = &logs[from..];
-    if !new.is_empty() {
-        use std::io::Write;
+    show(unread(logs, shown));
+    logs.len()
+}
+
+/// What `logs` holds past `read` bytes: all of it when it is shorter (a
+/// restarted worker's setup) or `read` is not where a character starts.
+fn unread(logs: &str, read: usize) -> &str {
+    logs.get(read..).unwrap_or(logs)
+}
+
+/// Writes `text` to stderr at once.
+fn show(text: &str) {
+    if !text.is_empty() {
         let mut stderr = std::io::stderr().lock();
-        let _ = stderr.write_all(new.as_bytes());
+        let _ = stderr.write_all(text.as_bytes());
         let _ = stderr.flush();
     }
-    logs.len()
+}
+
+/// The latest change to a prediction: whether it has finished, and the log
+/// text added since `read` bytes were read, which moves `read` past it. Only
+/// that text is copied, so a long, chatty run's logs are read once in all
+/// rather than whole at each change; and it is copied out, so writing it to
+/// a slow terminal never holds the state's lock (and the run) up.
+fn read_change(changes: &mut watch::Receiver<Prediction>, read: &mut usize) -> (bool, String) {
+    let state = changes.borrow_and_update();
+    let new = unread(&state.logs, *read).to_owned();
+    *read = state.logs.len();
+    (state.status.is_terminal(), new)
 }
 
 /// Runs the prediction, showing its logs as they come; Ctrl-C cancels it.
@@ -213,11 +231,8 @@ async fn predict(
     let mut shown = 0;
     let mut interrupted = false;
     loop {
-        let (terminal, logs) = {
-            let state = changes.borrow_and_update();
-            (state.status.is_terminal(), state.logs.clone())
-        };
-        shown = show_new(&logs, shown);
+        let (terminal, logs) = read_change(&mut changes, &mut shown);
+        show(&logs);
         if terminal {
             break;
         }
@@ -231,16 +246,16 @@ async fn predict(
         }
     }
     let prediction = handle.finished().await;
-    let envelope = serde_json::to_value(&prediction).unwrap_or(Value::Null);
-    match envelope.get("status").and_then(Value::as_str) {
-        Some("succeeded") => Ok(envelope.get("output").cloned().unwrap_or(Value::Null)),
-        Some("canceled") => Err(Failure::Failed("the run was cancelled".into())),
-        _ => Err(Failure::Failed(format!(
+    match prediction.status {
+        Status::Succeeded => Ok(prediction
+            .output
+            .and_then(|output| serde_json::from_str(output.get()).ok())
+            .unwrap_or(Value::Null)),
+        Status::Canceled => Err(Failure::Failed("the run was cancelled".into())),
+        // `finished` returns a terminal state: failed.
+        Status::Failed | Status::Starting | Status::Processing => Err(Failure::Failed(format!(
             "the run failed: {}",
-            envelope
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("no error given")
+            prediction.error.as_deref().unwrap_or("no error given")
         ))),
     }
 }
@@ -503,6 +518,7 @@ fn save_data_uri(uri: &str, name: &str, dir: &Path) -> Result<PathBuf, Failure> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prediction::Outcome;
     use serde_json::json;
 
     fn document() -> Value {
@@ -594,6 +610,47 @@ mod tests {
         assert!(matches!(parse_json_arg("[1]"), Err(Failure::Usage(_))));
         assert!(matches!(parse_json_arg("{"), Err(Failure::Usage(_))));
         assert_eq!(parse_json_arg(r#"{"a":1}"#).unwrap()["a"], 1);
+    }
+
+    #[test]
+    fn a_chatty_runs_logs_are_read_once() {
+        use crate::prediction::PredictionHandle;
+        let handle = PredictionHandle::new(Prediction::new("p".into(), &json!({}), None));
+        handle.update(|p| {
+            p.start();
+            true
+        });
+        let mut changes = handle.subscribe();
+        let (mut read, mut shown, mut copied) = (0, String::new(), 0);
+        for i in 0..20_000 {
+            let line = format!("step {i}: {}\n", "é".repeat(i % 7));
+            handle.update(|p| p.append_log(&line).is_some());
+            // Some changes are read at once, some after a few more.
+            if i % 3 != 1 {
+                let (terminal, new) = read_change(&mut changes, &mut read);
+                assert!(!terminal);
+                copied += new.len();
+                shown.push_str(&new);
+            }
+        }
+        handle.update(|p| p.finish(Outcome::Canceled));
+        let (terminal, new) = read_change(&mut changes, &mut read);
+        assert!(terminal);
+        copied += new.len();
+        shown.push_str(&new);
+        let logs = handle.snapshot().logs;
+        assert!(logs.len() > 200_000);
+        assert_eq!(shown, logs, "every line is shown, in order");
+        assert_eq!(copied, logs.len(), "each byte is read once");
+        let (_, nothing) = read_change(&mut changes, &mut read);
+        assert_eq!(nothing, "", "nothing is shown twice");
+    }
+
+    #[test]
+    fn setup_logs_that_start_again_are_shown_from_their_start() {
+        assert_eq!(unread("abc", 1), "bc");
+        assert_eq!(unread("ab", 5), "ab");
+        assert_eq!(unread("é", 1), "é");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::files::outputs::OutputSender;
 use crate::files::Fetcher;
 use crate::outbound::AddressPolicy;
+use crate::queue::Queue;
 use crate::service::{Outbound, Service, ServiceConfig};
 use crate::supervisor::{Supervisor, WorkerConfig, WorkerState};
 use crate::telemetry::Metrics;
@@ -36,6 +37,9 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("HTTP server error: {0}")]
     Http(std::io::Error),
+    /// The queue could not be used.
+    #[error("{0}")]
+    Queue(String),
     /// The server's task panicked (a bug).
     #[error("the server failed: {0}")]
     Panicked(String),
@@ -182,6 +186,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         tokio::spawn(keep_ready_file(supervisor.subscribe_state()));
     }
+    let queue = match config.queue.clone() {
+        Some(settings) => match Queue::start(service.clone(), settings, shutdown.clone()) {
+            Ok(queue) => Some(queue),
+            Err(message) => {
+                supervisor.shutdown(WORKER_EXIT_GRACE).await;
+                return Err(ServeError::Queue(message));
+            }
+        },
+        None => None,
+    };
     let app = api::router(
         AppState {
             service: service.clone(),
@@ -192,10 +206,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 .map(Into::into),
             streams: api::StreamLimit::new(config.max_streams),
             playground: config.playground,
+            queue: queue.clone(),
         },
         config.max_body_bytes,
     );
     let mut stopped = stop.clone();
+    if let Some(queue) = &queue {
+        // The queue stops taking entries as soon as the stop begins.
+        let queue = queue.clone();
+        let mut stopping = stop.clone();
+        tokio::spawn(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            queue.stop_taking();
+        });
+    }
     // A body that stops arriving fails its request instead of holding it.
     let app = app.layer(RequestBodyTimeoutLayer::new(config.client_timeout));
     let server = serve_connections(listener, app, stop, config.client_timeout);
@@ -211,7 +235,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
 
     tracing::info!("letting predictions in flight finish");
+    if let Some(queue) = &queue {
+        queue.stop_taking();
+    }
     service.drain(grace).await;
+    if let Some(queue) = &queue {
+        // Finished runs are marked and acknowledged; cancelled ones are left
+        // for another replica.
+        queue.finish(WEBHOOK_FLUSH).await;
+    }
     service.flush_webhooks(WEBHOOK_FLUSH).await;
     remove_ready_file();
     tracing::info!("stopping the worker");

@@ -157,14 +157,29 @@ impl WebhookSender {
         accepted: Prediction,
         subscription: Subscription,
     ) {
+        drop(self.spawn_gated(handle, accepted, subscription, None));
+    }
+
+    /// As [`WebhookSender::spawn`], but `completed` waits for `gate`: sent
+    /// when it says `true`, never when it says `false` or is dropped (the
+    /// creator decides whether this delivery is the one that reports the
+    /// end, as a queue consumer does after marking the prediction done).
+    /// The task ends when the delivery has ended, `completed` included.
+    pub fn spawn_gated(
+        &self,
+        handle: &PredictionHandle,
+        accepted: Prediction,
+        subscription: Subscription,
+        gate: Option<tokio::sync::oneshot::Receiver<bool>>,
+    ) -> tokio::task::JoinHandle<()> {
         let sender = self.clone();
         let mut updates = handle.subscribe();
         updates.mark_unchanged();
         let pending = Pending::new(&self.pending);
         tokio::spawn(async move {
-            sender.deliver(accepted, updates, subscription).await;
+            sender.deliver(accepted, updates, subscription, gate).await;
             drop(pending);
-        });
+        })
     }
 
     async fn deliver(
@@ -172,6 +187,7 @@ impl WebhookSender {
         accepted: Prediction,
         mut updates: watch::Receiver<Prediction>,
         subscription: Subscription,
+        gate: Option<tokio::sync::oneshot::Receiver<bool>>,
     ) {
         let wants = |event| subscription.events.contains(&event);
         if wants(WebhookEvent::Start) {
@@ -198,7 +214,11 @@ impl WebhookSender {
             }
             let state = updates.borrow_and_update().clone();
             if state.status.is_terminal() {
-                if wants(WebhookEvent::Completed) {
+                let open = match gate {
+                    Some(gate) => gate.await.unwrap_or(false),
+                    None => true,
+                };
+                if open && wants(WebhookEvent::Completed) {
                     self.send(&subscription, &state, retry::WEBHOOKS).await;
                 }
                 return;

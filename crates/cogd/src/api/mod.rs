@@ -44,6 +44,9 @@ pub struct AppState {
     pub streams: StreamLimit,
     /// `COG_PLAYGROUND`: whether browsers get the playground page at `/`.
     pub playground: bool,
+    /// The Redis Streams queue this replica consumes, if any: not ready
+    /// while it is unreachable; its metrics join `/metrics`.
+    pub queue: Option<crate::queue::Queue>,
 }
 
 /// The router with every route of the API; request bodies larger than
@@ -123,6 +126,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Health::Ready | Health::Busy => StatusCode::OK,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
+    if state.queue.as_ref().is_some_and(|q| !q.reachable()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": health, "queue": "unreachable" })),
+        )
+            .into_response();
+    }
     (status, Json(json!({ "status": health }))).into_response()
 }
 
@@ -276,11 +286,8 @@ async fn create(
     };
     match admitted {
         Admitted::Stream(response) => {
-            // The run task just made takes its slot and sends the run to the
-            // worker before the reply's head is written: the model starts
-            // sooner, and the head goes out with the `start` event in one
-            // write.
-            tokio::task::yield_now().await;
+            // Before the reply's head is written.
+            crate::nudge::let_the_run_start().await;
             Ok(response)
         }
         Admitted::Run(admission) => respond(admission, headers).await,
@@ -410,7 +417,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             crate::telemetry::METRICS_CONTENT_TYPE,
         )],
-        state.service.render_metrics(),
+        match &state.queue {
+            Some(queue) => state.service.render_metrics() + &queue.render_metrics().await,
+            None => state.service.render_metrics(),
+        },
     )
         .into_response()
 }

@@ -77,8 +77,9 @@ pub(super) fn respond(
         .into_response())
 }
 
-/// Where a stream is: replaying history, following live events, or done.
-enum Phase {
+/// Where a reader's stream is: failing with an `error` event, replaying
+/// history, following live events, or done.
+enum ReaderState {
     Fail(Result<Event, Infallible>),
     Replay(
         VecDeque<Arc<StreamEvent>>,
@@ -89,7 +90,7 @@ enum Phase {
 }
 
 fn sse(event: &StreamEvent) -> Result<Event, Infallible> {
-    Ok(Event::default().event(event.name).data(&event.data))
+    Ok(Event::default().event(event.name()).data(event.data()))
 }
 
 /// The `error` event of a reader who will not see `skipped` events.
@@ -104,23 +105,23 @@ fn events(
     permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let start = match handle.subscribe_stream() {
-        None => Phase::Done,
-        Some(sub) if sub.dropped > 0 => Phase::Fail(error(
+        None => ReaderState::Done,
+        Some(sub) if sub.dropped > 0 => ReaderState::Fail(error(
             "SSE stream replay truncated; events were dropped",
             sub.dropped,
         )),
-        Some(sub) => Phase::Replay(sub.history.into(), sub.live),
+        Some(sub) => ReaderState::Replay(sub.history.into(), sub.live),
     };
-    let events = stream::unfold((start, handle), |(phase, handle)| async move {
-        match phase {
-            Phase::Done => None,
-            Phase::Fail(event) => Some((event, (Phase::Done, handle))),
-            Phase::Replay(mut history, live) => match history.pop_front() {
+    let events = stream::unfold((start, handle), |(reader, handle)| async move {
+        match reader {
+            ReaderState::Done => None,
+            ReaderState::Fail(event) => Some((event, (ReaderState::Done, handle))),
+            ReaderState::Replay(mut history, live) => match history.pop_front() {
                 Some(event) => {
-                    let next = if event.name == "completed" {
-                        Phase::Done
+                    let next = if event.is_last() {
+                        ReaderState::Done
                     } else {
-                        Phase::Replay(history, live)
+                        ReaderState::Replay(history, live)
                     };
                     Some((sse(&event), (next, handle)))
                 }
@@ -128,17 +129,13 @@ fn events(
                     let state = handle.snapshot();
                     if state.status.is_terminal() {
                         // Finished with no `completed` kept (live-only history).
-                        let data = state.to_json();
-                        let event = StreamEvent {
-                            name: "completed",
-                            data,
-                        };
-                        return Some((sse(&event), (Phase::Done, handle)));
+                        let event = StreamEvent::completed(&state);
+                        return Some((sse(&event), (ReaderState::Done, handle)));
                     }
                     next_live(live, handle).await
                 }
             },
-            Phase::Live(live) => next_live(live, handle).await,
+            ReaderState::Live(live) => next_live(live, handle).await,
         }
     });
     futures_util::StreamExt::map(events, move |event| {
@@ -147,7 +144,7 @@ fn events(
     })
 }
 
-type Step = (Result<Event, Infallible>, (Phase, PredictionHandle));
+type Step = (Result<Event, Infallible>, (ReaderState, PredictionHandle));
 
 async fn next_live(
     mut live: broadcast::Receiver<Arc<StreamEvent>>,
@@ -155,16 +152,16 @@ async fn next_live(
 ) -> Option<Step> {
     match live.recv().await {
         Ok(event) => {
-            let next = if event.name == "completed" {
-                Phase::Done
+            let next = if event.is_last() {
+                ReaderState::Done
             } else {
-                Phase::Live(live)
+                ReaderState::Live(live)
             };
             Some((sse(&event), (next, handle)))
         }
         Err(RecvError::Lagged(missed)) => Some((
             error("SSE stream lagged; events were dropped", missed),
-            (Phase::Done, handle),
+            (ReaderState::Done, handle),
         )),
         Err(RecvError::Closed) => None,
     }

@@ -34,11 +34,10 @@ use std::time::Duration;
 use futures_util::future::try_join_all;
 
 use super::sanitize;
-use crate::ipc::FileOutput;
+use crate::ipc::{Carrier, FileOutput, OutputValue};
 use crate::outbound::retry::{self, Failure};
 use crate::outbound::{redact, AddressPolicy, ClientConfig, OutboundClient};
 use crate::prediction::JsonText;
-use crate::supervisor::{OutputJson, OutputValue};
 
 /// Files of one output uploaded at the same time.
 const PARALLEL_UPLOADS: usize = 4;
@@ -159,9 +158,9 @@ impl OutputSender {
     ) -> Result<JsonText, OutputError> {
         let OutputValue { json, files } = output;
         let text = match json {
-            OutputJson::Inline(value) => JsonText::from(value),
-            OutputJson::Attached(file) => take_attached(file).await?,
-            OutputJson::File(path) => read_spilled(path, target.dir.to_path_buf()).await?,
+            Carrier::Inline(value) => JsonText::from(value),
+            Carrier::Attached(file) => take_attached(file).await?,
+            Carrier::File(path) => read_spilled(path, target.dir.to_path_buf()).await?,
         };
         if files.is_empty() {
             return Ok(text);
@@ -657,9 +656,7 @@ mod tests {
 
     fn inline(text: &str, files: Vec<FileOutput>) -> OutputValue {
         OutputValue {
-            json: OutputJson::Inline(
-                serde_json::value::RawValue::from_string(text.into()).unwrap(),
-            ),
+            json: Carrier::Inline(serde_json::value::RawValue::from_string(text.into()).unwrap()),
             files,
         }
     }

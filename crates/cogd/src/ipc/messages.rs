@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::value::{Carrier, OUTPUT_KEYS};
 pub use crate::metrics::MetricMode;
 
 /// The protocol version both sides must agree on; the worker reports its own in
@@ -343,20 +344,14 @@ pub enum SlotResponse {
         data: String,
     },
     /// One chunk of a streaming run, sent the moment it was yielded.
+    #[serde(skip_deserializing)]
     Output {
-        /// The JSON value, passed through without re-parsing; `None` when it
-        /// was too large for a frame and is attached or in `output_file`
-        /// instead.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        output: Option<Box<RawValue>>,
-        /// A file in the prediction's directory holding the value's JSON,
-        /// for values too large for one frame.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        output_file: Option<PathBuf>,
-        /// True when the value's JSON, too large for one frame, is in a
-        /// sealed memory file attached to this frame ([`super::FileReceiver`]).
-        #[serde(default, skip_serializing_if = "is_false")]
-        output_attached: bool,
+        /// How the chunk's JSON travels: inline (`output`), passed through
+        /// without re-parsing; or, too large for one frame, in a sealed
+        /// memory file attached to this frame (`output_attached`) or in a
+        /// file in the prediction's directory (`output_file`).
+        #[serde(flatten, serialize_with = "super::value::write_output")]
+        output: Carrier,
         /// The chunk's position.
         index: u64,
         /// The files this value refers to: each goes where its pointer says.
@@ -375,6 +370,7 @@ pub enum SlotResponse {
         mode: MetricMode,
     },
     /// The run finished successfully.
+    #[serde(skip_deserializing)]
     Done {
         /// The prediction id.
         id: String,
@@ -382,17 +378,10 @@ pub enum SlotResponse {
         predict_time: f64,
         /// Whether the outputs were a stream of chunks (a generator) or one value.
         is_stream: bool,
-        /// A plain run's output (a stream's chunks came as `output` messages).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        output: Option<Box<RawValue>>,
-        /// A plain run's output too large for one frame, in a file in the
-        /// prediction's directory.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        output_file: Option<PathBuf>,
-        /// True when a plain run's output, too large for one frame, is in a
-        /// sealed memory file attached to this frame.
-        #[serde(default, skip_serializing_if = "is_false")]
-        output_attached: bool,
+        /// How a plain run's output travels, under the same keys as a
+        /// chunk's; `None` for a stream (its chunks came as `output` messages).
+        #[serde(flatten, serialize_with = "super::value::write_optional_output")]
+        output: Option<Carrier>,
         /// The files a plain run's output refers to.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         files: Vec<FileOutput>,
@@ -412,25 +401,11 @@ pub enum SlotResponse {
 }
 
 impl SlotResponse {
-    /// True when the frame says a file is attached to it (`output_attached`):
-    /// its reader must take one ([`super::FileReceiver::take_file`]).
-    pub fn carries_file(&self) -> bool {
-        matches!(
-            self,
-            Self::Output {
-                output_attached: true,
-                ..
-            } | Self::Done {
-                output_attached: true,
-                ..
-            }
-        )
-    }
-
-    /// Decodes one frame. Use this, not `serde_json::from_slice`: an `output`'s
-    /// value is kept as raw JSON text, which serde cannot do through the
-    /// buffering that `"type"`-tagged enums need, so that variant is read on
-    /// its own path.
+    /// Decodes one frame. Use this, not `serde_json::from_slice`: `output`
+    /// and `done` keep their value as raw JSON text, which serde cannot do
+    /// through the buffering that `"type"`-tagged enums need, so those two
+    /// are read on their own path, as plain structs whose value keys become
+    /// one [`Carrier`] (the derived decoding skips them).
     pub fn from_frame(frame: &[u8]) -> Result<Self, serde_json::Error> {
         #[derive(Deserialize)]
         struct Tag<'a> {
@@ -486,16 +461,12 @@ impl SlotResponse {
                     files,
                     ..
                 } = serde_json::from_slice(frame)?;
-                if carriers(&output, &output_file, output_attached) != 1 {
-                    return Err(serde::de::Error::custom(
-                        "an output carries exactly one of `output`, `output_file` and \
-                         `output_attached`",
-                    ));
-                }
+                let output = OUTPUT_KEYS
+                    .read(output, output_file, output_attached)
+                    .map_err(serde::de::Error::custom)?
+                    .ok_or_else(|| serde::de::Error::custom("an `output` frame carries a value"))?;
                 Ok(Self::Output {
                     output,
-                    output_file,
-                    output_attached,
                     index,
                     files,
                 })
@@ -511,19 +482,13 @@ impl SlotResponse {
                     files,
                     ..
                 } = serde_json::from_slice(frame)?;
-                if carriers(&output, &output_file, output_attached) > 1 {
-                    return Err(serde::de::Error::custom(
-                        "a result carries at most one of `output`, `output_file` and \
-                         `output_attached`",
-                    ));
-                }
                 Ok(Self::Done {
                     id,
                     predict_time,
                     is_stream,
-                    output,
-                    output_file,
-                    output_attached,
+                    output: OUTPUT_KEYS
+                        .read(output, output_file, output_attached)
+                        .map_err(serde::de::Error::custom)?,
                     files,
                 })
             }
@@ -692,16 +657,14 @@ mod tests {
             data: "x\n".into(),
         });
         slot_round_trip(&SlotResponse::Output {
-            output: Some(RawValue::from_string("{\"a\":[1,2]}".into()).unwrap()),
-            output_file: None,
-            output_attached: false,
+            output: Carrier::Inline(RawValue::from_string("{\"a\":[1,2]}".into()).unwrap()),
             index: 4,
             files: Vec::new(),
         });
         slot_round_trip(&SlotResponse::Output {
-            output: Some(RawValue::from_string("[null,{\"image\":null}]".into()).unwrap()),
-            output_file: None,
-            output_attached: false,
+            output: Carrier::Inline(
+                RawValue::from_string("[null,{\"image\":null}]".into()).unwrap(),
+            ),
             index: 0,
             files: vec![
                 FileOutput {
@@ -719,9 +682,7 @@ mod tests {
             ],
         });
         slot_round_trip(&SlotResponse::Output {
-            output: None,
-            output_file: Some("/tmp/out/output-7.json".into()),
-            output_attached: false,
+            output: Carrier::File("/tmp/out/output-7.json".into()),
             index: 7,
             files: Vec::new(),
         });
@@ -736,9 +697,9 @@ mod tests {
             id: "p1".into(),
             predict_time: 0.25,
             is_stream: false,
-            output: Some(RawValue::from_string("\"hello\"".into()).unwrap()),
-            output_file: None,
-            output_attached: false,
+            output: Some(Carrier::Inline(
+                RawValue::from_string("\"hello\"".into()).unwrap(),
+            )),
             files: Vec::new(),
         });
         slot_round_trip(&SlotResponse::Done {
@@ -746,17 +707,13 @@ mod tests {
             predict_time: 0.5,
             is_stream: true,
             output: None,
-            output_file: None,
-            output_attached: false,
             files: Vec::new(),
         });
         slot_round_trip(&SlotResponse::Done {
             id: "p3".into(),
             predict_time: 0.5,
             is_stream: false,
-            output: None,
-            output_file: Some("/tmp/out/output.json".into()),
-            output_attached: false,
+            output: Some(Carrier::File("/tmp/out/output.json".into())),
             files: vec![FileOutput {
                 pointer: String::new(),
                 path: "/tmp/out/x.bin".into(),
@@ -768,9 +725,7 @@ mod tests {
             id: "p4".into(),
             predict_time: 0.5,
             is_stream: false,
-            output: None,
-            output_file: None,
-            output_attached: true,
+            output: Some(Carrier::Attached(())),
             files: Vec::new(),
         });
         slot_round_trip(&SlotResponse::Failed {
@@ -901,17 +856,13 @@ mod tests {
         assert!(matches!(
             SlotResponse::from_frame(br#"{"type":"output","output_attached":true,"index":3}"#),
             Ok(SlotResponse::Output {
-                output: None,
-                output_file: None,
-                output_attached: true,
+                output: Carrier::Attached(()),
                 index: 3,
                 ..
             })
         ));
         let text = serde_json::to_string(&SlotResponse::Output {
-            output: Some(RawValue::from_string("null".into()).unwrap()),
-            output_file: None,
-            output_attached: false,
+            output: Carrier::Inline(RawValue::from_string("null".into()).unwrap()),
             index: 0,
             files: vec![FileOutput {
                 pointer: String::new(),
@@ -961,6 +912,9 @@ mod tests {
             "source",
             "data",
             "output",
+            "output_file",
+            "output_attached",
+            "files",
             "index",
             "file_output",
             "filename",
@@ -1012,15 +966,12 @@ mod tests {
             json_value().prop_map(|v| RawValue::from_string(v.to_string()).expect("JSON text"))
         }
 
-        /// A value in the message or in a file: exactly one of the two.
         /// A value inline, in a file, or attached.
-        type Carried = (Option<Box<RawValue>>, Option<PathBuf>, bool);
-
-        fn value_or_file() -> impl Strategy<Value = Carried> {
+        fn carrier() -> impl Strategy<Value = Carrier> {
             prop_oneof![
-                raw_json().prop_map(|v| (Some(v), None, false)),
-                any::<String>().prop_map(|p| (None, Some(PathBuf::from(p)), false)),
-                Just((None, None, true)),
+                raw_json().prop_map(Carrier::Inline),
+                any::<String>().prop_map(|p| Carrier::File(PathBuf::from(p))),
+                Just(Carrier::Attached(())),
             ]
         }
 
@@ -1052,17 +1003,13 @@ mod tests {
                 any::<u32>().prop_map(|version| SlotResponse::ProtocolVersion { version }),
                 (source(), any::<String>())
                     .prop_map(|(source, data)| SlotResponse::Log { source, data }),
-                (value_or_file(), any::<u64>(), files()).prop_map(
-                    |((output, output_file, output_attached), index, files)| {
-                        SlotResponse::Output {
-                            output,
-                            output_file,
-                            output_attached,
-                            index,
-                            files,
-                        }
+                (carrier(), any::<u64>(), files()).prop_map(|(output, index, files)| {
+                    SlotResponse::Output {
+                        output,
+                        index,
+                        files,
                     }
-                ),
+                }),
                 (
                     any::<String>(),
                     json_value(),
@@ -1081,28 +1028,18 @@ mod tests {
                     any::<String>(),
                     seconds,
                     any::<bool>(),
-                    prop_oneof![Just((None, None, false)), value_or_file()],
+                    prop::option::of(carrier()),
                     files()
                 )
-                    .prop_map(
-                        |(
+                    .prop_map(|(id, predict_time, is_stream, output, files)| {
+                        SlotResponse::Done {
                             id,
                             predict_time,
                             is_stream,
-                            (output, output_file, output_attached),
+                            output,
                             files,
-                        )| {
-                            SlotResponse::Done {
-                                id,
-                                predict_time,
-                                is_stream,
-                                output,
-                                output_file,
-                                output_attached,
-                                files,
-                            }
                         }
-                    ),
+                    }),
                 (any::<String>(), any::<String>())
                     .prop_map(|(id, error)| SlotResponse::Failed { id, error }),
                 any::<String>().prop_map(|id| SlotResponse::Cancelled { id }),

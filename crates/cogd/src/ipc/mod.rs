@@ -4,12 +4,14 @@
 //! Two channels carry them: the **control** channel (the worker's original
 //! stdin/stdout) and one Unix **slot** socket per concurrent run. Both sides use
 //! these types, so a change here is a protocol change: bump [`PROTOCOL_VERSION`].
-//! A slot frame may carry an open file ([`attach`]): a large input or
-//! output, as a sealed memory file.
+//! A value travels in a slot frame one of three ways ([`Carrier`]): inline,
+//! or, too large for one frame, in an open file attached to the frame
+//! ([`attach`]: a sealed memory file) or in a spill file it names.
 
 mod attach;
 mod codec;
 mod messages;
+mod value;
 
 pub use attach::{
     is_sealed, memory_file, seal, send_with_file, spill, write_with_file, FileReceiver, Spill,
@@ -21,3 +23,4 @@ pub use messages::{
     BatchSettings, ControlRequest, ControlResponse, FileOutput, HealthcheckStatus, LogSource,
     MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
+pub use value::{Carrier, OutputValue};

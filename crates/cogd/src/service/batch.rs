@@ -14,6 +14,11 @@
 //! once. A batch's task passes the call's log lines and metrics to every
 //! member and each member's final event to that member alone.
 //!
+//! A member's own task is an ordinary run ([`Run::execute`]): the same
+//! request ([`Run::prepare_request`]) and the same [`RunLoop`] for its
+//! events, as a [`Place::Member`]; its batch brings it the call's shared
+//! events and its own final one as slot events, `batch_size` as a metric.
+//!
 //! Each member keeps its own `Prediction`: id, status, timestamps,
 //! webhooks, logs (every line the call printed), metrics (`predict_time` is
 //! the call's, and `batch_size` is recorded). A member canceled while it
@@ -38,11 +43,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::run::{sleep_until, Place, Run, RunEnd, RunLoop};
 use super::slots::{Admit, SlotPermit, SlotPool};
-use super::{directory_name, remove_run_dir, sleep_until, Run, SPILL_INPUT_BYTES};
 use crate::config::BatchOverride;
-use crate::ipc::{BatchSettings, SlotRequest, Spill};
-use crate::prediction::{JsonText, Outcome};
+use crate::ipc::{BatchSettings, MetricMode, SlotRequest};
+use crate::nudge;
 use crate::supervisor::{BatchEvent, SlotEvent, Supervisor};
 use crate::telemetry::{self, Metrics, Phase};
 
@@ -100,7 +105,7 @@ struct Waiting {
 
 /// The batcher's side of one member.
 struct MemberLink {
-    events: mpsc::Sender<MemberEvent>,
+    events: mpsc::Sender<SlotEvent>,
     /// Why it left early, once it has.
     leave: Arc<Leave>,
 }
@@ -114,18 +119,23 @@ struct Leave {
     deadline: AtomicBool,
 }
 
-/// What a member hears from its batch.
-#[derive(Debug)]
-pub(super) enum MemberEvent {
-    /// Its batch started, with this many members.
-    Started {
-        /// Members in the batch.
-        size: usize,
-    },
-    /// A log line or metric of the call.
-    Shared(SlotEvent),
-    /// Its own final event (or the worker's death).
-    End(SlotEvent),
+/// A prediction's place in the batcher's line, then in its batch: what
+/// its run loop ([`Place::Member`]) leaves by.
+pub(super) struct Member<'a> {
+    batcher: &'a Batcher,
+    leave: Arc<Leave>,
+}
+
+impl Member<'_> {
+    /// Leaves the line, or the batch running: the member no longer wants
+    /// its output (`deadline`: it is past its time limit).
+    pub(super) fn leave(&self, deadline: bool) {
+        if deadline {
+            self.leave.deadline.store(true, Ordering::SeqCst);
+        }
+        self.leave.gone.cancel();
+        self.batcher.prune();
+    }
 }
 
 impl Batcher {
@@ -182,17 +192,17 @@ impl Batcher {
     }
 
     /// Puts a ready prediction in the line; its events come on the returned
-    /// channel, ending with [`MemberEvent::End`] (or closing when it left
-    /// the line before any batch took it).
+    /// channel, as a slot's would, ending with a final event (or closing
+    /// when it left the line before any batch took it).
     fn join(
         &self,
         request: SlotRequest,
         attached: Option<OwnedFd>,
         leave: Arc<Leave>,
-    ) -> mpsc::Receiver<MemberEvent> {
+    ) -> mpsc::Receiver<SlotEvent> {
         let (events, receiver) = mpsc::channel(256);
         if self.closed.load(Ordering::SeqCst) {
-            let _ = events.try_send(MemberEvent::End(SlotEvent::Died(STOPPED.into())));
+            let _ = events.try_send(SlotEvent::Died(STOPPED.into()));
             return receiver;
         }
         let waiting = Waiting {
@@ -277,7 +287,7 @@ impl Batcher {
                 Some(due_at) => {
                     tokio::select! {
                         () = changed => {}
-                        () = sleep_precisely(due_at) => {}
+                        () = nudge::sleep_precisely(due_at) => {}
                     }
                 }
                 None => changed.await,
@@ -291,7 +301,7 @@ impl Batcher {
             let _ = waiting
                 .member
                 .events
-                .try_send(MemberEvent::End(SlotEvent::Died(STOPPED.into())));
+                .try_send(SlotEvent::Died(STOPPED.into()));
         }
     }
 
@@ -308,11 +318,7 @@ impl Batcher {
         let mut links = Vec::with_capacity(size);
         let mut requests = Vec::with_capacity(size);
         for waiting in members {
-            let _ = waiting
-                .member
-                .events
-                .send(MemberEvent::Started { size })
-                .await;
+            let _ = waiting.member.events.send(batch_size(size)).await;
             links.push(waiting.member);
             requests.push((waiting.request, waiting.attached));
         }
@@ -320,8 +326,7 @@ impl Batcher {
             Ok(events) => events,
             Err(e) => {
                 for link in &links {
-                    let end = MemberEvent::End(SlotEvent::Failed(e.to_string()));
-                    let _ = link.events.send(end).await;
+                    let _ = link.events.send(SlotEvent::Failed(e.to_string())).await;
                 }
                 return;
             }
@@ -339,12 +344,12 @@ impl Batcher {
                     Some(BatchEvent::Member { index, event }) => {
                         if let Some(link) = links.get(index) {
                             ended[index] = true;
-                            let _ = link.events.send(MemberEvent::End(event)).await;
+                            let _ = link.events.send(event).await;
                         }
                     }
                     Some(BatchEvent::Shared(SlotEvent::Died(reason))) => {
                         for (link, _) in links.iter().zip(&ended).filter(|(_, ended)| !**ended) {
-                            let died = MemberEvent::End(SlotEvent::Died(reason.clone()));
+                            let died = SlotEvent::Died(reason.clone());
                             let _ = link.events.send(died).await;
                         }
                         break;
@@ -352,7 +357,7 @@ impl Batcher {
                     Some(BatchEvent::Shared(event)) => {
                         for (link, _) in links.iter().zip(&ended).filter(|(_, ended)| !**ended) {
                             if let Some(copy) = shared_copy(&event) {
-                                let _ = link.events.send(MemberEvent::Shared(copy)).await;
+                                let _ = link.events.send(copy).await;
                             }
                         }
                     }
@@ -384,31 +389,6 @@ impl Batcher {
     }
 }
 
-/// How late tokio's timer may fire: it counts in whole milliseconds and
-/// rounds a deadline up to the next one.
-const TIMER_SLACK: Duration = Duration::from_micros(1200);
-
-/// Sleeps until `at`, within tens of microseconds where the machine has
-/// several CPUs: on tokio's timer until [`TIMER_SLACK`] before it, then
-/// yielding in a loop. A lone request's batch goes at `max_wait`, not up to
-/// a millisecond and a half later: with `max_wait_ms=2` it waited 3.3 ms
-/// more than unbatched on the timer alone. Costs up to that slack of one
-/// CPU per batch that waits for its time, never on one CPU, where the loop
-/// would only keep others from running.
-async fn sleep_precisely(at: Instant) {
-    if !super::several_cpus() {
-        return tokio::time::sleep_until(at.into()).await;
-    }
-    if let Some(coarse) = at.checked_sub(TIMER_SLACK) {
-        if coarse > Instant::now() {
-            tokio::time::sleep_until(coarse.into()).await;
-        }
-    }
-    while Instant::now() < at {
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Why a prediction whose model stopped serving did not run.
 const STOPPED: &str = "the model stopped serving before the prediction could run";
 
@@ -428,238 +408,39 @@ fn shared_copy(event: &SlotEvent) -> Option<SlotEvent> {
     }
 }
 
-/// How a member's wait for its batch ended.
-enum MemberEnd {
-    /// Its batch brought it to an end (or it never ran): its outcome.
-    Ended(Outcome),
-    /// It left early (canceled, or past its deadline) with this outcome;
-    /// its batch may still be running.
-    Left(Outcome),
+/// The metric that tells a member the size of its batch, sent as the
+/// batch starts.
+fn batch_size(size: usize) -> SlotEvent {
+    SlotEvent::Metric {
+        name: "batch_size".into(),
+        value: size.into(),
+        mode: MetricMode::Replace,
+    }
 }
 
 impl Run {
-    /// [`Run::execute`] for a batched model: a place, then the batch.
-    pub(super) async fn execute_batched(self, admit: Admit, batcher: Arc<Batcher>) {
-        let permit = match admit {
-            Admit::Now(permit) => Ok(permit),
-            Admit::Queued(ticket) => tokio::select! {
-                permit = ticket.acquire() => permit.ok_or_else(|| Outcome::Failed(STOPPED.into())),
-                () = self.handle.cancelled() => Err(Outcome::Canceled),
-            },
-        };
-        let permit = match permit {
-            Ok(permit) => permit,
-            Err(outcome) => return self.finish(outcome, None).await,
-        };
-        let started = Instant::now();
-        self.inner
-            .metrics
-            .observe_queue_wait(started - self.admitted);
-        let dir = self
-            .inner
-            .config
-            .predictions_dir
-            .join(directory_name(&self.id));
-        self.handle.update(|p| {
-            p.start();
-            true
-        });
-        self.publish_state("start");
-        let (end, mut events, dir_used) = self.run_in_batch(&batcher, &dir).await;
-        match end {
-            MemberEnd::Ended(outcome) => {
-                if dir_used {
-                    remove_run_dir(&self.id, dir).await;
-                }
-                drop(permit);
-                self.finish(outcome, Some(started)).await;
-            }
-            MemberEnd::Left(outcome) => {
-                self.finish(outcome, Some(started)).await;
-                // Its place and directory are its batch's until that ends.
-                if let Some(events) = events.as_mut() {
-                    while let Some(event) = events.recv().await {
-                        if matches!(event, MemberEvent::End(_)) {
-                            break;
-                        }
-                    }
-                }
-                remove_run_dir(&self.id, dir).await;
-                drop(permit);
-            }
-        }
-    }
-
-    /// Gets the prediction ready, joins the line and follows its batch.
-    /// Returns how it ended, its events (to wait out a batch it left), and
-    /// whether its directory may hold anything.
-    async fn run_in_batch(
+    /// [`Run::execute`]'s run for a batched model: the prediction made ready
+    /// as any run is, then in the batcher's line and its batch, followed by
+    /// the same [`RunLoop`] as a slot's run.
+    pub(super) async fn run_in_batch(
         &self,
         batcher: &Batcher,
-        dir: &std::path::Path,
-    ) -> (MemberEnd, Option<mpsc::Receiver<MemberEvent>>, bool) {
-        let (request, attached, mut dir_used) = match self.prepare_request(dir).await {
-            Ok(prepared) => prepared,
-            Err(outcome) => return (MemberEnd::Ended(outcome), None, true),
+        output_dir: PathBuf,
+        started: Instant,
+    ) -> RunEnd {
+        let mut dir_used = !self.file_inputs.is_empty();
+        let (request, attached) = match self.prepare_request(&output_dir, &mut dir_used).await {
+            Ok(request) => request,
+            Err(outcome) => return RunEnd::new(outcome),
         };
         let leave = Arc::new(Leave::default());
-        let mut events = batcher.join(request, attached, Arc::clone(&leave));
+        let events = batcher.join(request, attached, Arc::clone(&leave));
+        // Lasts until the member's final event, as a slot's run does.
         let _run_span = telemetry::phase_span(Phase::Run);
-        let time_limit = self.inner.config.predict_timeout;
-        let timeout_at = time_limit.map(|limit| tokio::time::Instant::now() + limit);
-        let left = |outcome| {
-            leave.gone.cancel();
-            batcher.prune();
-            outcome
-        };
-        let end = loop {
-            let event = tokio::select! {
-                event = events.recv() => event,
-                () = self.handle.cancelled() => break MemberEnd::Left(left(Outcome::Canceled)),
-                () = sleep_until(timeout_at) => {
-                    leave.deadline.store(true, Ordering::SeqCst);
-                    let limit = time_limit.unwrap_or_default().as_secs_f64();
-                    break MemberEnd::Left(left(Outcome::Failed(format!(
-                        "the prediction took longer than {limit} s (COG_PREDICT_TIMEOUT) and was stopped"
-                    ))));
-                }
-            };
-            let Some(event) = event else {
-                break MemberEnd::Ended(Outcome::Failed(
-                    "the worker stopped reporting on this prediction".into(),
-                ));
-            };
-            match event {
-                MemberEvent::Started { size } => self.handle.update(|p| {
-                    p.metrics.insert("batch_size".into(), size.into());
-                    true
-                }),
-                MemberEvent::Shared(SlotEvent::Log { data, .. }) => {
-                    self.handle.update(|p| p.append_log(&data).is_some())
-                }
-                MemberEvent::Shared(SlotEvent::Metric { name, value, mode }) => self
-                    .handle
-                    .update(|p| p.record_metric(&name, value, mode).unwrap_or(false)),
-                MemberEvent::Shared(_) => {}
-                MemberEvent::End(SlotEvent::Done {
-                    predict_time,
-                    is_stream,
-                    output,
-                }) => {
-                    let Some(output) = output else {
-                        break MemberEnd::Ended(Outcome::Succeeded {
-                            predict_time,
-                            is_stream,
-                        });
-                    };
-                    dir_used |= output.uses_dir();
-                    let sent = tokio::select! {
-                        sent = self.send_output(output, dir) => sent,
-                        () = self.handle.cancelled() => break MemberEnd::Ended(Outcome::Canceled),
-                        () = sleep_until(timeout_at) => {
-                            let limit = time_limit.unwrap_or_default().as_secs_f64();
-                            break MemberEnd::Ended(Outcome::Failed(format!(
-                                "the prediction took longer than {limit} s (COG_PREDICT_TIMEOUT) while its files were sent"
-                            )));
-                        }
-                    };
-                    break match sent {
-                        Ok(output) => {
-                            self.handle.update(|p| {
-                                p.push_output(output);
-                                false
-                            });
-                            MemberEnd::Ended(Outcome::Succeeded {
-                                predict_time,
-                                is_stream,
-                            })
-                        }
-                        Err(error) => MemberEnd::Ended(Outcome::Failed(error)),
-                    };
-                }
-                MemberEvent::End(SlotEvent::Failed(error) | SlotEvent::Died(error)) => {
-                    break MemberEnd::Ended(Outcome::Failed(error))
-                }
-                MemberEvent::End(SlotEvent::Cancelled) => {
-                    break MemberEnd::Ended(Outcome::Canceled)
-                }
-                MemberEvent::End(_) => {
-                    break MemberEnd::Ended(Outcome::Failed(
-                        "the worker sent a batch member an event that ends nothing".into(),
-                    ))
-                }
-            }
-        };
-        let succeeded = matches!(end, MemberEnd::Ended(Outcome::Succeeded { .. }));
-        (end, Some(events), dir_used || !succeeded)
-    }
-
-    /// The prediction's `predict` request: its file inputs fetched into its
-    /// directory, and a large input spilled (attached, or to a file). Also
-    /// whether anything went into the directory.
-    async fn prepare_request(
-        &self,
-        output_dir: &std::path::Path,
-    ) -> Result<(SlotRequest, Option<OwnedFd>, bool), Outcome> {
-        let mut dir_used = !self.file_inputs.is_empty();
-        let mut localized = None;
-        if !self.file_inputs.is_empty() {
-            let mut input = self.input.clone();
-            let inputs_dir = output_dir.join("inputs");
-            let download = telemetry::phase_span(Phase::Download);
-            let fetch =
-                self.inner
-                    .outbound
-                    .fetcher
-                    .localize(&mut input, &self.file_inputs, &inputs_dir);
-            let fetched = tokio::select! {
-                fetched = fetch => fetched,
-                () = self.handle.cancelled() => return Err(Outcome::Canceled),
-            };
-            drop(download);
-            fetched.map_err(Outcome::Failed)?;
-            localized = Some(input);
-        }
-        if self.handle.is_cancel_requested() {
-            return Err(Outcome::Canceled);
-        }
-        let text = match (&localized, &self.input_text) {
-            (None, Some(text)) => text.clone(),
-            (localized, _) => JsonText::from_map(localized.as_ref().unwrap_or(&self.input)),
-        };
-        let mut attached = None;
-        let (input, input_file, input_attached) = if text.get().len() > SPILL_INPUT_BYTES {
-            let dir: PathBuf = output_dir.to_path_buf();
-            let spilled = tokio::task::spawn_blocking(move || {
-                crate::ipc::spill(&dir, "input.json", |out| {
-                    out.write_all(text.get().as_bytes())
-                })
-            })
+        let member = Member { batcher, leave };
+        RunLoop::new(self, Place::Member(member), output_dir, started, dir_used)
+            .follow(events)
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            match spilled {
-                Ok(Spill::Attached(file)) => {
-                    attached = Some(file);
-                    (None, None, true)
-                }
-                Ok(Spill::File(path)) => {
-                    dir_used = true;
-                    (None, Some(path), false)
-                }
-                Err(e) => return Err(Outcome::Failed(format!("cannot write the input: {e}"))),
-            }
-        } else {
-            (Some(text.to_raw()), None, false)
-        };
-        let request = SlotRequest::Predict {
-            id: self.id.clone(),
-            input,
-            input_file,
-            input_attached,
-            output_dir: output_dir.to_path_buf(),
-            context: self.context.clone(),
-        };
-        Ok((request, attached, dir_used))
     }
 }
 

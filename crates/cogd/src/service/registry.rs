@@ -69,7 +69,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// The prediction with this id. A finished one kept as its final state
     /// comes back in a new handle, already terminal: waiting on it returns at
-    /// once, and cancelling it does nothing, as for any finished prediction.
+    /// once, and canceling it does nothing, as for any finished prediction.
     pub(crate) fn get(&self, id: &str) -> Option<PredictionHandle> {
         match self.by_id.get(id)? {
             Kept::Live(handle) => Some(handle.clone()),
@@ -164,7 +164,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prediction::Outcome;
+    use crate::prediction::{JsonText, Outcome, StreamEvent};
 
     fn handle(id: &str) -> PredictionHandle {
         PredictionHandle::new(Prediction::new(id.into(), &serde_json::json!({}), None))
@@ -231,7 +231,8 @@ mod tests {
         let prediction = Prediction::new("streamed".into(), &serde_json::json!({}), None);
         let streamed = PredictionHandle::with_stream(prediction, 8);
         registry.insert("streamed".into(), streamed.clone());
-        streamed.publish("output", "\"a\"".into());
+        let chunk = JsonText::from(&serde_json::json!("a"));
+        streamed.publish(StreamEvent::output(&chunk, 0));
         streamed.update(|p| p.finish(Outcome::Canceled));
         registry.finished("streamed");
         let found = registry.get("streamed").expect("kept");

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// The slots, free and busy, and the queue of predictions waiting for one.
 #[derive(Debug, Clone)]
@@ -31,6 +31,9 @@ struct PoolInner {
     waiting: AtomicUsize,
     /// How many may wait.
     queue_size: usize,
+    /// Woken each time a slot may have become free (a permit given back,
+    /// or a worker's slots opened), for [`SlotPool::wait_for_free`].
+    freed: Notify,
 }
 
 /// The answer to a request for a slot.
@@ -62,6 +65,7 @@ impl SlotPool {
                 generation: AtomicUsize::new(0),
                 waiting: AtomicUsize::new(0),
                 queue_size,
+                freed: Notify::new(),
             }),
         }
     }
@@ -84,6 +88,8 @@ impl SlotPool {
         free.extend((0..count).rev());
         self.inner.healthy.store(count, Ordering::SeqCst);
         self.inner.semaphore.add_permits(count);
+        drop(free);
+        self.inner.freed.notify_waiters();
     }
 
     /// Takes the slots away from a worker that is gone: none is free until
@@ -146,6 +152,26 @@ impl SlotPool {
     /// Slots still usable.
     pub(crate) fn healthy(&self) -> usize {
         self.inner.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Slots free now (a prediction admitted now would run at once).
+    pub(crate) fn free(&self) -> usize {
+        self.inner.semaphore.available_permits()
+    }
+
+    /// Waits until at least one slot is free and returns how many are.
+    pub(crate) async fn wait_for_free(&self) -> usize {
+        loop {
+            let freed = self.inner.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a slot freed in between wakes it.
+            freed.as_mut().enable();
+            let free = self.free();
+            if free > 0 {
+                return free;
+            }
+            freed.await;
+        }
     }
 
     /// Usable slots running a prediction now.
@@ -225,6 +251,7 @@ impl Drop for SlotPermit {
                 free.push(self.slot);
                 drop(free);
                 drop(permit);
+                self.pool.inner.freed.notify_waiters();
             } else {
                 // A slot of a worker that is gone: the new worker's slots
                 // were counted afresh.
@@ -243,6 +270,28 @@ mod tests {
             Ok(Admit::Now(permit)) => permit,
             other => panic!("expected a free slot, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_for_a_free_slot_wakes_when_one_is_given_back() {
+        let pool = SlotPool::new(0);
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.wait_for_free().await }
+        });
+        tokio::task::yield_now().await;
+        pool.open(1);
+        assert_eq!(waiting.await.unwrap(), 1);
+        let held = now(pool.admit());
+        assert_eq!(pool.free(), 0);
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.wait_for_free().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(held);
+        assert_eq!(waiting.await.unwrap(), 1);
     }
 
     #[test]

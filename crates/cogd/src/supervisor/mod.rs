@@ -22,7 +22,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
@@ -31,8 +30,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 
 use crate::ipc::{
-    encode_line, BatchSettings, ControlRequest, ControlResponse, FileOutput, FileReceiver,
-    FrameError, LineDecoder, LogSource, MetricMode, Mode, SlotRequest, SlotResponse,
+    encode_line, BatchSettings, Carrier, ControlRequest, ControlResponse, FileReceiver, FrameError,
+    LineDecoder, LogSource, MetricMode, Mode, OutputValue, SlotRequest, SlotResponse,
     PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
@@ -144,57 +143,52 @@ pub enum SlotEvent {
     },
     /// The run raised.
     Failed(String),
-    /// The run was cancelled.
-    Cancelled,
+    /// The run was canceled.
+    Canceled,
     /// The worker (or this slot) died under the run.
     Died(String),
 }
 
-/// An output value as the worker sent it: its JSON (inline, or in a file
-/// when it was too large for one frame), and the files it refers to, which
-/// the service still has to send.
-#[derive(Debug)]
-pub struct OutputValue {
-    /// The JSON, with `null` where files go.
-    pub json: OutputJson,
-    /// The files, each with where it goes in the value.
-    pub files: Vec<FileOutput>,
-}
+/// A slot frame said a file was attached to it, and none came.
+struct MissingFile;
 
-/// Where an output's JSON is.
-#[derive(Debug)]
-pub enum OutputJson {
-    /// In the message.
-    Inline(Box<RawValue>),
-    /// In this memory file, which came attached to the message (sealed,
-    /// unless the worker is broken: [`crate::ipc::is_sealed`]).
-    Attached(std::fs::File),
-    /// In this file, in the prediction's directory.
-    File(PathBuf),
-}
-
-impl OutputValue {
-    /// True when the value came with files (written into the prediction's
-    /// directory by the worker, or to be sent from anywhere) or was spilled
-    /// to a file there.
-    pub fn uses_dir(&self) -> bool {
-        !self.files.is_empty() || matches!(self.json, OutputJson::File(_))
-    }
-
-    fn new(
-        inline: Option<Box<RawValue>>,
-        file: Option<PathBuf>,
-        attached: Option<std::fs::File>,
-        files: Vec<FileOutput>,
-    ) -> Option<Self> {
-        let json = match (inline, attached, file) {
-            (Some(value), _, _) => OutputJson::Inline(value),
-            (None, Some(attached), _) => OutputJson::Attached(attached),
-            (None, None, Some(path)) => OutputJson::File(path),
-            (None, None, None) => return None,
-        };
-        Some(Self { json, files })
-    }
+/// What a slot frame means for the run in its slot: `None` for a frame that
+/// means nothing to the run (the protocol version). An output's attached
+/// file is taken with `take_file`, and only for a frame that says it has one.
+fn slot_event(
+    message: SlotResponse,
+    take_file: impl FnOnce() -> Option<std::fs::File>,
+) -> Option<Result<SlotEvent, MissingFile>> {
+    let output_value = |carrier: Carrier, files| {
+        let json = carrier.attach(take_file).ok_or(MissingFile)?;
+        Ok(OutputValue { json, files })
+    };
+    Some(match message {
+        SlotResponse::ProtocolVersion { .. } => return None,
+        SlotResponse::Metric { name, value, mode } => Ok(SlotEvent::Metric { name, value, mode }),
+        SlotResponse::Log { source, data } => Ok(SlotEvent::Log { source, data }),
+        SlotResponse::Output {
+            output,
+            index,
+            files,
+        } => output_value(output, files).map(|output| SlotEvent::Output { output, index }),
+        SlotResponse::Done {
+            predict_time,
+            is_stream,
+            output,
+            files,
+            ..
+        } => output
+            .map(|output| output_value(output, files))
+            .transpose()
+            .map(|output| SlotEvent::Done {
+                predict_time,
+                is_stream,
+                output,
+            }),
+        SlotResponse::Failed { error, .. } => Ok(SlotEvent::Failed(error)),
+        SlotResponse::Cancelled { .. } => Ok(SlotEvent::Canceled),
+    })
 }
 
 /// What a slot reports about the batch it holds ([`Supervisor::run_batch`]).
@@ -218,7 +212,7 @@ impl SlotEvent {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Self::Done { .. } | Self::Failed(_) | Self::Cancelled | Self::Died(_)
+            Self::Done { .. } | Self::Failed(_) | Self::Canceled | Self::Died(_)
         )
     }
 }
@@ -868,8 +862,20 @@ impl Inner {
                     break;
                 }
             };
-            let attached = if message.carries_file() {
-                let Some(file) = frames.get_mut().take_file() else {
+            // A final message names its prediction: in a batch, its member.
+            let member = match &message {
+                SlotResponse::Done { id, .. }
+                | SlotResponse::Failed { id, .. }
+                | SlotResponse::Cancelled { id } => Some(id.clone()),
+                _ => None,
+            };
+            // Taken only for a frame that says a file is attached to it, so
+            // the next frame's file is never mistaken for this one's.
+            let take_file = || frames.get_mut().take_file().map(std::fs::File::from);
+            let event = match slot_event(message, take_file) {
+                Some(Ok(event)) => event,
+                None => continue,
+                Some(Err(MissingFile)) => {
                     tracing::error!(
                         slot = index,
                         "a slot message said it carried a file, and none came"
@@ -882,48 +888,7 @@ impl Inner {
                     )
                     .await;
                     break;
-                };
-                Some(std::fs::File::from(file))
-            } else {
-                None
-            };
-            // A final message names its prediction: in a batch, its member.
-            let member = match &message {
-                SlotResponse::Done { id, .. }
-                | SlotResponse::Failed { id, .. }
-                | SlotResponse::Cancelled { id } => Some(id.clone()),
-                _ => None,
-            };
-            let event = match message {
-                SlotResponse::ProtocolVersion { .. } => continue,
-                SlotResponse::Metric { name, value, mode } => {
-                    SlotEvent::Metric { name, value, mode }
                 }
-                SlotResponse::Log { source, data } => SlotEvent::Log { source, data },
-                SlotResponse::Output {
-                    output,
-                    output_file,
-                    index,
-                    files,
-                    ..
-                } => match OutputValue::new(output, output_file, attached, files) {
-                    Some(output) => SlotEvent::Output { output, index },
-                    None => continue,
-                },
-                SlotResponse::Done {
-                    predict_time,
-                    is_stream,
-                    output,
-                    output_file,
-                    files,
-                    ..
-                } => SlotEvent::Done {
-                    predict_time,
-                    is_stream,
-                    output: OutputValue::new(output, output_file, attached, files),
-                },
-                SlotResponse::Failed { error, .. } => SlotEvent::Failed(error),
-                SlotResponse::Cancelled { .. } => SlotEvent::Cancelled,
             };
             if let Some(id) = member {
                 end_member(&slots[index], &id, event).await;
@@ -944,12 +909,8 @@ impl Inner {
                     run.send(event).await;
                 }
                 if frames.read_buffer().is_empty() {
-                    // Everything read so far has been handed on: let the run
-                    // act on it (send the first chunk of a stream to its
-                    // readers) before reading more. A model that yields faster
-                    // than that would otherwise keep this task reading, and
-                    // its first chunk waiting, for a whole scheduling budget.
-                    tokio::task::yield_now().await;
+                    // Everything read so far has been handed on.
+                    crate::nudge::let_the_run_act().await;
                 }
             }
         }

@@ -187,11 +187,9 @@ pub fn write_output(
         return Ok(false);
     };
     let carrier = output::spill(output, &dir, &format!("output-{index}.json"))?;
-    let (output, output_file, output_attached, file) = carrier.into_fields();
+    let (output, file) = carrier.detach();
     let message = SlotResponse::Output {
         output,
-        output_file,
-        output_attached,
         index,
         files,
     };
@@ -199,24 +197,9 @@ pub fn write_output(
         .get()
         .is_some_and(|router| router.send_to_run(slot, message, file));
     if sent && index == 0 {
-        give_way();
+        crate::nudge::give_way();
     }
     Ok(sent)
-}
-
-/// Gives up this thread's CPU once, so that whoever waits for what was just
-/// sent (the server, then the client reading the stream) runs now. Called
-/// after a run's first chunk: a generator that goes on yielding keeps its
-/// CPU busy, and on a machine with few cores the reader of that first chunk
-/// otherwise waits for the model's time slice to end, up to milliseconds.
-/// With two cores and a 1,000-yield generator, the first chunk reached the
-/// client in 0.38-0.44 ms (medians) instead of 0.5-2.4 ms. Only the first:
-/// giving way after every chunk cut 100,000-yield throughput by 70%.
-fn give_way() {
-    // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
-    unsafe {
-        libc::sched_yield();
-    }
 }
 
 /// Outputs larger than this (as JSON) reach the server through a file, so
@@ -936,14 +919,12 @@ fn send_result(
     match result {
         Ok(RunOutput::Value(output, files)) => {
             let done = output::spill(output, dir, "output.json").map(|carrier| {
-                let (output, output_file, output_attached, file) = carrier.into_fields();
+                let (output, file) = carrier.detach();
                 let done = SlotResponse::Done {
                     id: id.clone(),
                     predict_time,
                     is_stream: false,
-                    output,
-                    output_file,
-                    output_attached,
+                    output: Some(output),
                     files,
                 };
                 (done, file)
@@ -965,8 +946,6 @@ fn send_result(
             predict_time,
             is_stream: true,
             output: None,
-            output_file: None,
-            output_attached: false,
             files: Vec::new(),
         }),
         Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed {

@@ -2,7 +2,13 @@
 //! the handler made it in, and how it travels ([`Carrier`]): inline in its
 //! message, or, past [`SPILL_OUTPUT_BYTES`], in a sealed memory file attached
 //! to the message (a file in the run's directory where memory files cannot
-//! be made).
+//! be made). A spilled output is written there straight from the pieces:
+//! a memory file never touches a disk, and the server serves the output
+//! from its pages without copying them (writing a 20 MiB spill to a file on
+//! ext4 took 5 ms at best here, but 20-140 ms whenever the file system was
+//! catching up on blocks freed by earlier spills; a memory file takes about
+//! 10 ms every time, and saves the server the 10-15 ms of reading a file
+//! into memory of its own).
 //!
 //! The handler writes the JSON of the value itself, except its long strings:
 //! those come separately, one between each two pieces of text, and are
@@ -13,11 +19,11 @@
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::value::RawValue;
 
-use crate::ipc::Spill;
+use crate::ipc::Carrier;
 
 use super::SPILL_OUTPUT_BYTES;
 
@@ -106,55 +112,20 @@ pub(super) fn inline(output: OutputJson) -> io::Result<Box<RawValue>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not JSON: {e}")))
 }
 
-/// How an output travels to the server.
-#[derive(Debug)]
-pub(super) enum Carrier {
-    /// In its message, checked to be JSON.
-    Inline(Box<RawValue>),
-    /// Spilled ([`crate::ipc::spill`]): in a sealed memory file attached to
-    /// its message, so it never touches a disk and the server serves it from
-    /// these pages without copying them (writing a 20 MiB spill to a file on
-    /// ext4 took 5 ms at best here, but 20-140 ms whenever the file system
-    /// was catching up on blocks freed by earlier spills; this takes about
-    /// 10 ms every time, and saves the server the 10-15 ms of reading a file
-    /// into memory of its own); or in a file in the run's directory, where
-    /// memory files cannot be made.
-    Spilled(Spill),
-}
-
-impl Carrier {
-    /// The message fields (`output`, `output_file`, `output_attached`) and
-    /// the file to attach.
-    pub(super) fn into_fields(
-        self,
-    ) -> (
-        Option<Box<RawValue>>,
-        Option<PathBuf>,
-        bool,
-        Option<OwnedFd>,
-    ) {
-        match self {
-            Self::Inline(value) => (Some(value), None, false, None),
-            Self::Spilled(Spill::Attached(file)) => (None, None, true, Some(file)),
-            Self::Spilled(Spill::File(path)) => (None, Some(path), false, None),
-        }
-    }
-}
-
 /// The output inline (see [`inline`]); or, past [`SPILL_OUTPUT_BYTES`],
 /// spilled ([`crate::ipc::spill`], into `name` in `dir` where memory files
 /// cannot be made). A spilled output is not parsed here: the server checks
 /// it as it takes it, and fails the prediction if it is not JSON.
-pub(super) fn spill(output: OutputJson, dir: &Path, name: &str) -> io::Result<Carrier> {
+pub(super) fn spill(output: OutputJson, dir: &Path, name: &str) -> io::Result<Carrier<OwnedFd>> {
     if output.min_len() <= SPILL_OUTPUT_BYTES {
         let text = output.into_string();
         if text.len() <= SPILL_OUTPUT_BYTES {
             return inline(OutputJson::text(text)).map(Carrier::Inline);
         }
         return crate::ipc::spill(dir, name, |file| file.write_all(text.as_bytes()))
-            .map(Carrier::Spilled);
+            .map(Carrier::from);
     }
-    crate::ipc::spill(dir, name, |file| output.write_to(file)).map(Carrier::Spilled)
+    crate::ipc::spill(dir, name, |file| output.write_to(file)).map(Carrier::from)
 }
 
 #[cfg(test)]
@@ -185,8 +156,8 @@ mod tests {
     }
 
     /// The text of a spilled output, and the seals of its memory file.
-    fn spilled(carrier: Carrier) -> (String, rustix::fs::SealFlags) {
-        let Carrier::Spilled(Spill::Attached(fd)) = carrier else {
+    fn spilled(carrier: Carrier<OwnedFd>) -> (String, rustix::fs::SealFlags) {
+        let Carrier::Attached(fd) = carrier else {
             panic!("not attached: {carrier:?}");
         };
         let seals = rustix::fs::fcntl_get_seals(&fd).unwrap();
@@ -221,8 +192,7 @@ mod tests {
     fn a_sealed_spill_cannot_be_changed() {
         let dir = tempfile::tempdir().unwrap();
         let long = "x".repeat(SPILL_OUTPUT_BYTES + 1);
-        let Carrier::Spilled(Spill::Attached(fd)) =
-            spill(pieces(&["", ""], &[&long]), dir.path(), "o").unwrap()
+        let Carrier::Attached(fd) = spill(pieces(&["", ""], &[&long]), dir.path(), "o").unwrap()
         else {
             panic!("not attached");
         };
