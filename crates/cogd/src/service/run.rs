@@ -413,8 +413,9 @@ pub(super) enum Place<'a> {
     Member(Member<'a>),
 }
 
-/// A run in its slot, from the moment the worker has it to its end: a state
-/// machine driven by the slot's events and by what stops a run.
+/// A run in its place (a slot, or a batch), from the moment the worker (or
+/// the batcher) has it to its end: a state machine driven by the slot's
+/// events and by what stops a run.
 pub(super) struct RunLoop<'a> {
     run: &'a Run,
     place: Place<'a>,
