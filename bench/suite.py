@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -577,6 +578,50 @@ def async16(servers: Servers, name: str, args: argparse.Namespace) -> dict:
         return load_figures(loadgen(server, {"input": {"name": "bench"}}, 16, 10_000, 400))
 
 
+#: `batching`: the batched model's `max_wait_ms` (bench/models/batch_sleep).
+BATCH_WAIT_MS = 2.0
+
+
+def batching(servers: Servers, name: str, args: argparse.Namespace) -> dict:
+    """32 clients on a model costing 5 ms + 0.2 ms per item (sleep), without
+    and with `@cog.batch(max_size=32)`; then one client alone on each, for the
+    wait a lone request adds (the batched model's `max_wait_ms`, 2 ms)."""
+    env = {"COG_QUEUE_SIZE": "64"}
+    body = {"input": {"text": "bench"}}
+    figures: dict[str, float] = {}
+    lone: dict[str, float] = {}
+    for label, model, requests in (
+        ("unbatched", MODELS / "cost_sleep", 2_000),
+        ("batched", MODELS / "batch_sleep", 10_000),
+    ):
+        with servers.serve(name, model, env=env) as server:
+            load = load_figures(loadgen(server, body, 32, requests, 320))
+            figures[f"{label}_per_s"] = load["succeeded_per_s"]
+            figures[f"{label}_p50_ms"] = load["p50_ms"]
+            figures[f"{label}_p99_ms"] = load["p99_ms"]
+            figures[f"{label}_409s"] = load["answers_409"]
+            if label == "batched":
+                count, total = batch_sizes(server)
+                figures["mean_batch_size"] = total / count if count else 0.0
+            lone[label] = loadgen(server, body, 1, 200, 20)["latency_ms"]["p50"]
+    figures["throughput_ratio"] = figures["batched_per_s"] / figures["unbatched_per_s"]
+    figures["lone_added_wait_ms"] = lone["batched"] - lone["unbatched"]
+    figures["max_wait_ms"] = BATCH_WAIT_MS
+    return figures
+
+
+def batch_sizes(server: Running) -> tuple[float, float]:
+    """`cogd_batch_size`'s count and sum from the server's `/metrics`."""
+    with urllib.request.urlopen(f"{server.base}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = {}
+    for line in text.splitlines():
+        for key in ("cogd_batch_size_count", "cogd_batch_size_sum"):
+            if line.startswith(key + " "):
+                found[key] = float(line.split()[1])
+    return found.get("cogd_batch_size_count", 0.0), found.get("cogd_batch_size_sum", 0.0)
+
+
 def events(server: Running, prediction_input: dict) -> Iterator[Event]:
     """The events of one streamed prediction, retrying 409s like `post`."""
     for _ in range(1000):
@@ -897,6 +942,8 @@ SCENARIOS: dict[str, tuple[Callable[[Servers, str, argparse.Namespace], dict], s
     "big_payloads": (big_outputs, {"cogd", "reference"}),
     "uploads": (uploads, {"cogd", "reference", "floor"}),
     "validation": (validation, {"cogd", "reference"}),
+    # cogd alone: its own model without and with @cog.batch (no other has it).
+    "batching": (batching, {"cogd"}),
     # Only cogd consumes a Redis Streams queue.
     "queue": (queue, {"cogd"}),
 }
@@ -920,6 +967,8 @@ TARGETS = {
     # The model's own write and the receiver's read are most of it: see
     # upload_floor. The floor alone is over half the reference's time.
     ("uploads", "file_20mib_upload_ms"): ("lower", "~ floor"),
+    ("batching", "throughput_ratio"): ("higher", ">= 8x"),
+    ("batching", "lone_added_wait_ms"): ("lower", "<= max_wait_ms + 1"),
     ("queue", "scale_4_over_1"): ("higher", ">= 3.5"),
     ("queue", "xadd_to_start_p50_ms"): ("lower", "<= 2 ms"),
 }

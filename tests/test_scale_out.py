@@ -385,3 +385,26 @@ def test_cogs_http_launcher_honours_the_queue_variables(
     [done] = wait_completed(webhook_receiver, 1)
     assert done["status"] == "succeeded"
     assert [g["name"] for g in r.xinfo_groups("jobs")] == ["workers"]
+
+
+def test_a_batched_model_takes_a_whole_batch_of_entries_at_once(
+    start_server: Any, redis_server: Any, tmp_path: Path
+) -> None:
+    # tests/models/batched has max_size=4 and one slot: four places free, so
+    # the consumer takes four entries at once and they run as one batch,
+    # long before the batch's wait would have sent a lone one.
+    redis = redis_server()
+    r = redis.client()
+    log = tmp_path / "batches.jsonl"
+    for i in range(4):
+        add(r, {"id": f"b{i}", "input": {"text": f"t{i}", "log": str(log)}})
+    start_server("batched", env=queue_env(redis, COG_BATCH_WAIT_MS="5000"))
+
+    def sizes() -> list[int]:
+        if not log.exists():
+            return []
+        return [json.loads(line)["size"] for line in log.read_text().splitlines()]
+
+    wait_until(lambda: sum(sizes()) >= 4, 20, "four members run")
+    assert sizes() == [4]
+    wait_until(lambda: pending(r) == 0, 10, "every entry acknowledged")

@@ -9,7 +9,7 @@ inside the worker process, and the command-line entry points.
 from typing import Any
 
 from cogd import _native, compat
-from cogd.decorators import concurrent, streaming
+from cogd.decorators import batch, concurrent, streaming
 from cogd.model import BaseModel
 from cogd.scope import Scope, current_scope
 from cogd.types import (
@@ -32,10 +32,11 @@ from cogd.types import (
 #: workspace's in Cargo.toml, which the wheel and the server carry as well.
 __version__: str = _native.__version__
 
-#: The SDK's public names (Cog 0.23.1's ``cog``, plus ``Scope``), apart from
+#: The SDK's public names (Cog 0.23.1's ``cog``, plus ``Scope`` and ``batch``), apart from
 #: the deprecated ones, which ``__getattr__`` hands out.
 __all__ = [
     "__version__",
+    "batch",
     "concurrent",
     "current_scope",
     "streaming",

@@ -1,4 +1,5 @@
-"""Decorators a model applies to its predictor: ``@cog.concurrent(max=N)``, ``@cog.streaming``."""
+"""Decorators a model applies to its predictor: ``@cog.concurrent(max=N)``,
+``@cog.streaming`` and ``@cog.batch(max_size=N, max_wait_ms=T)``."""
 
 from __future__ import annotations
 
@@ -69,3 +70,68 @@ def streaming(target: Any = None) -> Any:
 def declared_streaming(*targets: Any) -> bool:
     """Whether any of ``targets`` is marked ``@streaming``."""
     return any(getattr(target, STREAMING_ATTR, False) for target in targets)
+
+
+#: The attribute ``batch`` sets on the run method (or the class).
+BATCH_ATTR = "_cog_batch"
+
+
+class BatchSettings:
+    """What ``@batch`` declares: at most ``max_size`` predictions per call, and
+    how long (``max_wait_ms``) the first waits for others to join it."""
+
+    __slots__ = ("max_size", "max_wait_ms")
+
+    def __init__(self, max_size: int, max_wait_ms: float) -> None:
+        self.max_size = max_size
+        self.max_wait_ms = max_wait_ms
+
+    def __repr__(self) -> str:
+        return f"BatchSettings(max_size={self.max_size}, max_wait_ms={self.max_wait_ms})"
+
+
+def batch(fn: Any = None, *, max_size: int = 16, max_wait_ms: float = 10) -> Any:
+    """Run up to ``max_size`` predictions in one call of the run method.
+
+    The annotations still describe one prediction (the schema, validation and
+    defaults are as without the decorator); at run time each parameter
+    receives a list with one item per prediction, and the method returns a
+    list with one output per prediction, in the same order. An exception
+    instance in that list fails its prediction alone; a raised exception
+    fails them all. The server starts a batch once ``max_size`` predictions
+    wait, or ``max_wait_ms`` after the first arrived (0: at once, with
+    whatever waits). ``COG_MAX_BATCH_SIZE`` and ``COG_BATCH_WAIT_MS`` win
+    over both. Generators, ``@streaming`` runs and training functions cannot
+    be batched.
+
+    ``@batch(max_size=..., max_wait_ms=...)``, ``@batch()`` or bare
+    ``@batch``, on the run/predict method or on the predictor class.
+    """
+    if isinstance(max_size, bool) or not isinstance(max_size, int):
+        raise TypeError("batch max_size must be an integer")
+    if max_size < 1:
+        raise ValueError("batch max_size must be at least 1")
+    if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)):
+        raise TypeError("batch max_wait_ms must be a number")
+    if not max_wait_ms >= 0 or max_wait_ms == float("inf"):
+        raise ValueError("batch max_wait_ms must be a finite number, at least 0")
+    settings = BatchSettings(max_size, float(max_wait_ms))
+
+    def apply(target: T) -> T:
+        setattr(target, BATCH_ATTR, settings)
+        return target
+
+    if fn is None:
+        return apply
+    if not callable(fn):
+        raise TypeError("batch must be used as @batch or @batch(max_size=..., max_wait_ms=...)")
+    return apply(fn)
+
+
+def declared_batch(*targets: Any) -> BatchSettings | None:
+    """The first ``@batch`` setting found on ``targets``."""
+    for target in targets:
+        value = getattr(target, BATCH_ATTR, None)
+        if isinstance(value, BatchSettings):
+            return value
+    return None

@@ -174,6 +174,24 @@ def declared(run: Callable[..., Any], predictor: Any) -> tuple[int | None, bool]
     return declared_concurrency(*targets), declared_streaming(*targets)
 
 
+def check_batchable(run: Callable[..., Any], mode: str, streaming: bool) -> None:
+    """Refuse ``@cog.batch`` where a run cannot take lists and give one
+    output per prediction: training functions, generators, ``@streaming``."""
+    name = getattr(run, "__qualname__", getattr(run, "__name__", "the run"))
+    if mode == "train":
+        raise LoadError(f"{name}: training functions cannot be batched; remove @cog.batch")
+    if inspect.isgeneratorfunction(run) or inspect.isasyncgenfunction(run):
+        raise LoadError(
+            f"{name} is a generator, which cannot be batched: a batched run returns one "
+            "list of outputs; remove @cog.batch or return instead of yielding"
+        )
+    if streaming:
+        raise LoadError(
+            f"{name} is marked @streaming, which cannot be batched; remove one of "
+            "@cog.batch and @streaming"
+        )
+
+
 def load_predictor_from_ref(ref: str) -> Any:
     """Cog's loader: the model of ``FILE.py[:NAME]``, a class instantiated
     (its run method found as the worker finds it), a function as it is."""

@@ -8,6 +8,9 @@ control thread, and ``healthcheck()`` from the healthcheck thread. Async runs
 share one event loop on its own thread; a sync run is cancelled by a signal
 (main thread) or an asynchronous exception (other threads). Each run gets a
 ``cogd.scope.Scope`` (its context and metrics), closed when it ends.
+A ``@cog.batch`` model is called by ``run_batch`` with several predictions
+at once: each parameter a list, one item per prediction, and one output (or
+exception instance) per prediction back.
 Values cross the boundary as JSON text (an output as a
 ``coercion.EncodedOutput``) so that the Rust side never has to walk Python
 objects; what ``load()`` learns is a :class:`Loaded`. Model exceptions
@@ -33,7 +36,14 @@ from typing import Any
 
 from cogd import capture, coercion, schema
 from cogd import scope as scopes
-from cogd.loader import declared, extract_setup_weights, find_run_method, load_predictor
+from cogd.decorators import BatchSettings, declared_batch
+from cogd.loader import (
+    check_batchable,
+    declared,
+    extract_setup_weights,
+    find_run_method,
+    load_predictor,
+)
 from cogd.signature import IteratorOf, ListOf, Signature
 from cogd.types import CancelationException
 
@@ -51,6 +61,17 @@ class Loaded:
     streaming: bool
     #: Whether it defines a ``healthcheck()``.
     healthcheck: bool
+    #: Its ``@cog.batch`` settings; ``None`` when it is not batched.
+    batch: BatchSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberFailure:
+    """One batch member's failure, in its place among the outputs
+    :meth:`Runner.run_batch` returns; ``cogd._native`` reads ``error``."""
+
+    #: The prediction's error, as ``ValueError: boom``.
+    error: str
 
 
 class _EventLoop:
@@ -79,9 +100,12 @@ _STREAMED = object()
 class _ActiveRun:
     """What ``cancel`` needs to know about the run in one slot."""
 
-    def __init__(self, output_dir: str, prediction_id: str) -> None:
+    def __init__(self, output_dir: str, prediction_id: str, batch: tuple[str, ...] = ()) -> None:
         self.thread_id = threading.get_ident()
         self.prediction_id = prediction_id
+        # A batch's members: a cancel naming any of them stops the whole call
+        # (the server sends one only when every member is gone).
+        self.ids = frozenset(batch or (prediction_id,))
         # The prediction's directory: file objects the run returns are copied here.
         self.output_dir = output_dir
         self.task: asyncio.Task[Any] | None = None
@@ -114,6 +138,8 @@ class Runner:
         # Whether the run method is ``async def`` (or an async generator): known
         # once loaded, so each run need not inspect it again.
         self._is_async = False
+        # ``@cog.batch``'s settings when the run is batched: known once loaded.
+        self._batch: BatchSettings | None = None
         self._active: dict[int, _ActiveRun] = {}
         # Cancels that came before their run, by slot: the prediction id. A
         # cancel comes on the control channel and its run on the slot socket,
@@ -145,6 +171,9 @@ class Runner:
             predictor = load_predictor(self.predictor_ref)
             self._instance, self._run = find_run_method(predictor, self.mode).bind()
             concurrency, streaming = declared(self._run, predictor)
+            self._batch = declared_batch(self._run, getattr(self._run, "__func__", None), predictor)
+            if self._batch is not None:
+                check_batchable(self._run, self.mode, streaming)
             # Before the model's setup: a signature the schema cannot express
             # fails at once, naming the parameter, not after the weights load.
             self._signature, self._schema_json = schema.prepare(
@@ -163,6 +192,7 @@ class Runner:
             # A pre-built schema (made by Cog's tools) says so by its extension.
             streaming=streaming or schema.marks_streaming(self._schema_json),
             healthcheck=callable(getattr(self._instance, "healthcheck", None)),
+            batch=self._batch,
         )
 
     def setup(self) -> str:
@@ -238,6 +268,92 @@ class Runner:
             _flush_std_streams()
             capture.current_slot.reset(token)
 
+    def run_batch(
+        self, members: list[tuple[dict[str, Any], str, str, str]], slot: int = 0
+    ) -> list[coercion.EncodedOutput | MemberFailure]:
+        """Run a ``@cog.batch`` model once for several predictions.
+
+        ``members`` holds each prediction's ``(inputs, context JSON, output
+        directory, id)``. Each parameter receives a list with one item per
+        prediction whose inputs could be coerced (one whose inputs cannot
+        fails alone). Returns one result per member, in order: its output's
+        JSON, or a :class:`MemberFailure` (an exception instance the run put
+        in its place, or one its output raised when encoded). A raised
+        exception, or a returned list of the wrong length, fails the whole
+        batch (it propagates); ``CancelationException`` when it was cancelled.
+        The run's scope has the first member's context; metrics it records
+        and lines it prints belong to every member.
+        """
+        assert self._run is not None and self._signature is not None, "run_batch() before load()"
+        ids = tuple(member[3] for member in members)
+        active = _ActiveRun(members[0][2], ids[0], ids)
+        with self._lock:
+            self._active[slot] = active
+            if self._early_cancels.pop(slot, None) in active.ids:
+                active.cancelled = True
+        token = capture.current_slot.set(slot)
+        context_json = members[0][1]
+        context = json.loads(context_json) if context_json and context_json != "{}" else {}
+        scope = scopes.Scope(slot, context)
+        scope_token = scopes.current.set(scope)
+        results: list[coercion.EncodedOutput | MemberFailure] = []
+        try:
+            active.armed = True
+            if active.cancelled:
+                raise CancelationException()
+            # Coerced one by one, so a member whose inputs cannot be fails alone.
+            live: list[tuple[int, dict[str, Any]]] = []
+            for index, (inputs, _, _, _) in enumerate(members):
+                try:
+                    live.append((index, coercion.coerce_inputs(self._signature, inputs)))
+                    results.append(MemberFailure("not run"))
+                except Exception as e:
+                    results.append(MemberFailure(_describe(e)))
+            if not live:
+                return results
+            kwargs = {
+                spec.name: [member[spec.name] for _, member in live]
+                for spec in self._signature.inputs
+            }
+            outputs = self._invoke(slot, active, kwargs, scope)
+            if active.cancelled:
+                raise CancelationException()
+            if not isinstance(outputs, (list, tuple)) or len(outputs) != len(live):
+                size = len(outputs) if isinstance(outputs, (list, tuple)) else None
+                raise ValueError(
+                    f"a batched run must return a list of one output per prediction: "
+                    f"it returned {_batch_result(outputs, size)} for a batch of {len(live)}"
+                )
+            for (index, _), output in zip(live, outputs, strict=True):
+                results[index] = self._member_output(output, members[index][2])
+            return results
+        except CancelationException:
+            raise
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            active.done = True
+            with self._lock:
+                if self._active.get(slot) is active:
+                    del self._active[slot]
+            scope._close()
+            scopes.current.reset(scope_token)
+            _flush_std_streams()
+            capture.current_slot.reset(token)
+
+    def _member_output(
+        self, output: Any, output_dir: str
+    ) -> coercion.EncodedOutput | MemberFailure:
+        """One batch member's result: its failure, or its output's JSON."""
+        assert self._signature is not None
+        if isinstance(output, BaseException):
+            return MemberFailure(_describe(output))
+        try:
+            return coercion.output_json(self._signature.output, output, self._call, output_dir)
+        except Exception as e:
+            return MemberFailure(_describe(e))
+
     def _invoke(
         self, slot: int, active: _ActiveRun, kwargs: dict[str, Any], scope: scopes.Scope
     ) -> Any:
@@ -291,7 +407,7 @@ class Runner:
         raise inside its thread; if it has not begun, it ends as it begins."""
         with self._lock:
             active = self._active.get(slot)
-            if active is None or active.prediction_id != prediction_id:
+            if active is None or prediction_id not in active.ids:
                 # Not begun yet (or over, and then no run will have this id).
                 self._early_cancels[slot] = prediction_id
                 return
@@ -359,6 +475,19 @@ class Runner:
             return
         active.raised = True
         raise CancelationException()
+
+
+def _describe(error: BaseException) -> str:
+    """``ValueError: boom``: how a failed prediction's error reads."""
+    message = str(error)
+    name = type(error).__name__
+    return f"{name}: {message}" if message else name
+
+
+def _batch_result(outputs: Any, size: int | None) -> str:
+    if size is None:
+        return f"a {type(outputs).__name__}"
+    return f"{size} output" + ("" if size == 1 else "s")
 
 
 def _interrupt(active: _ActiveRun) -> None:

@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::PyString;
 
-use cogd::ipc::LogSource;
+use cogd::ipc::{BatchSettings, LogSource};
 use cogd::worker::{
     Handler, InitInfo, LoadInfo, OutputJson, RunError, RunOutput, RunRequest, SetupInfo,
 };
@@ -107,6 +107,26 @@ struct Loaded {
     is_async: bool,
     streaming: bool,
     healthcheck: bool,
+    batch: Option<LoadedBatch>,
+}
+
+/// `cogd.decorators.BatchSettings`, read by attribute name: `@cog.batch`'s
+/// settings.
+#[derive(FromPyObject)]
+struct LoadedBatch {
+    max_size: usize,
+    max_wait_ms: f64,
+}
+
+/// One member's result among what `Runner.run_batch` returns: its output,
+/// or a `cogd.runner.MemberFailure` (read by its `error`).
+#[derive(FromPyObject)]
+enum MemberResult<'py> {
+    Output(EncodedOutput<'py>),
+    Failed {
+        #[pyo3(attribute("error"))]
+        error: String,
+    },
 }
 
 /// An output as `cogd.coercion.output_json` makes it: JSON text in pieces,
@@ -340,6 +360,10 @@ impl Handler for PyHandler {
                 is_async: loaded.is_async,
                 streaming: loaded.streaming,
                 healthcheck: loaded.healthcheck,
+                batch: loaded.batch.map(|batch| BatchSettings {
+                    max_size: batch.max_size,
+                    max_wait_ms: batch.max_wait_ms,
+                }),
             })
         })
     }
@@ -394,6 +418,45 @@ impl Handler for PyHandler {
                     }
                 })
                 .and_then(run_output)
+        })
+    }
+
+    fn run_batch(
+        &self,
+        slot: usize,
+        requests: Vec<RunRequest>,
+    ) -> Result<Vec<Result<RunOutput, RunError>>, RunError> {
+        Python::attach(|py| {
+            let mut members = Vec::with_capacity(requests.len());
+            for request in requests {
+                let inputs = py_json(py, &request.input_json)
+                    .map_err(|e| RunError::Failed(format!("the input is not valid JSON: {e}")))?;
+                members.push((
+                    inputs,
+                    request.context_json,
+                    request.output_dir.to_string_lossy().into_owned(),
+                    request.id,
+                ));
+            }
+            let results = self
+                .runner
+                .bind(py)
+                .call_method1("run_batch", (members, slot))
+                .and_then(|out| out.extract::<Vec<MemberResult<'_>>>())
+                .map_err(|e| {
+                    if e.is_instance(py, self.cancelation.bind(py)) {
+                        RunError::Canceled
+                    } else {
+                        RunError::Failed(describe(py, &e))
+                    }
+                })?;
+            Ok(results
+                .into_iter()
+                .map(|result| match result {
+                    MemberResult::Output(output) => run_output(Some(output)),
+                    MemberResult::Failed { error } => Err(RunError::Failed(error)),
+                })
+                .collect())
         })
     }
 

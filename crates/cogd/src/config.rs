@@ -27,6 +27,9 @@ pub struct Config {
     pub slots_default: Option<usize>,
     /// Predictions that may wait for a slot (`COG_QUEUE_SIZE`, default 0).
     pub queue_size: usize,
+    /// What wins over a `@cog.batch` model's own settings
+    /// (`COG_MAX_BATCH_SIZE`, `COG_BATCH_WAIT_MS`); nothing for other models.
+    pub batch_override: BatchOverride,
     /// How long a cancelled run has to stop before its prediction ends
     /// without it; the run keeps its slot until it returns
     /// (`COG_CANCEL_GRACE`, seconds, default 1).
@@ -264,6 +267,16 @@ struct Concurrency {
     max: Option<usize>,
 }
 
+/// Settings that win over a `@cog.batch` model's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchOverride {
+    /// The most predictions per call (`COG_MAX_BATCH_SIZE`, at least 1).
+    pub max_size: Option<usize>,
+    /// How long a batch waits to fill (`COG_BATCH_WAIT_MS`, milliseconds, 0
+    /// or more; fractions allowed).
+    pub max_wait: Option<Duration>,
+}
+
 impl Config {
     /// Resolves `flags`, the environment (through `env`) and `cog.yaml`.
     pub fn resolve(
@@ -308,6 +321,10 @@ impl Config {
             "expected a whole number (0 for no queue)",
         )?
         .unwrap_or(0);
+        let batch_override = BatchOverride {
+            max_size: positive(&env, "COG_MAX_BATCH_SIZE")?,
+            max_wait: milliseconds(&env, "COG_BATCH_WAIT_MS")?,
+        };
         let stream_history = number(
             &env,
             "COG_STREAM_HISTORY_CAPACITY",
@@ -381,6 +398,7 @@ impl Config {
             slots_override,
             slots_default,
             queue_size,
+            batch_override,
             cancel_grace,
             cancel_kill_after,
             webhook_throttle,
@@ -498,6 +516,24 @@ fn seconds(
     }
 }
 
+/// A duration in (fractional) milliseconds from the environment.
+fn milliseconds(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<Duration>, ConfigError> {
+    match env(name).filter(|s| !s.trim().is_empty()) {
+        Some(value) => match value.trim().parse::<f64>() {
+            Ok(ms) if ms >= 0.0 && ms.is_finite() => Ok(Some(Duration::from_secs_f64(ms / 1000.0))),
+            _ => Err(ConfigError::BadEnv {
+                name,
+                value,
+                message: "expected a number of milliseconds (0 or more)",
+            }),
+        },
+        None => Ok(None),
+    }
+}
+
 /// What `run:` or (the older spelling) `predict:` names; both at once is an
 /// error, as Cog's own check of `cog.yaml` makes it. An empty value is unset.
 fn entry_point(
@@ -595,6 +631,34 @@ mod tests {
             error.to_string().contains("`run: \"run.py:Runner\"`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn batch_overrides_come_from_the_environment() {
+        let dir = model("predict: predict.py:Predictor\n");
+        let config = resolve(dir.path(), &[]).unwrap();
+        assert_eq!(config.batch_override, BatchOverride::default());
+        let config = resolve(
+            dir.path(),
+            &[("COG_MAX_BATCH_SIZE", "32"), ("COG_BATCH_WAIT_MS", "2.5")],
+        )
+        .unwrap();
+        assert_eq!(config.batch_override.max_size, Some(32));
+        assert_eq!(
+            config.batch_override.max_wait,
+            Some(Duration::from_micros(2500))
+        );
+        let config = resolve(dir.path(), &[("COG_BATCH_WAIT_MS", "0")]).unwrap();
+        assert_eq!(config.batch_override.max_wait, Some(Duration::ZERO));
+        for (name, value) in [
+            ("COG_MAX_BATCH_SIZE", "0"),
+            ("COG_MAX_BATCH_SIZE", "many"),
+            ("COG_BATCH_WAIT_MS", "-1"),
+            ("COG_BATCH_WAIT_MS", "soon"),
+        ] {
+            let error = resolve(dir.path(), &[(name, value)]).unwrap_err();
+            assert!(error.to_string().contains(name), "{error}");
+        }
     }
 
     #[test]

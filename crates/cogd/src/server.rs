@@ -141,6 +141,7 @@ pub(crate) fn start_model(
             cancel_kill_after: config.cancel_kill_after,
             stream_history: config.stream_history,
             predict_timeout: config.predict_timeout,
+            batch_override: config.batch_override,
             healthcheck_timeout: config.healthcheck_timeout,
         },
         metrics,

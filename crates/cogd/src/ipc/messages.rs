@@ -3,6 +3,20 @@
 //! Unknown `type`s and unknown fields are rejected on decode: a peer speaking a
 //! different protocol must fail loudly, not half-work.
 //!
+//! Batches (version 7). A `@cog.batch` model says so in `ready` (`batch`:
+//! its `max_size` and `max_wait_ms`). The server then sends a slot
+//! `{"type":"batch","size":B}` followed by B ordinary `predict` frames (each
+//! with its own input, attached file, output directory and context): the B
+//! predictions of one call of the model. The worker answers with one final
+//! message per member, `done`, `failed` or `cancelled`, each naming its
+//! member's `id`, in the members' order; each `done` carries that member's
+//! output and the batch call's `predict_time`. `log` and `metric` messages
+//! sent while the call runs belong to every member. A `cancel` naming any
+//! member stops the whole call (the server sends one only when no member
+//! still wants its output); then every member ends `cancelled`. A model that
+//! is not batched never gets a `batch` frame; a batched one given a lone
+//! `predict` runs it as a batch of one.
+//!
 //! One hand-written piece, kept for a measured gain: a slot frame's `type`
 //! is read from the frame's head (`tag_at_head`) rather than parsed out by
 //! serde first, which scanned each frame (an inline output chunk, up to
@@ -18,7 +32,7 @@ pub use crate::metrics::MetricMode;
 
 /// The protocol version both sides must agree on; the worker reports its own in
 /// the first message of every slot socket.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Whether the worker serves `predict:` or `train:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +115,9 @@ pub enum ControlResponse {
         /// Whether the model defines its own `healthcheck()`.
         #[serde(default)]
         healthcheck: bool,
+        /// The model's `@cog.batch` settings; `None` when it is not batched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<BatchSettings>,
     },
     /// Output written while no run was active (during setup: the setup logs).
     Log {
@@ -160,6 +177,18 @@ pub enum ControlResponse {
     ShuttingDown,
 }
 
+/// What a `@cog.batch` model declares: how many predictions one call takes
+/// at most, and how long the first of a batch waits for others.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSettings {
+    /// The most predictions in one call (at least 1).
+    pub max_size: usize,
+    /// How long after the first prediction arrived a batch starts even if
+    /// it is not full, in milliseconds (0: at once).
+    pub max_wait_ms: f64,
+}
+
 /// What the model's own `healthcheck()` said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -201,6 +230,12 @@ pub enum SlotRequest {
         #[serde(default)]
         context: serde_json::Map<String, serde_json::Value>,
     },
+    /// The next `size` `predict` frames on this slot are one batch: the
+    /// model is called once for all of them.
+    Batch {
+        /// How many `predict` frames follow (at least 1).
+        size: usize,
+    },
 }
 
 /// How a [`SlotRequest`] is read: as a plain struct, so its input can stay
@@ -211,25 +246,50 @@ pub enum SlotRequest {
 struct PredictFrame {
     #[serde(rename = "type")]
     kind: String,
-    id: String,
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     input: Option<Box<RawValue>>,
     #[serde(default)]
     input_file: Option<PathBuf>,
     #[serde(default)]
     input_attached: bool,
-    output_dir: PathBuf,
     #[serde(default)]
-    context: serde_json::Map<String, serde_json::Value>,
+    output_dir: Option<PathBuf>,
+    #[serde(default)]
+    context: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    size: Option<usize>,
 }
 
 impl TryFrom<PredictFrame> for SlotRequest {
     type Error = String;
 
     fn try_from(frame: PredictFrame) -> Result<Self, String> {
+        if frame.kind == "batch" {
+            return match frame {
+                PredictFrame {
+                    size: Some(size),
+                    id: None,
+                    input: None,
+                    input_file: None,
+                    input_attached: false,
+                    output_dir: None,
+                    context: None,
+                    ..
+                } if size > 0 => Ok(Self::Batch { size }),
+                _ => Err("a batch frame has a `size` of at least 1 and nothing else".into()),
+            };
+        }
         if frame.kind != "predict" {
             return Err(format!("unknown slot request type {:?}", frame.kind));
         }
+        if frame.size.is_some() {
+            return Err("unknown field `size` in a predict frame".into());
+        }
+        let (Some(id), Some(output_dir)) = (frame.id, frame.output_dir) else {
+            return Err("a predict frame has an `id` and an `output_dir`".into());
+        };
         if carriers(&frame.input, &frame.input_file, frame.input_attached) > 1 {
             return Err(
                 "an input travels in at most one of `input`, `input_file` and `input_attached`"
@@ -237,12 +297,12 @@ impl TryFrom<PredictFrame> for SlotRequest {
             );
         }
         Ok(Self::Predict {
-            id: frame.id,
+            id,
             input: frame.input,
             input_file: frame.input_file,
             input_attached: frame.input_attached,
-            output_dir: frame.output_dir,
-            context: frame.context,
+            output_dir,
+            context: frame.context.unwrap_or_default(),
         })
     }
 }
@@ -523,6 +583,10 @@ mod tests {
             versions,
             streaming: true,
             healthcheck: true,
+            batch: Some(BatchSettings {
+                max_size: 16,
+                max_wait_ms: 2.5,
+            }),
         });
         round_trip(&ControlResponse::Log {
             source: LogSource::Stderr,
@@ -701,6 +765,40 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_frame_says_its_size_and_nothing_else() {
+        let text = serde_json::to_string(&SlotRequest::Batch { size: 3 }).unwrap();
+        assert_eq!(text, r#"{"type":"batch","size":3}"#);
+        let back: SlotRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, SlotRequest::Batch { size: 3 });
+        for bad in [
+            r#"{"type":"batch","size":0}"#,
+            r#"{"type":"batch"}"#,
+            r#"{"type":"batch","size":2,"id":"p"}"#,
+            r#"{"type":"predict","id":"p","output_dir":"/o","size":2}"#,
+            r#"{"type":"predict","output_dir":"/o"}"#,
+            r#"{"type":"predict","id":"p"}"#,
+        ] {
+            assert!(serde_json::from_str::<SlotRequest>(bad).is_err(), "{bad}");
+        }
+        let ready = serde_json::to_string(&ControlResponse::Ready {
+            slots: 1,
+            schema: serde_json::Value::Null,
+            versions: serde_json::Map::new(),
+            streaming: false,
+            healthcheck: false,
+            batch: Some(BatchSettings {
+                max_size: 8,
+                max_wait_ms: 0.0,
+            }),
+        })
+        .unwrap();
+        assert!(
+            ready.ends_with(r#""batch":{"max_size":8,"max_wait_ms":0.0}}"#),
+            "{ready}"
+        );
+    }
+
+    #[test]
     fn wire_format_is_a_type_tagged_object() {
         let text = serde_json::to_string(&ControlRequest::Cancel {
             slot: 2,
@@ -839,6 +937,10 @@ mod tests {
             "versions",
             "streaming",
             "healthcheck",
+            "batch",
+            "size",
+            "max_size",
+            "max_wait_ms",
             "worker_log",
             "target",
             "level",
@@ -946,15 +1048,26 @@ mod tests {
 
         fn control_response() -> impl Strategy<Value = ControlResponse> {
             prop_oneof![
-                (any::<usize>(), json_value(), any::<bool>(), any::<bool>()).prop_map(
-                    |(slots, schema, streaming, healthcheck)| ControlResponse::Ready {
-                        slots,
-                        schema,
-                        versions: serde_json::Map::new(),
-                        streaming,
-                        healthcheck,
-                    }
-                ),
+                (
+                    any::<usize>(),
+                    json_value(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    prop::option::of((1..1000usize, 0.0..1000.0f64))
+                )
+                    .prop_map(|(slots, schema, streaming, healthcheck, batch)| {
+                        ControlResponse::Ready {
+                            slots,
+                            schema,
+                            versions: serde_json::Map::new(),
+                            streaming,
+                            healthcheck,
+                            batch: batch.map(|(max_size, max_wait_ms)| BatchSettings {
+                                max_size,
+                                max_wait_ms,
+                            }),
+                        }
+                    }),
                 (source(), any::<String>())
                     .prop_map(|(source, data)| ControlResponse::Log { source, data }),
                 (any::<String>(), any::<String>(), any::<String>()).prop_map(

@@ -20,7 +20,7 @@ pub use attach::{
 
 pub use codec::{encode_line, FrameError, FrameReader, LineDecoder, MAX_FRAME_BYTES};
 pub use messages::{
-    ControlRequest, ControlResponse, FileOutput, HealthcheckStatus, LogSource, MetricMode, Mode,
-    SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    BatchSettings, ControlRequest, ControlResponse, FileOutput, HealthcheckStatus, LogSource,
+    MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
 };
 pub use value::{Carrier, OutputValue};

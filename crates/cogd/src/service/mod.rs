@@ -24,6 +24,7 @@
 //! defines one, and reports `UNHEALTHY` when the check fails or the worker
 //! does not answer, without changing the state admission goes by.
 
+mod batch;
 mod registry;
 mod run;
 mod slots;
@@ -173,6 +174,8 @@ pub struct ServiceConfig {
     pub healthcheck_timeout: Duration,
     /// A run still going after this long is stopped and fails.
     pub predict_timeout: Option<Duration>,
+    /// What wins over a `@cog.batch` model's own batch settings.
+    pub batch_override: crate::config::BatchOverride,
 }
 
 /// What the service uses to reach outside: webhook delivery and file downloads.
@@ -194,7 +197,11 @@ pub struct Service {
 
 struct Inner {
     supervisor: Supervisor,
+    /// The slots predictions are admitted to; for a `@cog.batch` model,
+    /// places in batches (`batch.rs`).
     slots: SlotPool,
+    /// Forms a batched model's batches; idle for other models.
+    batcher: Arc<batch::Batcher>,
     registry: Mutex<Registry>,
     outbound: Outbound,
     config: ServiceConfig,
@@ -221,8 +228,16 @@ impl Service {
         metrics: Metrics,
     ) -> Self {
         let slots = SlotPool::new(config.queue_size);
+        let batcher = batch::Batcher::new(
+            supervisor.clone(),
+            metrics.clone(),
+            config.cancel_grace,
+            config.cancel_kill_after,
+        );
         let mut state = supervisor.subscribe_state();
         let pool = slots.clone();
+        let batches = Arc::clone(&batcher);
+        let batch_override = config.batch_override;
         let ready = supervisor.clone();
         let opened = Arc::new(watch::Sender::new(0u64));
         let announce = Arc::clone(&opened);
@@ -235,17 +250,22 @@ impl Service {
                 let now = *state.borrow_and_update();
                 match now {
                     WorkerState::Ready if !open => {
-                        pool.open(ready.slots());
+                        let settings = ready
+                            .batch()
+                            .map(|model| batch::Settings::new(model, batch_override));
+                        pool.open(batches.open(settings, ready.slots()));
                         announce.send_modify(|n| *n += 1);
                         open = true;
                     }
                     WorkerState::Starting if open => {
                         pool.withdraw();
+                        batches.withdraw();
                         open = false;
                     }
                     // No worker will come: the waiting are told.
                     WorkerState::SetupFailed | WorkerState::Defunct => {
                         pool.close();
+                        batches.close();
                         return;
                     }
                     WorkerState::Ready | WorkerState::Starting => {}
@@ -264,6 +284,7 @@ impl Service {
             inner: Arc::new(Inner {
                 supervisor,
                 slots,
+                batcher,
                 registry: Mutex::new(Registry::default()),
                 outbound,
                 config,
@@ -442,7 +463,10 @@ impl Service {
         Ok(Admission::Created(handle))
     }
 
-    /// Slots free now: predictions created now would run at once.
+    /// Slots free now: predictions created now would run at once. For a
+    /// `@cog.batch` model, places in batches: `max_size` per worker slot,
+    /// less those taken (a member that left its batch early keeps its place
+    /// until the batch ends).
     pub fn free_slots(&self) -> usize {
         self.inner.slots.free()
     }

@@ -13,6 +13,12 @@
 //! period; every output goes through one [`RunLoop::send`], which a cancel or
 //! the time limit interrupts as it would the run.
 //!
+//! A `@cog.batch` model's prediction takes the same steps, but holds a
+//! place in a batch rather than a slot: [`Run::prepare_request`] gets it
+//! ready, the batcher (`batch.rs`) runs it with others, and the same
+//! [`RunLoop`] follows the events its batch brings it, as a [`Place::Member`]
+//! that a stop takes out of its batch at once.
+//!
 //! A run still going when its grace period is over ([`RunLoop::outlast`])
 //! has its prediction end without it and keeps its slot until it returns,
 //! unless it is to be given up on (the time limit, `COG_CANCEL_KILL_AFTER`):
@@ -29,6 +35,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::batch::Member;
 use super::slots::{Admit, SlotPermit};
 use super::Inner;
 use crate::files::outputs::OutputTarget;
@@ -61,7 +68,7 @@ pub(super) struct Run {
 
 /// How a run in a slot ended, and what that leaves to do with its slot and
 /// its directory.
-struct RunEnd {
+pub(super) struct RunEnd {
     /// The prediction's end; `None` when it was reported already, while the
     /// run still held its slot ([`RunLoop::outlast`]).
     outcome: Option<Outcome>,
@@ -78,7 +85,7 @@ struct RunEnd {
 impl RunEnd {
     /// The run ended as `outcome` says, its slot free to use again; its
     /// directory is looked for.
-    fn new(outcome: Outcome) -> Self {
+    pub(super) fn new(outcome: Outcome) -> Self {
         Self {
             outcome: Some(outcome),
             stuck: false,
@@ -88,8 +95,9 @@ impl RunEnd {
 }
 
 impl Run {
-    /// Waits for the slot `admit` promises, runs the prediction in it, frees
-    /// the slot and then moves the prediction to its terminal state.
+    /// Waits for the slot `admit` promises (for a batched model, a place in
+    /// a batch), runs the prediction in it, frees the slot and then moves the
+    /// prediction to its terminal state.
     pub(super) async fn execute(self, admit: Admit) {
         let permit = match admit {
             Admit::Now(permit) => Ok(permit),
@@ -122,7 +130,13 @@ impl Run {
             true
         });
         self.publish_state(StreamEvent::start);
-        let end = self.run_in_slot(&permit, dir.clone(), started).await;
+        // The settings of the worker whose slots (or places) were opened.
+        let end = if self.inner.batcher.settings().is_some() {
+            let batcher = Arc::clone(&self.inner.batcher);
+            Box::pin(self.run_in_batch(&batcher, dir.clone(), started)).await
+        } else {
+            self.run_in_slot(&permit, dir.clone(), started).await
+        };
         if end.dir_used {
             remove_run_dir(&self.id, dir).await;
         }
@@ -151,7 +165,7 @@ impl Run {
 
     /// Moves the prediction to its terminal state, then records it (metrics,
     /// its log line); `started` is when it got its slot (`None`: it never did).
-    async fn finish(&self, outcome: Outcome, started: Option<Instant>) {
+    pub(super) async fn finish(&self, outcome: Outcome, started: Option<Instant>) {
         let mut ended = None;
         self.handle.update(|p| {
             let changed = p.finish(outcome);
@@ -198,7 +212,7 @@ impl Run {
         // Whether anything may have gone into the run's directory; the
         // directory is looked for (a `stat`) only then.
         let mut dir_used = !self.file_inputs.is_empty();
-        let (request, attached) = match self.request(&output_dir, &mut dir_used).await {
+        let (request, attached) = match self.prepare_request(&output_dir, &mut dir_used).await {
             Ok(request) => request,
             Err(outcome) => return RunEnd::new(outcome),
         };
@@ -215,24 +229,16 @@ impl Run {
             Ok(events) => events,
             Err(e) => return RunEnd::new(Outcome::Failed(e.to_string())),
         };
-        let time_limit = self.inner.config.predict_timeout;
-        let run = RunLoop {
-            run: self,
-            slot,
-            output_dir,
-            started,
-            deadline: time_limit.map(|limit| tokio::time::Instant::now() + limit),
-            stopping: None,
-            dir_used,
-        };
-        run.follow(events).await
+        RunLoop::new(self, Place::Slot(slot), output_dir, started, dir_used)
+            .follow(events)
+            .await
     }
 
     /// The request for the worker: the input with its files fetched (a
     /// cancel meanwhile ends the prediction), and a large input spilled to a
     /// file, attached to the request or in the run's directory (then
-    /// `dir_used` is set).
-    async fn request(
+    /// `dir_used` is set). Shared by a slot's run and a batch member's.
+    pub(super) async fn prepare_request(
         &self,
         output_dir: &Path,
         dir_used: &mut bool,
@@ -397,11 +403,22 @@ enum Sent {
     Interrupted(Interrupt),
 }
 
-/// A run in its slot, from the moment the worker has it to its end: a state
-/// machine driven by the slot's events and by what stops a run.
-struct RunLoop<'a> {
+/// Where a run runs, which says how it is stopped.
+pub(super) enum Place<'a> {
+    /// Alone in this worker slot: a stop asks the worker to cancel it, and
+    /// waits for it for the grace period.
+    Slot(usize),
+    /// A member of a batch (`batch.rs`): a stop takes it out of its batch,
+    /// and its prediction ends at once; the call goes on for the others.
+    Member(Member<'a>),
+}
+
+/// A run in its place (a slot, or a batch), from the moment the worker (or
+/// the batcher) has it to its end: a state machine driven by the slot's
+/// events and by what stops a run.
+pub(super) struct RunLoop<'a> {
     run: &'a Run,
-    slot: usize,
+    place: Place<'a>,
     /// The run's directory, where its output files are.
     output_dir: PathBuf,
     /// When it got its slot.
@@ -415,11 +432,35 @@ struct RunLoop<'a> {
 }
 
 impl<'a> RunLoop<'a> {
+    /// A run the worker (or the batcher) has now, in `place`; its time limit
+    /// counts from now.
+    pub(super) fn new(
+        run: &'a Run,
+        place: Place<'a>,
+        output_dir: PathBuf,
+        started: Instant,
+        dir_used: bool,
+    ) -> Self {
+        let time_limit = run.inner.config.predict_timeout;
+        Self {
+            run,
+            place,
+            output_dir,
+            started,
+            deadline: time_limit.map(|limit| tokio::time::Instant::now() + limit),
+            stopping: None,
+            dir_used,
+        }
+    }
+
     /// Follows the run's `events` to its end.
-    async fn follow(mut self, mut events: mpsc::Receiver<SlotEvent>) -> RunEnd {
-        // The first event is often only microseconds away: watched for
-        // without sleeping, then received below with the rest.
-        nudge::watch_for_first_event(&events).await;
+    pub(super) async fn follow(mut self, mut events: mpsc::Receiver<SlotEvent>) -> RunEnd {
+        if let Place::Slot(_) = self.place {
+            // The first event is often only microseconds away: watched for
+            // without sleeping, then received below with the rest. (A batch
+            // member's first event waits for its batch to form.)
+            nudge::watch_for_first_event(&events).await;
+        }
         loop {
             let interrupts = self.interrupts();
             let flow = tokio::select! {
@@ -432,7 +473,11 @@ impl<'a> RunLoop<'a> {
                 why = interrupts.wait() => match why {
                     Interrupt::Stop(why) => {
                         self.stop(why).await;
-                        Continue(())
+                        match self.place {
+                            Place::Slot(_) => Continue(()),
+                            // Out of its batch: it ends now.
+                            Place::Member(_) => Break(self.outlast(&mut events).await),
+                        }
                     }
                     Interrupt::GraceOver => Break(self.outlast(&mut events).await),
                 },
@@ -457,20 +502,27 @@ impl<'a> RunLoop<'a> {
     /// Asks the worker to stop the run, and starts its grace period. It is
     /// given up on at `COG_CANCEL_KILL_AFTER` from now or at its time limit,
     /// whichever comes first; past its time limit, when its grace is over.
+    /// A batch member leaves its batch instead, with no grace: its batch
+    /// stops the call once no member wants it.
     async fn stop(&mut self, why: StopReason) {
-        self.run
-            .inner
-            .supervisor
-            .cancel(self.slot, &self.run.id)
-            .await;
         let config = &self.run.inner.config;
         let now = tokio::time::Instant::now();
-        let report_at = now + config.cancel_grace;
-        let give_up_at = match why {
-            StopReason::TimedOut => Some(report_at),
-            StopReason::Canceled | StopReason::OutputUnsent(_) => {
-                let kill_at = config.cancel_kill_after.map(|after| now + after);
-                [kill_at, self.deadline].into_iter().flatten().min()
+        let (report_at, give_up_at) = match &self.place {
+            Place::Slot(slot) => {
+                self.run.inner.supervisor.cancel(*slot, &self.run.id).await;
+                let report_at = now + config.cancel_grace;
+                let give_up_at = match why {
+                    StopReason::TimedOut => Some(report_at),
+                    StopReason::Canceled | StopReason::OutputUnsent(_) => {
+                        let kill_at = config.cancel_kill_after.map(|after| now + after);
+                        [kill_at, self.deadline].into_iter().flatten().min()
+                    }
+                };
+                (report_at, give_up_at)
+            }
+            Place::Member(member) => {
+                member.leave(matches!(why, StopReason::TimedOut));
+                (now, None)
             }
         };
         self.stopping = Some(Stopping {
@@ -667,8 +719,14 @@ impl<'a> RunLoop<'a> {
     /// up on already, its prediction ends now for its clients, and the run
     /// keeps its slot until it returns, so the worker (and its setup) is not
     /// lost for it. At `give_up_at` the slot is given up instead.
+    ///
+    /// A batch member that left its batch is outlasted the same way: it
+    /// keeps its place (and its directory) until its batch has ended.
     async fn outlast(&mut self, events: &mut mpsc::Receiver<SlotEvent>) -> RunEnd {
-        let slot = self.slot;
+        let slot = match self.place {
+            Place::Slot(slot) => Some(slot),
+            Place::Member(_) => None,
+        };
         let give_up_at = self.stopping.as_ref().and_then(|s| s.give_up_at);
         let outcome = self.stopped();
         let end = |outcome, stuck| RunEnd {
@@ -680,17 +738,21 @@ impl<'a> RunLoop<'a> {
             tracing::warn!(slot, "the stopped run did not end; giving up its slot");
             return end(Some(outcome), true);
         }
-        tracing::warn!(
-            slot,
-            "the stopped run goes on; it keeps its slot until it returns"
-        );
+        if slot.is_some() {
+            tracing::warn!(
+                slot,
+                "the stopped run goes on; it keeps its slot until it returns"
+            );
+        }
         self.run.finish(outcome, Some(self.started)).await;
         loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(event) if !event.is_final() => {}
                     _ => {
-                        tracing::info!(slot, "the stopped run has returned; its slot is free");
+                        if slot.is_some() {
+                            tracing::info!(slot, "the stopped run has returned; its slot is free");
+                        }
                         return end(None, false);
                     }
                 },
@@ -739,7 +801,7 @@ fn directory_name(id: &str) -> String {
 }
 
 /// Sleeps until `deadline`, or forever when there is none.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,

@@ -7,6 +7,9 @@
 //! final [`SlotEvent::Died`] at once, so no request waits on a dead worker.
 //! [`Supervisor::healthcheck`] runs the model's own `healthcheck()` in the
 //! worker, one check at a time however many ask (`healthcheck.rs`).
+//! [`Supervisor::run_batch`] hands a `@cog.batch` model's slot several
+//! predictions for one call and returns [`BatchEvent`]s: the call's logs and
+//! metrics for every member, then each member's own final event.
 
 mod healthcheck;
 mod process;
@@ -27,8 +30,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 
 use crate::ipc::{
-    encode_line, Carrier, ControlRequest, ControlResponse, FileReceiver, FrameError, LineDecoder,
-    LogSource, MetricMode, Mode, OutputValue, SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    encode_line, BatchSettings, Carrier, ControlRequest, ControlResponse, FileReceiver, FrameError,
+    LineDecoder, LogSource, MetricMode, Mode, OutputValue, SlotRequest, SlotResponse,
+    PROTOCOL_VERSION,
 };
 use crate::telemetry::Metrics;
 use healthcheck::Healthchecks;
@@ -187,6 +191,22 @@ fn slot_event(
     })
 }
 
+/// What a slot reports about the batch it holds ([`Supervisor::run_batch`]).
+#[derive(Debug)]
+pub enum BatchEvent {
+    /// An event of the whole call, for every member: a log line or a metric;
+    /// or [`SlotEvent::Died`], which ends every member still running.
+    Shared(SlotEvent),
+    /// The final event (done, failed, cancelled) of the member at `index`,
+    /// its position in the batch.
+    Member {
+        /// The member's position.
+        index: usize,
+        /// Its final event.
+        event: SlotEvent,
+    },
+}
+
 impl SlotEvent {
     /// True for the events that end a run.
     pub fn is_final(&self) -> bool {
@@ -249,6 +269,8 @@ struct Inner {
     streaming: std::sync::atomic::AtomicBool,
     /// Whether the model defines its own `healthcheck()`.
     has_healthcheck: std::sync::atomic::AtomicBool,
+    /// The model's `@cog.batch` settings, as its worker said in `ready`.
+    batch: Mutex<Option<BatchSettings>>,
     /// The user healthcheck in flight and the answers the worker owes.
     healthchecks: Healthchecks,
     /// Set when the server asked the worker to stop, so its exit is no failure.
@@ -270,9 +292,39 @@ struct Slot {
 #[derive(Clone)]
 struct SlotRun {
     /// Where its events go.
-    events: mpsc::Sender<SlotEvent>,
-    /// Its prediction, named in the server's log with each line it prints.
+    route: Route,
+    /// Its prediction (a batch's first member), named in the server's log
+    /// with each line it prints.
     prediction_id: Arc<str>,
+}
+
+/// Where a slot's run's events go.
+#[derive(Clone)]
+enum Route {
+    /// One prediction's: all of them.
+    Single(mpsc::Sender<SlotEvent>),
+    /// A batch's: shared events, and each member's final one.
+    Batch {
+        events: mpsc::Sender<BatchEvent>,
+        /// The members' ids, in order: a final message names its member.
+        ids: Arc<[String]>,
+        /// The members whose final event has not come yet.
+        pending: usize,
+    },
+}
+
+impl SlotRun {
+    /// Sends an event that is not a member's final one.
+    async fn send(self, event: SlotEvent) {
+        match self.route {
+            Route::Single(events) => {
+                let _ = events.send(event).await;
+            }
+            Route::Batch { events, .. } => {
+                let _ = events.send(BatchEvent::Shared(event)).await;
+            }
+        }
+    }
 }
 
 impl Supervisor {
@@ -297,6 +349,7 @@ impl Supervisor {
             pid: AtomicI32::new(0),
             streaming: false.into(),
             has_healthcheck: false.into(),
+            batch: Mutex::new(None),
             healthchecks: Healthchecks::default(),
             stopping: false.into(),
             replacing: false.into(),
@@ -358,6 +411,12 @@ impl Supervisor {
         self.inner.has_healthcheck.load(Ordering::SeqCst)
     }
 
+    /// The model's `@cog.batch` settings (known once ready); `None` when its
+    /// run is not batched.
+    pub fn batch(&self) -> Option<BatchSettings> {
+        *self.inner.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The worker's runtime versions.
     pub fn versions(&self) -> serde_json::Map<String, serde_json::Value> {
         self.inner.lock_ready().1.clone()
@@ -374,6 +433,56 @@ impl Supervisor {
     ) -> Result<mpsc::Receiver<SlotEvent>, DispatchError> {
         let frame = encode_line(request)?;
         let (tx, rx) = mpsc::channel(256);
+        let run = SlotRun {
+            route: Route::Single(tx),
+            prediction_id: Arc::from(predict_id(request)),
+        };
+        self.dispatch(slot, run, vec![(frame, attached)]).await?;
+        Ok(rx)
+    }
+
+    /// Hands a batch to `slot`: the `predict` requests in `members`, each
+    /// with its large input's memory file, for one call of the model. The
+    /// returned channel yields the call's shared events and each member's
+    /// final event, and ends when every member has had one (or with a
+    /// shared [`SlotEvent::Died`]).
+    pub async fn run_batch(
+        &self,
+        slot: usize,
+        members: Vec<(SlotRequest, Option<std::os::fd::OwnedFd>)>,
+    ) -> Result<mpsc::Receiver<BatchEvent>, DispatchError> {
+        let mut frames = Vec::with_capacity(members.len() + 1);
+        frames.push((
+            encode_line(&SlotRequest::Batch {
+                size: members.len(),
+            })?,
+            None,
+        ));
+        let mut ids = Vec::with_capacity(members.len());
+        for (request, attached) in members {
+            ids.push(predict_id(&request).to_string());
+            frames.push((encode_line(&request)?, attached));
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let run = SlotRun {
+            prediction_id: Arc::from(ids.first().map_or("", String::as_str)),
+            route: Route::Batch {
+                events: tx,
+                pending: ids.len(),
+                ids: ids.into(),
+            },
+        };
+        self.dispatch(slot, run, frames).await?;
+        Ok(rx)
+    }
+
+    /// Makes `run` the slot's run and writes its frames, each with its file.
+    async fn dispatch(
+        &self,
+        slot: usize,
+        run: SlotRun,
+        frames: Vec<(Vec<u8>, Option<std::os::fd::OwnedFd>)>,
+    ) -> Result<(), DispatchError> {
         let slots = self.inner.slots();
         let Some(slot_ref) = slots.get(slot) else {
             return Err(DispatchError::NotConnected(slot));
@@ -382,27 +491,25 @@ impl Supervisor {
         let Some(socket) = writer.as_mut() else {
             return Err(DispatchError::NotConnected(slot));
         };
-        let SlotRequest::Predict { id, .. } = request;
-        *slot_ref.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(SlotRun {
-            events: tx,
-            prediction_id: Arc::from(id.as_str()),
-        });
-        let written = match &attached {
-            Some(file) => {
-                use std::os::fd::AsFd;
-                crate::ipc::write_with_file(socket, &frame, file.as_fd()).await
+        *slot_ref.run.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
+        for (frame, attached) in &frames {
+            let written = match attached {
+                Some(file) => {
+                    use std::os::fd::AsFd;
+                    crate::ipc::write_with_file(socket, frame, file.as_fd()).await
+                }
+                None => socket.write_all(frame).await,
+            };
+            if let Err(e) = written {
+                slot_ref
+                    .run
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                return Err(e.into());
             }
-            None => socket.write_all(&frame).await,
-        };
-        if let Err(e) = written {
-            slot_ref
-                .run
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            return Err(e.into());
         }
-        Ok(rx)
+        Ok(())
     }
 
     /// Asks the worker to cancel the run of prediction `id` in `slot`. A
@@ -446,11 +553,56 @@ fn died(reason: &str) -> String {
     format!("the worker process died: {reason}")
 }
 
-/// Delivers the final event of the run in `slot`, if one is running.
+/// The prediction id of a `predict` request.
+fn predict_id(request: &SlotRequest) -> &str {
+    match request {
+        SlotRequest::Predict { id, .. } => id,
+        SlotRequest::Batch { .. } => "",
+    }
+}
+
+/// Delivers the final event of the run in `slot`, if one is running: to
+/// every member still running, for a batch.
 async fn end_run(slot: &Slot, event: SlotEvent) {
     let run = slot.run.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(run) = run {
-        let _ = run.events.send(event).await;
+        run.send(event).await;
+    }
+}
+
+/// Delivers the final event the worker sent for prediction `id` in `slot`:
+/// the run's, or, in a batch, that member's (the batch ends with its last
+/// member's).
+async fn end_member(slot: &Slot, id: &str, event: SlotEvent) {
+    let member = {
+        let mut held = slot.run.lock().unwrap_or_else(|e| e.into_inner());
+        match held.as_mut().map(|run| &mut run.route) {
+            Some(Route::Batch {
+                events,
+                ids,
+                pending,
+            }) => {
+                // The worker answers in the members' order; the id says whose.
+                let done = ids.len() - *pending;
+                let index = ids[done..]
+                    .iter()
+                    .position(|member| member == id)
+                    .map_or(done, |at| done + at);
+                let events = events.clone();
+                *pending = pending.saturating_sub(1);
+                if *pending == 0 {
+                    held.take();
+                }
+                Some((events, index))
+            }
+            _ => None,
+        }
+    };
+    match member {
+        Some((events, index)) => {
+            let _ = events.send(BatchEvent::Member { index, event }).await;
+        }
+        None => end_run(slot, event).await,
     }
 }
 
@@ -608,8 +760,10 @@ impl Inner {
                     versions,
                     streaming,
                     healthcheck,
+                    batch,
                 } => {
                     self.streaming.store(streaming, Ordering::SeqCst);
+                    *self.batch.lock().unwrap_or_else(|e| e.into_inner()) = batch;
                     self.has_healthcheck.store(healthcheck, Ordering::SeqCst);
                     if let Err(reason) = self.connect_slots(slots).await {
                         self.setup_failed(&reason);
@@ -708,6 +862,13 @@ impl Inner {
                     break;
                 }
             };
+            // A final message names its prediction: in a batch, its member.
+            let member = match &message {
+                SlotResponse::Done { id, .. }
+                | SlotResponse::Failed { id, .. }
+                | SlotResponse::Cancelled { id } => Some(id.clone()),
+                _ => None,
+            };
             // Taken only for a frame that says a file is attached to it, so
             // the next frame's file is never mistaken for this one's.
             let take_file = || frames.get_mut().take_file().map(std::fs::File::from);
@@ -729,8 +890,8 @@ impl Inner {
                     break;
                 }
             };
-            if event.is_final() {
-                end_run(&slots[index], event).await;
+            if let Some(id) = member {
+                end_member(&slots[index], &id, event).await;
             } else {
                 let run = slots[index]
                     .run
@@ -745,7 +906,7 @@ impl Inner {
                             data,
                         );
                     }
-                    let _ = run.events.send(event).await;
+                    run.send(event).await;
                 }
                 if frames.read_buffer().is_empty() {
                     // Everything read so far has been handed on.

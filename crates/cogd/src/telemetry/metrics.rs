@@ -34,6 +34,14 @@ const WAIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Buckets of batch sizes (`@cog.batch` models): powers of two up to 256.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Buckets of the wait before a batch starts, in seconds: up to its
+/// `max_wait_ms` (often a few milliseconds), more when every slot is busy.
+const BATCH_WAIT_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+];
+
 /// The slots as the pool sees them when scraped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotCounts {
@@ -56,6 +64,8 @@ struct Inner {
     canceled: IntCounter,
     run_seconds: Histogram,
     queue_wait_seconds: Histogram,
+    batch_size: Histogram,
+    batch_wait_seconds: Histogram,
     slots: IntGauge,
     slots_busy: IntGauge,
     webhook_deliveries: IntCounter,
@@ -105,6 +115,21 @@ impl Metrics {
             .buckets(WAIT_BUCKETS.to_vec()),
         )
         .expect("the metric is well-formed");
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("the metric is well-formed")
+        };
+        let batch_size = histogram(
+            "cogd_batch_size",
+            "Predictions in each batch a @cog.batch model was called with.",
+            BATCH_SIZE_BUCKETS,
+        );
+        let batch_wait_seconds = histogram(
+            "cogd_batch_wait_seconds",
+            "Seconds from the first prediction of a batch being ready to run to the batch \
+             starting (@cog.batch models).",
+            BATCH_WAIT_BUCKETS,
+        );
         let gauge =
             |name: &str, help: &str| IntGauge::new(name, help).expect("the metric is well-formed");
         let counter = |name: &str, help: &str| {
@@ -116,6 +141,8 @@ impl Metrics {
             canceled: predictions.with_label_values(&["canceled"]),
             run_seconds,
             queue_wait_seconds,
+            batch_size,
+            batch_wait_seconds,
             slots: gauge("cogd_slots", "Slots the model can run predictions in."),
             slots_busy: gauge("cogd_slots_busy", "Slots running a prediction now."),
             webhook_deliveries: counter(
@@ -143,10 +170,12 @@ impl Metrics {
         )
         .expect("the metric is well-formed");
         build_info.set(1);
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
             Box::new(predictions),
             Box::new(inner.run_seconds.clone()),
             Box::new(inner.queue_wait_seconds.clone()),
+            Box::new(inner.batch_size.clone()),
+            Box::new(inner.batch_wait_seconds.clone()),
             Box::new(inner.slots.clone()),
             Box::new(inner.slots_busy.clone()),
             Box::new(inner.webhook_deliveries.clone()),
@@ -184,6 +213,13 @@ impl Metrics {
     /// A prediction waited `time` for its slot.
     pub fn observe_queue_wait(&self, time: Duration) {
         self.inner.queue_wait_seconds.observe(time.as_secs_f64());
+    }
+
+    /// A `@cog.batch` model was called with `size` predictions, the first of
+    /// which had been ready to run for `wait`.
+    pub fn observe_batch(&self, size: usize, wait: Duration) {
+        self.inner.batch_size.observe(size as f64);
+        self.inner.batch_wait_seconds.observe(wait.as_secs_f64());
     }
 
     /// A webhook receiver accepted a request.
@@ -233,6 +269,26 @@ mod tests {
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn batches_are_counted_by_size_and_wait() {
+        let metrics = Metrics::new();
+        metrics.observe_batch(3, Duration::from_millis(4));
+        metrics.observe_batch(16, Duration::ZERO);
+        let text = metrics.render(SlotCounts { total: 1, busy: 0 });
+        let at = |name| sample(&text, name);
+        assert_eq!(at("cogd_batch_size_count"), Some(2.0));
+        assert_eq!(at("cogd_batch_size_sum"), Some(19.0));
+        assert_eq!(at(r#"cogd_batch_size_bucket{le="4"}"#), Some(1.0));
+        assert_eq!(
+            at(r#"cogd_batch_wait_seconds_bucket{le="0.005"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            at(r#"cogd_batch_wait_seconds_bucket{le="0.002"}"#),
+            Some(1.0)
+        );
     }
 
     #[test]

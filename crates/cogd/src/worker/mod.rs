@@ -8,6 +8,11 @@
 //! everything written to fd 1 and 2 into logs, the healthcheck thread that runs
 //! the model's own `healthcheck()` off the control thread, and each run's copy
 //! of its custom metrics ([`record_metric`]).
+//!
+//! A `@cog.batch` model is called once for the `predict` frames that follow
+//! a `batch` frame ([`Handler::run_batch`]), and once per lone `predict` as
+//! a batch of one; each member's result goes back as its own final message
+//! (see the protocol in [`crate::ipc`]'s messages).
 
 mod capture;
 mod output;
@@ -21,8 +26,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use crate::ipc::{
-    encode_line, Carrier, ControlRequest, ControlResponse, FileOutput, FileReceiver, FrameReader,
-    HealthcheckStatus, LogSource, MetricMode, Mode, SlotRequest, SlotResponse, PROTOCOL_VERSION,
+    encode_line, BatchSettings, ControlRequest, ControlResponse, FileOutput, FileReceiver,
+    FrameReader, HealthcheckStatus, LogSource, MetricMode, Mode, SlotRequest, SlotResponse,
+    PROTOCOL_VERSION,
 };
 use crate::metrics::MetricError;
 use capture::LogRouter;
@@ -50,6 +56,8 @@ pub struct LoadInfo {
     pub streaming: bool,
     /// Whether it defines its own `healthcheck()`.
     pub healthcheck: bool,
+    /// Its `@cog.batch` settings, when its run takes batches.
+    pub batch: Option<BatchSettings>,
 }
 
 /// What a successful setup reports.
@@ -107,6 +115,19 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Runs one prediction in `slot`, returning its output as JSON.
     fn run(&self, slot: usize, request: RunRequest) -> Result<RunOutput, RunError>;
+
+    /// Runs a batch of predictions in `slot` with one call of a
+    /// `@cog.batch` model ([`LoadInfo::batch`]): one result per member, in
+    /// order, or one error for them all (the call raised, returned the wrong
+    /// number of outputs, or was cancelled).
+    fn run_batch(
+        &self,
+        slot: usize,
+        requests: Vec<RunRequest>,
+    ) -> Result<Vec<Result<RunOutput, RunError>>, RunError> {
+        let _ = (slot, requests);
+        Err(RunError::Failed("this worker cannot run batches".into()))
+    }
 
     /// Asks the run of prediction `id` in `slot` to stop; it should end with
     /// [`RunError::Canceled`]. The cancel may come before the run (it
@@ -401,6 +422,7 @@ where
             versions: setup.versions,
             streaming: load.streaming,
             healthcheck: load.healthcheck,
+            batch: load.batch,
         })
         .is_err()
     {
@@ -438,6 +460,7 @@ where
             router: router.clone(),
             control: control.clone(),
             sockets: Arc::clone(&sockets),
+            batched: load.batch.is_some(),
         };
         std::thread::Builder::new()
             .name(format!("cogd-slot-{index}"))
@@ -452,6 +475,7 @@ where
         router,
         control,
         sockets,
+        batched: load.batch.is_some(),
     }
     .serve(&main_listener);
     0
@@ -590,6 +614,8 @@ struct SlotContext {
     control: Sender,
     /// Every connected slot socket, so shutdown can close them all.
     sockets: Arc<Mutex<Vec<UnixStream>>>,
+    /// Whether the model takes batches (`@cog.batch`).
+    batched: bool,
 }
 
 impl SlotContext {
@@ -614,6 +640,7 @@ impl SlotContext {
                 &*self.handler,
                 &self.router,
                 &self.control,
+                self.batched,
             ),
             Err(e) => {
                 let _ = self.control.send(&ControlResponse::Failed {
@@ -625,7 +652,38 @@ impl SlotContext {
     }
 }
 
-/// One slot's thread: takes a prediction, runs it, reports, repeats.
+/// One prediction as its `predict` frame said it, its input read.
+struct Member {
+    id: String,
+    /// The input's JSON text, or why it could not be read.
+    input: Result<String, RunError>,
+    context: serde_json::Map<String, serde_json::Value>,
+    output_dir: PathBuf,
+}
+
+impl Member {
+    /// The handler's request (or why there is none), and what sending the
+    /// result needs: the id and the prediction's directory.
+    fn into_request(self) -> (String, PathBuf, Result<RunRequest, RunError>) {
+        let request = self.input.map(|input_json| RunRequest {
+            id: self.id.clone(),
+            input_json,
+            context_json: serde_json::Value::Object(self.context).to_string(),
+            output_dir: self.output_dir.clone(),
+        });
+        (self.id, self.output_dir, request)
+    }
+}
+
+/// What the slot's loop reads next.
+enum Work {
+    /// One prediction, run on its own.
+    Single(Member),
+    /// The members of one batch, in order.
+    Batch(Vec<Member>),
+}
+
+/// One slot's thread: takes a prediction (or a batch), runs it, reports, repeats.
 fn slot_loop(
     slot: usize,
     mut reader: FrameReader<FileReceiver<UnixStream>>,
@@ -633,10 +691,11 @@ fn slot_loop(
     handler: &dyn Handler,
     router: &LogRouter,
     control: &Sender,
+    batched: bool,
 ) {
     loop {
-        let request = match reader.next_message::<SlotRequest>() {
-            Ok(Some(request)) => request,
+        let work = match read_work(&mut reader) {
+            Ok(Some(work)) => work,
             Ok(None) => return,
             Err(e) => {
                 let _ = control.send(&ControlResponse::Failed {
@@ -646,108 +705,13 @@ fn slot_loop(
                 return;
             }
         };
-        let SlotRequest::Predict {
-            id,
-            input,
-            input_file,
-            input_attached,
-            output_dir,
-            context,
-        } = request;
-        // Taken whatever else the frame says, so the next frame's file is
-        // never mistaken for this one's.
-        let attached = input_attached.then(|| reader.get_mut().take_file());
-        let input_json = match (input, input_file, attached) {
-            (Some(input), _, _) => Ok(String::from(Box::<str>::from(input))),
-            (None, _, Some(Some(file))) => {
-                // From its start: the server's writes left its offset at the end.
-                let mut file = std::fs::File::from(file);
-                std::io::Seek::rewind(&mut file)
-                    .and_then(|()| std::io::read_to_string(file))
-                    .map_err(|e| RunError::Failed(format!("cannot read the attached input: {e}")))
+        let sent = match work {
+            // A batched model takes lists even for one prediction.
+            Work::Single(member) if batched => {
+                run_batch(slot, vec![member], &writer, handler, router)
             }
-            (None, _, Some(None)) => Err(RunError::Failed(
-                "the input was to come attached to its message, and no file came".into(),
-            )),
-            (None, Some(file), None) => std::fs::read_to_string(&file).map_err(|e| {
-                RunError::Failed(format!("cannot read input file {}: {e}", file.display()))
-            }),
-            (None, None, None) => Ok("{}".to_string()),
-        };
-        router.begin_run(slot, writer.clone());
-        RUN_METRICS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(slot, Arc::default());
-        RUN_DIRS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(slot, output_dir.clone());
-        let started = Instant::now();
-        let result = input_json.and_then(|input_json| {
-            handler.run(
-                slot,
-                RunRequest {
-                    id: id.clone(),
-                    input_json,
-                    context_json: serde_json::Value::Object(context).to_string(),
-                    output_dir,
-                },
-            )
-        });
-        let predict_time = started.elapsed().as_secs_f64();
-        RUN_METRICS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&slot);
-        let dir = RUN_DIRS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&slot);
-        // The run's last lines must reach its logs before its result does.
-        router.sync();
-        router.end_run(slot);
-        let sent = match result {
-            Ok(RunOutput::Value(output, files)) => {
-                let carrier = match &dir {
-                    Some(dir) => output::spill(output, dir, "output.json"),
-                    None => output::inline(output).map(Carrier::Inline),
-                };
-                let done = carrier.map(|carrier| {
-                    let (output, file) = carrier.detach();
-                    let done = SlotResponse::Done {
-                        id: id.clone(),
-                        predict_time,
-                        is_stream: false,
-                        output: Some(output),
-                        files,
-                    };
-                    (done, file)
-                });
-                // An output that cannot be sent fails the prediction, not the slot.
-                match done.map_err(|e| e.to_string()).and_then(|(done, file)| {
-                    let frame = encode_line(&done).map_err(|e| e.to_string())?;
-                    Ok((frame, file))
-                }) {
-                    Ok((frame, file)) => writer.send_frame(&frame, file.as_ref()),
-                    Err(e) => writer.send(&SlotResponse::Failed {
-                        id,
-                        error: format!("cannot send the output: {e}"),
-                    }),
-                }
-            }
-            Ok(RunOutput::Streamed) => writer.send(&SlotResponse::Done {
-                id,
-                predict_time,
-                is_stream: true,
-                output: None,
-                files: Vec::new(),
-            }),
-            Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed {
-                id,
-                error: clip_message(error),
-            }),
-            Err(RunError::Canceled) => writer.send(&SlotResponse::Cancelled { id }),
+            Work::Single(member) => run_single(slot, member, &writer, handler, router),
+            Work::Batch(members) => run_batch(slot, members, &writer, handler, router),
         };
         if let Err(e) = sent {
             let _ = control.send(&ControlResponse::Failed {
@@ -756,6 +720,239 @@ fn slot_loop(
             });
             return;
         }
+    }
+}
+
+/// Reads the next prediction, or a `batch` frame and its members.
+fn read_work(reader: &mut FrameReader<FileReceiver<UnixStream>>) -> Result<Option<Work>, String> {
+    let first = match reader.next_message::<SlotRequest>() {
+        Ok(Some(request)) => request,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let size = match first {
+        SlotRequest::Predict { .. } => return Ok(Some(Work::Single(read_member(reader, first)?))),
+        SlotRequest::Batch { size } => size,
+    };
+    let mut members = Vec::with_capacity(size);
+    for _ in 0..size {
+        match reader.next_message::<SlotRequest>() {
+            Ok(Some(request @ SlotRequest::Predict { .. })) => {
+                members.push(read_member(reader, request)?)
+            }
+            Ok(Some(SlotRequest::Batch { .. })) => {
+                return Err("a batch frame came inside a batch".into())
+            }
+            Ok(None) => return Err("the socket closed inside a batch".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(Some(Work::Batch(members)))
+}
+
+/// A `predict` frame's member, its input read from wherever it travelled.
+fn read_member(
+    reader: &mut FrameReader<FileReceiver<UnixStream>>,
+    request: SlotRequest,
+) -> Result<Member, String> {
+    let SlotRequest::Predict {
+        id,
+        input,
+        input_file,
+        input_attached,
+        output_dir,
+        context,
+    } = request
+    else {
+        return Err("expected a predict frame".into());
+    };
+    // Taken whatever else the frame says, so the next frame's file is
+    // never mistaken for this one's.
+    let attached = input_attached.then(|| reader.get_mut().take_file());
+    let input = match (input, input_file, attached) {
+        (Some(input), _, _) => Ok(String::from(Box::<str>::from(input))),
+        (None, _, Some(Some(file))) => {
+            // From its start: the server's writes left its offset at the end.
+            let mut file = std::fs::File::from(file);
+            std::io::Seek::rewind(&mut file)
+                .and_then(|()| std::io::read_to_string(file))
+                .map_err(|e| RunError::Failed(format!("cannot read the attached input: {e}")))
+        }
+        (None, _, Some(None)) => Err(RunError::Failed(
+            "the input was to come attached to its message, and no file came".into(),
+        )),
+        (None, Some(file), None) => std::fs::read_to_string(&file).map_err(|e| {
+            RunError::Failed(format!("cannot read input file {}: {e}", file.display()))
+        }),
+        (None, None, None) => Ok("{}".to_string()),
+    };
+    Ok(Member {
+        id,
+        input,
+        context,
+        output_dir,
+    })
+}
+
+/// Sets up what a run in `slot` records into (its logs' destination, its
+/// metrics, and `dir` for a stream's spilled chunks), until [`end_run`].
+fn begin_run(slot: usize, writer: &Sender, router: &LogRouter, dir: Option<PathBuf>) {
+    router.begin_run(slot, writer.clone());
+    RUN_METRICS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(slot, Arc::default());
+    if let Some(dir) = dir {
+        RUN_DIRS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot, dir);
+    }
+}
+
+/// Ends what [`begin_run`] set up, once every line the run wrote has been
+/// sent: its last lines must reach its logs before its result does.
+fn end_run(slot: usize, router: &LogRouter) {
+    RUN_METRICS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&slot);
+    RUN_DIRS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&slot);
+    router.sync();
+    router.end_run(slot);
+}
+
+/// Runs one prediction and sends its result.
+fn run_single(
+    slot: usize,
+    member: Member,
+    writer: &Sender,
+    handler: &dyn Handler,
+    router: &LogRouter,
+) -> std::io::Result<()> {
+    let (id, output_dir, request) = member.into_request();
+    begin_run(slot, writer, router, Some(output_dir.clone()));
+    let started = Instant::now();
+    let result = request.and_then(|request| handler.run(slot, request));
+    let predict_time = started.elapsed().as_secs_f64();
+    end_run(slot, router);
+    send_result(writer, id, predict_time, &output_dir, result)
+}
+
+/// Runs a batch with one call of the model and sends each member's result,
+/// in order. A member whose input could not be read fails alone; an error of
+/// the whole call is every member's.
+fn run_batch(
+    slot: usize,
+    members: Vec<Member>,
+    writer: &Sender,
+    handler: &dyn Handler,
+    router: &LogRouter,
+) -> std::io::Result<()> {
+    let mut ids = Vec::with_capacity(members.len());
+    let mut dirs = Vec::with_capacity(members.len());
+    let mut results: Vec<Option<Result<RunOutput, RunError>>> = Vec::new();
+    let mut requests = Vec::new();
+    for member in members {
+        let (id, dir, request) = member.into_request();
+        ids.push(id);
+        dirs.push(dir);
+        match request {
+            Ok(request) => {
+                requests.push(request);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    begin_run(slot, writer, router, None);
+    let started = Instant::now();
+    let outcome = if requests.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let count = requests.len();
+        handler.run_batch(slot, requests).and_then(|outputs| {
+            if outputs.len() == count {
+                Ok(outputs)
+            } else {
+                Err(RunError::Failed(format!(
+                    "the worker's handler gave {} results for a batch of {count}",
+                    outputs.len()
+                )))
+            }
+        })
+    };
+    let predict_time = started.elapsed().as_secs_f64();
+    end_run(slot, router);
+    let mut outputs = match outcome {
+        Ok(outputs) => outputs.into_iter(),
+        Err(error) => {
+            for result in results.iter_mut().filter(|r| r.is_none()) {
+                *result = Some(Err(error.clone()));
+            }
+            Vec::new().into_iter()
+        }
+    };
+    for ((id, dir), result) in ids.into_iter().zip(dirs).zip(results) {
+        let result = match result {
+            Some(result) => result,
+            None => outputs.next().expect("one output per member that ran"),
+        };
+        send_result(writer, id, predict_time, &dir, result)?;
+    }
+    Ok(())
+}
+
+/// Sends the final message of prediction `id`: `done` with its output
+/// (spilled into `dir` when too large for a frame), `failed` or `cancelled`.
+/// Err when the socket is broken.
+fn send_result(
+    writer: &Sender,
+    id: String,
+    predict_time: f64,
+    dir: &std::path::Path,
+    result: Result<RunOutput, RunError>,
+) -> std::io::Result<()> {
+    match result {
+        Ok(RunOutput::Value(output, files)) => {
+            let done = output::spill(output, dir, "output.json").map(|carrier| {
+                let (output, file) = carrier.detach();
+                let done = SlotResponse::Done {
+                    id: id.clone(),
+                    predict_time,
+                    is_stream: false,
+                    output: Some(output),
+                    files,
+                };
+                (done, file)
+            });
+            // An output that cannot be sent fails the prediction, not the slot.
+            match done.map_err(|e| e.to_string()).and_then(|(done, file)| {
+                let frame = encode_line(&done).map_err(|e| e.to_string())?;
+                Ok((frame, file))
+            }) {
+                Ok((frame, file)) => writer.send_frame(&frame, file.as_ref()),
+                Err(e) => writer.send(&SlotResponse::Failed {
+                    id,
+                    error: format!("cannot send the output: {e}"),
+                }),
+            }
+        }
+        Ok(RunOutput::Streamed) => writer.send(&SlotResponse::Done {
+            id,
+            predict_time,
+            is_stream: true,
+            output: None,
+            files: Vec::new(),
+        }),
+        Err(RunError::Failed(error)) => writer.send(&SlotResponse::Failed {
+            id,
+            error: clip_message(error),
+        }),
+        Err(RunError::Canceled) => writer.send(&SlotResponse::Cancelled { id }),
     }
 }
 
