@@ -39,7 +39,7 @@ _DETACHED = -1
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
-class RunOutput(io.TextIOBase):
+class LogStream(io.TextIOBase):
     """A text stream whose writes become log lines of the current run."""
 
     def __init__(self, source: str, fd: int) -> None:
@@ -118,5 +118,5 @@ def install() -> None:
     """Replace ``sys.stdout`` and ``sys.stderr`` with run-aware streams."""
     sys.stdout.flush()
     sys.stderr.flush()
-    sys.stdout = RunOutput("stdout", 1)
-    sys.stderr = RunOutput("stderr", 2)
+    sys.stdout = LogStream("stdout", 1)
+    sys.stderr = LogStream("stderr", 2)

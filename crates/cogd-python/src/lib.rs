@@ -198,8 +198,8 @@ fn record_metric(
     mode: &str,
 ) -> PyResult<bool> {
     use pyo3::exceptions::{PyTypeError, PyValueError};
-    let mode = cogd::metrics::MetricMode::parse(mode)
-        .ok_or_else(|| PyTypeError::new_err(cogd::metrics::MetricMode::invalid(mode)))?;
+    let mode = cogd::custom_metrics::MetricMode::parse(mode)
+        .ok_or_else(|| PyTypeError::new_err(cogd::custom_metrics::MetricMode::invalid(mode)))?;
     let value: serde_json::Value = serde_json::from_str(value)
         .map_err(|e| PyValueError::new_err(format!("the metric value is not JSON: {e}")))?;
     py.detach(|| cogd::worker::record_metric(slot, name, value, mode))

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::value::{Carrier, OUTPUT_KEYS};
-pub use crate::metrics::MetricMode;
+pub use crate::custom_metrics::MetricMode;
 
 /// The protocol version both sides must agree on; the worker reports its own in
 /// the first message of every slot socket.
@@ -360,7 +360,7 @@ pub enum SlotResponse {
     },
     /// A custom metric the run recorded, sent the moment it was recorded.
     /// The worker has already checked it against the run's metrics; the
-    /// server applies it the same way ([`crate::metrics::apply`]).
+    /// server applies it the same way ([`crate::custom_metrics::apply`]).
     Metric {
         /// The metric name (dots nest).
         name: String,

@@ -149,19 +149,19 @@ impl Prediction {
         append_capped(&mut self.logs, data)
     }
 
-    /// Applies one custom metric record to `metrics` ([`crate::metrics::apply`]);
+    /// Applies one custom metric record to `metrics` ([`crate::custom_metrics::apply`]);
     /// `Ok(false)` (and no change) once terminal. `predict_time` is reserved,
     /// so no record can touch it.
     pub fn record_metric(
         &mut self,
         name: &str,
         value: serde_json::Value,
-        mode: crate::metrics::MetricMode,
-    ) -> Result<bool, crate::metrics::MetricError> {
+        mode: crate::custom_metrics::MetricMode,
+    ) -> Result<bool, crate::custom_metrics::MetricError> {
         if self.status.is_terminal() {
             return Ok(false);
         }
-        crate::metrics::apply(&mut self.metrics, name, value, mode)?;
+        crate::custom_metrics::apply(&mut self.metrics, name, value, mode)?;
         Ok(true)
     }
 
@@ -510,7 +510,7 @@ mod tests {
 
     #[test]
     fn custom_metrics_sit_beside_predict_time_and_stop_changing_once_terminal() {
-        use crate::metrics::MetricMode;
+        use crate::custom_metrics::MetricMode;
         let mut p = Prediction::new("p".into(), &serde_json::json!({}), None);
         p.start();
         assert!(p

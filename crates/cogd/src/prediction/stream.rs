@@ -20,8 +20,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::{JsonText, Prediction};
+use crate::custom_metrics::MetricMode;
 use crate::ipc::LogSource;
-use crate::metrics::MetricMode;
 
 /// What a stream event reports; its name is the SSE event's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The operator metrics served at `GET /metrics`, in the Prometheus text
 //! exposition format (0.0.4). Not to be confused with a prediction's custom
-//! metrics (`crate::metrics`), which belong to the prediction.
+//! metrics (`crate::custom_metrics`), which belong to the prediction.
 //!
 //! Counters and histograms are atomics, updated where things happen: the
 //! service (predictions, run and queue times), the webhook sender, the

@@ -25,12 +25,12 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
+use crate::custom_metrics::MetricError;
 use crate::ipc::{
     encode_line, BatchSettings, ControlRequest, ControlResponse, FileOutput, FileReceiver,
     FrameReader, HealthcheckStatus, LogSource, MetricMode, Mode, SlotRequest, SlotResponse,
     PROTOCOL_VERSION,
 };
-use crate::metrics::MetricError;
 use capture::LogRouter;
 pub use output::{LongString, OutputJson};
 
@@ -242,7 +242,7 @@ pub fn record_metric(
     };
     // Held while sending, so records reach the server in the order applied.
     let mut metrics = metrics.lock().unwrap_or_else(|e| e.into_inner());
-    crate::metrics::apply(&mut metrics, name, value.clone(), mode)?;
+    crate::custom_metrics::apply(&mut metrics, name, value.clone(), mode)?;
     let message = SlotResponse::Metric {
         name: name.to_string(),
         value,
@@ -259,7 +259,7 @@ pub fn read_metric(slot: usize, name: Option<&str>) -> Option<serde_json::Value>
     let metrics = run_metrics(slot)?;
     let metrics = metrics.lock().unwrap_or_else(|e| e.into_inner());
     match name {
-        Some(name) => crate::metrics::get(&metrics, name).cloned(),
+        Some(name) => crate::custom_metrics::get(&metrics, name).cloned(),
         None => Some(serde_json::Value::Object(metrics.clone())),
     }
 }
