@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -28,6 +28,8 @@ use rustix::net::{
 };
 use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::Carrier;
 
 /// The seals put on a memory file before it is attached, and that the server
 /// checks before it maps one: the file's size and bytes are fixed for good,
@@ -59,32 +61,24 @@ pub fn seal(file: &std::fs::File) -> io::Result<()> {
     Ok(())
 }
 
-/// Where a JSON text too large for one frame went.
-#[derive(Debug)]
-pub enum Spill {
-    /// Into a memory file (sealed, where sealing worked), to attach to the
-    /// frame that names it.
-    Attached(OwnedFd),
-    /// Into this file, where memory files cannot be made.
-    File(PathBuf),
-}
-
 /// Writes a text too large for one frame with `write`: into a sealed memory
-/// file, or, where memory files cannot be made, into `name` in `dir` (made
-/// if need be). Long strings are written straight from where they are (a
-/// write that large passes the buffer by); the buffer gathers small pieces.
+/// file, to attach to the frame that names it ([`Carrier::Attached`]), or,
+/// where memory files cannot be made, into `name` in `dir`, made if need be
+/// ([`Carrier::File`]); never [`Carrier::Inline`]. Long strings are written
+/// straight from where they are (a write that large passes the buffer by);
+/// the buffer gathers small pieces.
 pub fn spill(
     dir: &Path,
     name: &str,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<Spill> {
+) -> io::Result<Carrier<OwnedFd>> {
     match memory_file() {
         Ok(file) => {
             write_buffered(&file, write)?;
             // Should sealing ever fail, the text still goes: the server
             // copies an unsealed file instead of mapping it.
             let _ = seal(&file);
-            Ok(Spill::Attached(file.into()))
+            Ok(Carrier::Attached(file.into()))
         }
         Err(_) => spill_to_file(dir, name, write),
     }
@@ -95,11 +89,11 @@ fn spill_to_file(
     dir: &Path,
     name: &str,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<Spill> {
+) -> io::Result<Carrier<OwnedFd>> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
     write_buffered(&std::fs::File::create(&path)?, write)?;
-    Ok(Spill::File(path))
+    Ok(Carrier::File(path))
 }
 
 fn write_buffered(
@@ -396,7 +390,7 @@ mod tests {
             out.write_all(b"\"]")
         })
         .unwrap();
-        let Spill::File(path) = spilled else {
+        let Carrier::File(path) = spilled else {
             panic!("not a file: {spilled:?}");
         };
         assert_eq!(path, sub.join("output.json"));

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::value::{Carrier, OUTPUT_KEYS};
+use super::value::{Carrier, INPUT_KEYS, OUTPUT_KEYS};
 pub use crate::custom_metrics::MetricMode;
 
 /// The protocol version both sides must agree on; the worker reports its own in
@@ -212,18 +212,14 @@ pub enum SlotRequest {
     Predict {
         /// The prediction id.
         id: String,
-        /// The input object's JSON text, inline: written into the frame as
-        /// it is, and read out of it without being parsed into values.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        input: Option<Box<RawValue>>,
-        /// The input object in a file, for inputs too large for one frame
-        /// (where the server cannot make memory files).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        input_file: Option<PathBuf>,
-        /// True when the input object, too large for one frame, is in a
-        /// sealed memory file attached to this frame.
-        #[serde(default, skip_serializing_if = "is_false")]
-        input_attached: bool,
+        /// How the input object's JSON travels: inline (`input`), written
+        /// into the frame as it is and read out of it without being parsed
+        /// into values; or, too large for one frame, in a sealed memory file
+        /// attached to this frame (`input_attached`) or, where the server
+        /// cannot make memory files, in a file it names (`input_file`).
+        /// `None` (or `input: null`) is the empty object.
+        #[serde(flatten, serialize_with = "super::value::write_optional_input")]
+        input: Option<Carrier>,
         /// A directory owned by this prediction for files it writes.
         output_dir: PathBuf,
         /// The request's `context`, visible to the run.
@@ -240,7 +236,8 @@ pub enum SlotRequest {
 
 /// How a [`SlotRequest`] is read: as a plain struct, so its input can stay
 /// raw JSON text, which serde cannot keep through the buffering that
-/// `"type"`-tagged enums need.
+/// `"type"`-tagged enums need; its three input keys then become one
+/// [`Carrier`] (`input: null` is no input, as it has always been).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PredictFrame {
@@ -290,17 +287,9 @@ impl TryFrom<PredictFrame> for SlotRequest {
         let (Some(id), Some(output_dir)) = (frame.id, frame.output_dir) else {
             return Err("a predict frame has an `id` and an `output_dir`".into());
         };
-        if carriers(&frame.input, &frame.input_file, frame.input_attached) > 1 {
-            return Err(
-                "an input travels in at most one of `input`, `input_file` and `input_attached`"
-                    .into(),
-            );
-        }
         Ok(Self::Predict {
             id,
-            input: frame.input,
-            input_file: frame.input_file,
-            input_attached: frame.input_attached,
+            input: INPUT_KEYS.read(frame.input, frame.input_file, frame.input_attached)?,
             output_dir,
             context: frame.context.unwrap_or_default(),
         })
@@ -497,16 +486,6 @@ impl SlotResponse {
     }
 }
 
-/// How many of the ways a value can travel a frame uses.
-fn carriers(inline: &Option<Box<RawValue>>, file: &Option<PathBuf>, attached: bool) -> usize {
-    usize::from(inline.is_some()) + usize::from(file.is_some()) + usize::from(attached)
-}
-
-/// For `skip_serializing_if`: a flag that is off is left out.
-fn is_false(flag: &bool) -> bool {
-    !flag
-}
-
 /// The `type` of a frame that starts `{"type":"<name>"` (as every frame the
 /// worker writes does), when the name has nothing escaped; `None` leaves the
 /// frame to be parsed for it. Whatever it says, the variant's own parse then
@@ -633,17 +612,15 @@ mod tests {
     fn every_slot_message_round_trips() {
         round_trip(&SlotRequest::Predict {
             id: "p1".into(),
-            input: Some(RawValue::from_string(r#"{"name":"world"}"#.into()).unwrap()),
-            input_file: None,
-            input_attached: false,
+            input: Some(Carrier::Inline(
+                RawValue::from_string(r#"{"name":"world"}"#.into()).unwrap(),
+            )),
             output_dir: "/tmp/out".into(),
             context: serde_json::Map::new(),
         });
         round_trip(&SlotRequest::Predict {
             id: "p2".into(),
-            input: None,
-            input_file: None,
-            input_attached: true,
+            input: Some(Carrier::Attached(())),
             output_dir: "/tmp/out".into(),
             context: serde_json::Map::new(),
         });
@@ -1149,19 +1126,21 @@ mod tests {
             fn predict_requests_round_trip(
                 id in any::<String>(),
                 // `null` and no input are one thing on the wire.
-                input in prop::option::of(
+                input in prop::option::of(prop_oneof![
                     json_value()
                         .prop_filter("not null", |v| !v.is_null())
-                        .prop_map(|v| RawValue::from_string(v.to_string()).expect("JSON text")),
-                ),
+                        .prop_map(|v| Carrier::Inline(
+                            RawValue::from_string(v.to_string()).expect("JSON text")
+                        )),
+                    any::<String>().prop_map(|p| Carrier::File(PathBuf::from(p))),
+                    Just(Carrier::Attached(())),
+                ]),
                 output_dir in any::<String>(),
                 context in prop::collection::vec((any::<String>(), any::<String>()), 0..4),
             ) {
                 let message = SlotRequest::Predict {
                     id,
                     input,
-                    input_file: None,
-                    input_attached: false,
                     output_dir: output_dir.into(),
                     context: context.into_iter().map(|(k, v)| (k, v.into())).collect(),
                 };

@@ -14,8 +14,7 @@ mod messages;
 mod value;
 
 pub use attach::{
-    is_sealed, memory_file, seal, send_with_file, spill, write_with_file, FileReceiver, Spill,
-    SEALS,
+    is_sealed, memory_file, seal, send_with_file, spill, write_with_file, FileReceiver, SEALS,
 };
 
 pub use codec::{encode_line, FrameError, FrameReader, LineDecoder, MAX_FRAME_BYTES};

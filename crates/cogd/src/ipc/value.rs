@@ -6,17 +6,17 @@
 //! large for one; or in a spill file the frame names, where memory files
 //! cannot be made. On the wire a carrier is not an object of its own but
 //! one of three keys of the frame that holds it (for an output: `output`,
-//! `output_file` or `output_attached: true`); [`CarrierKeys`] names them,
+//! `output_file` or `output_attached: true`; for a run's input: `input`,
+//! `input_file` or `input_attached: true`); [`CarrierKeys`] names them,
 //! and this module writes and reads them, so a frame can never say two
 //! ways at once.
 
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
-use super::{FileOutput, Spill};
+use super::FileOutput;
 
 /// How a JSON value travels. `A` is what stands for an attached file: `()`
 /// in a frame (the file goes beside the frame's bytes, not in them), the
@@ -58,15 +58,6 @@ impl Carrier {
     }
 }
 
-impl From<Spill> for Carrier<OwnedFd> {
-    fn from(spill: Spill) -> Self {
-        match spill {
-            Spill::Attached(file) => Self::Attached(file),
-            Spill::File(path) => Self::File(path),
-        }
-    }
-}
-
 /// The three keys a carrier may take in its frame; exactly one is there
 /// (or, where the value is optional, none).
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +75,13 @@ pub(super) const OUTPUT_KEYS: CarrierKeys = CarrierKeys {
     inline: "output",
     file: "output_file",
     attached: "output_attached",
+};
+
+/// A run's input's keys, in `predict` frames.
+pub(super) const INPUT_KEYS: CarrierKeys = CarrierKeys {
+    inline: "input",
+    file: "input_file",
+    attached: "input_attached",
 };
 
 impl CarrierKeys {
@@ -116,13 +114,24 @@ impl CarrierKeys {
             )),
         }
     }
+
+    /// Writes an optional carrier as a map of its one key, or of none.
+    fn write_optional<S: Serializer>(
+        self,
+        carrier: Option<&Carrier>,
+        out: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = out.serialize_map(Some(usize::from(carrier.is_some())))?;
+        if let Some(carrier) = carrier {
+            self.write(carrier, &mut map)?;
+        }
+        map.end()
+    }
 }
 
 /// `serialize_with` for a flattened output carrier: its one key.
 pub(super) fn write_output<S: Serializer>(carrier: &Carrier, out: S) -> Result<S::Ok, S::Error> {
-    let mut map = out.serialize_map(Some(1))?;
-    OUTPUT_KEYS.write(carrier, &mut map)?;
-    map.end()
+    OUTPUT_KEYS.write_optional(Some(carrier), out)
 }
 
 /// `serialize_with` for a flattened optional output carrier: its one key,
@@ -131,11 +140,16 @@ pub(super) fn write_optional_output<S: Serializer>(
     carrier: &Option<Carrier>,
     out: S,
 ) -> Result<S::Ok, S::Error> {
-    let mut map = out.serialize_map(Some(usize::from(carrier.is_some())))?;
-    if let Some(carrier) = carrier {
-        OUTPUT_KEYS.write(carrier, &mut map)?;
-    }
-    map.end()
+    OUTPUT_KEYS.write_optional(carrier.as_ref(), out)
+}
+
+/// `serialize_with` for a flattened optional input carrier: its one key,
+/// or none.
+pub(super) fn write_optional_input<S: Serializer>(
+    carrier: &Option<Carrier>,
+    out: S,
+) -> Result<S::Ok, S::Error> {
+    INPUT_KEYS.write_optional(carrier.as_ref(), out)
 }
 
 /// An output value as the server received it: its JSON, however it
@@ -161,7 +175,7 @@ impl OutputValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::SlotResponse;
+    use crate::ipc::{SlotRequest, SlotResponse};
 
     fn inline(text: &str) -> Carrier {
         Carrier::Inline(RawValue::from_string(text.into()).unwrap())
@@ -253,6 +267,63 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// `message` is written as `text` exactly, and `text` decodes to it.
+    fn request_on_the_wire(message: SlotRequest, text: &str) {
+        assert_eq!(serde_json::to_string(&message).unwrap(), text);
+        let back: SlotRequest = serde_json::from_str(text).unwrap();
+        assert_eq!(back, message, "{text}");
+    }
+
+    #[test]
+    fn each_carrier_of_an_input_travels_under_its_own_key() {
+        let predict = |input| SlotRequest::Predict {
+            id: "p".into(),
+            input,
+            output_dir: "/tmp/p".into(),
+            context: serde_json::Map::new(),
+        };
+        request_on_the_wire(
+            predict(Some(inline(r#"{"text":"hi","n":[1,2]}"#))),
+            r#"{"type":"predict","id":"p","input":{"text":"hi","n":[1,2]},"output_dir":"/tmp/p","context":{}}"#,
+        );
+        request_on_the_wire(
+            predict(Some(Carrier::Attached(()))),
+            r#"{"type":"predict","id":"p","input_attached":true,"output_dir":"/tmp/p","context":{}}"#,
+        );
+        request_on_the_wire(
+            predict(Some(Carrier::File("/tmp/p/input.json".into()))),
+            r#"{"type":"predict","id":"p","input_file":"/tmp/p/input.json","output_dir":"/tmp/p","context":{}}"#,
+        );
+        request_on_the_wire(
+            predict(None),
+            r#"{"type":"predict","id":"p","output_dir":"/tmp/p","context":{}}"#,
+        );
+        // `null`, a flag that is off, and no input at all say the same.
+        for text in [
+            r#"{"type":"predict","id":"p","input":null,"output_dir":"/tmp/p"}"#,
+            r#"{"type":"predict","id":"p","input_attached":false,"output_dir":"/tmp/p"}"#,
+        ] {
+            let request: SlotRequest = serde_json::from_str(text).unwrap();
+            assert_eq!(request, predict(None), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_input_that_travels_two_ways_is_refused() {
+        for frame in [
+            r#"{"type":"predict","id":"p","input":{},"input_file":"/x","output_dir":"/o"}"#,
+            r#"{"type":"predict","id":"p","input":{},"input_attached":true,"output_dir":"/o"}"#,
+            r#"{"type":"predict","id":"p","input_file":"/x","input_attached":true,"output_dir":"/o"}"#,
+            r#"{"type":"predict","id":"p","input":{},"input_file":"/x","input_attached":true,"output_dir":"/o"}"#,
+        ] {
+            let error = serde_json::from_str::<SlotRequest>(frame).unwrap_err();
+            assert!(
+                error.to_string().contains("one way only"),
+                "{frame}: {error}"
+            );
+        }
     }
 
     #[test]

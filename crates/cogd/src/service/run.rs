@@ -39,7 +39,7 @@ use super::batch::Member;
 use super::slots::{Admit, SlotPermit};
 use super::Inner;
 use crate::files::outputs::OutputTarget;
-use crate::ipc::{LogSource, MetricMode, OutputValue, SlotRequest, Spill};
+use crate::ipc::{Carrier, LogSource, MetricMode, OutputValue, SlotRequest};
 use crate::nudge;
 use crate::prediction::{JsonText, Outcome, Prediction, PredictionHandle, StreamEvent};
 use crate::supervisor::SlotEvent;
@@ -253,8 +253,7 @@ impl Run {
             (None, Some(text)) => text.clone(),
             (localized, _) => JsonText::from_map(localized.as_ref().unwrap_or(&self.input)),
         };
-        let mut attached = None;
-        let (input, input_file, input_attached) = if text.get().len() > SPILL_INPUT_BYTES {
+        let input = if text.get().len() > SPILL_INPUT_BYTES {
             let dir = output_dir.to_path_buf();
             // One write of the shared text, off the runtime's threads: into a
             // sealed memory file, which never touches a disk (as a large
@@ -266,25 +265,15 @@ impl Run {
             })
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            match spilled {
-                Ok(Spill::Attached(file)) => {
-                    attached = Some(file);
-                    (None, None, true)
-                }
-                Ok(Spill::File(path)) => {
-                    *dir_used = true;
-                    (None, Some(path), false)
-                }
-                Err(e) => return Err(Outcome::Failed(format!("cannot write the input: {e}"))),
-            }
+            spilled.map_err(|e| Outcome::Failed(format!("cannot write the input: {e}")))?
         } else {
-            (Some(text.to_raw()), None, false)
+            Carrier::Inline(text.to_raw())
         };
+        *dir_used |= matches!(input, Carrier::File(_));
+        let (input, attached) = input.detach();
         let request = SlotRequest::Predict {
             id: self.id.clone(),
-            input,
-            input_file,
-            input_attached,
+            input: Some(input),
             output_dir: output_dir.to_path_buf(),
             context: self.context.clone(),
         };

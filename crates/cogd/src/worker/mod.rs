@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use crate::custom_metrics::MetricError;
 use crate::ipc::{
-    encode_line, BatchSettings, ControlRequest, ControlResponse, FileOutput, FileReceiver,
+    encode_line, BatchSettings, Carrier, ControlRequest, ControlResponse, FileOutput, FileReceiver,
     FrameReader, HealthcheckStatus, LogSource, MetricMode, Mode, SlotRequest, SlotResponse,
     PROTOCOL_VERSION,
 };
@@ -758,33 +758,31 @@ fn read_member(
     let SlotRequest::Predict {
         id,
         input,
-        input_file,
-        input_attached,
         output_dir,
         context,
     } = request
     else {
         return Err("expected a predict frame".into());
     };
-    // Taken whatever else the frame says, so the next frame's file is
-    // never mistaken for this one's.
-    let attached = input_attached.then(|| reader.get_mut().take_file());
-    let input = match (input, input_file, attached) {
-        (Some(input), _, _) => Ok(String::from(Box::<str>::from(input))),
-        (None, _, Some(Some(file))) => {
+    // The frame's file is taken when it says one is attached (and only
+    // then), so the next frame's file is never mistaken for this one's.
+    let input = input.map(|carrier| carrier.attach(|| reader.get_mut().take_file()));
+    let input = match input {
+        None => Ok("{}".to_string()),
+        Some(Some(Carrier::Inline(input))) => Ok(String::from(Box::<str>::from(input))),
+        Some(Some(Carrier::Attached(file))) => {
             // From its start: the server's writes left its offset at the end.
             let mut file = std::fs::File::from(file);
             std::io::Seek::rewind(&mut file)
                 .and_then(|()| std::io::read_to_string(file))
                 .map_err(|e| RunError::Failed(format!("cannot read the attached input: {e}")))
         }
-        (None, _, Some(None)) => Err(RunError::Failed(
-            "the input was to come attached to its message, and no file came".into(),
-        )),
-        (None, Some(file), None) => std::fs::read_to_string(&file).map_err(|e| {
+        Some(Some(Carrier::File(file))) => std::fs::read_to_string(&file).map_err(|e| {
             RunError::Failed(format!("cannot read input file {}: {e}", file.display()))
         }),
-        (None, None, None) => Ok("{}".to_string()),
+        Some(None) => Err(RunError::Failed(
+            "the input was to come attached to its message, and no file came".into(),
+        )),
     };
     Ok(Member {
         id,

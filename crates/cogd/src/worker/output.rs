@@ -122,10 +122,9 @@ pub(super) fn spill(output: OutputJson, dir: &Path, name: &str) -> io::Result<Ca
         if text.len() <= SPILL_OUTPUT_BYTES {
             return inline(OutputJson::text(text)).map(Carrier::Inline);
         }
-        return crate::ipc::spill(dir, name, |file| file.write_all(text.as_bytes()))
-            .map(Carrier::from);
+        return crate::ipc::spill(dir, name, |file| file.write_all(text.as_bytes()));
     }
-    crate::ipc::spill(dir, name, |file| output.write_to(file)).map(Carrier::from)
+    crate::ipc::spill(dir, name, |file| output.write_to(file))
 }
 
 #[cfg(test)]
