@@ -5,7 +5,7 @@
 ``cogd.schema``) and ``setup()`` once on the main thread, then ``run()`` per prediction
 from the slot's thread (slot 0 is the main thread), ``cancel()`` from the
 control thread, and ``healthcheck()`` from the healthcheck thread. Async runs
-share one event loop on its own thread; a sync run is cancelled by a signal
+share one event loop on its own thread; a sync run is canceled by a signal
 (main thread) or an asynchronous exception (other threads). Each run gets a
 ``cogd.scope.Scope`` (its context and metrics), closed when it ends.
 A ``@cog.batch`` model is called by ``run_batch`` with several predictions
@@ -109,7 +109,7 @@ class _ActiveRun:
         # The prediction's directory: file objects the run returns are copied here.
         self.output_dir = output_dir
         self.task: asyncio.Task[Any] | None = None
-        self.cancelled = False
+        self.canceled = False
         # Set once the run is inside the code that turns a cancel into its
         # end; before that a cancel signal is left to the check made there.
         self.armed = False
@@ -224,27 +224,27 @@ class Runner:
 
         Returns the output as JSON (``coercion.output_json``), or ``None`` for
         a generator, whose items were each sent as they were yielded. Raises
-        ``CancelationException`` when the run was cancelled.
+        ``CancelationException`` when the run was canceled.
         """
         assert self._run is not None and self._signature is not None, "run() before load()"
         active = _ActiveRun(output_dir, prediction_id)
         with self._lock:
             self._active[slot] = active
             if self._early_cancels.pop(slot, None) == prediction_id:
-                active.cancelled = True
+                active.canceled = True
         token = capture.current_slot.set(slot)
         context = json.loads(context_json) if context_json and context_json != "{}" else {}
         scope = scopes.Scope(slot, context)
         scope_token = scopes.current.set(scope)
         try:
             active.armed = True
-            if active.cancelled:
+            if active.canceled:
                 # Cancelled before it began: the model's code never runs.
                 raise CancelationException()
             kwargs = coercion.coerce_inputs(self._signature, inputs)
             output = self._invoke(slot, active, kwargs, scope)
-            if active.cancelled:
-                # The run swallowed the cancel and returned: it is still cancelled.
+            if active.canceled:
+                # The run swallowed the cancel and returned: it is still canceled.
                 raise CancelationException()
             if output is _STREAMED:
                 return None
@@ -280,7 +280,7 @@ class Runner:
         JSON, or a :class:`MemberFailure` (an exception instance the run put
         in its place, or one its output raised when encoded). A raised
         exception, or a returned list of the wrong length, fails the whole
-        batch (it propagates); ``CancelationException`` when it was cancelled.
+        batch (it propagates); ``CancelationException`` when it was canceled.
         The run's scope has the first member's context; metrics it records
         and lines it prints belong to every member.
         """
@@ -290,7 +290,7 @@ class Runner:
         with self._lock:
             self._active[slot] = active
             if self._early_cancels.pop(slot, None) in active.ids:
-                active.cancelled = True
+                active.canceled = True
         token = capture.current_slot.set(slot)
         context_json = members[0][1]
         context = json.loads(context_json) if context_json and context_json != "{}" else {}
@@ -299,7 +299,7 @@ class Runner:
         results: list[coercion.EncodedOutput | MemberFailure] = []
         try:
             active.armed = True
-            if active.cancelled:
+            if active.canceled:
                 raise CancelationException()
             # Coerced one by one, so a member whose inputs cannot be fails alone.
             live: list[tuple[int, dict[str, Any]]] = []
@@ -316,7 +316,7 @@ class Runner:
                 for spec in self._signature.inputs
             }
             outputs = self._invoke(slot, active, kwargs, scope)
-            if active.cancelled:
+            if active.canceled:
                 raise CancelationException()
             if not isinstance(outputs, (list, tuple)) or len(outputs) != len(live):
                 size = len(outputs) if isinstance(outputs, (list, tuple)) else None
@@ -366,7 +366,7 @@ class Runner:
                 capture.current_slot.set(slot)
                 scopes.current.set(scope)
                 active.task = asyncio.current_task()
-                if active.cancelled:
+                if active.canceled:
                     raise asyncio.CancelledError()
                 result = run(**kwargs)
                 if inspect.isasyncgen(result):
@@ -411,14 +411,14 @@ class Runner:
                 # Not begun yet (or over, and then no run will have this id).
                 self._early_cancels[slot] = prediction_id
                 return
-            if active.done or active.cancelled:
+            if active.done or active.canceled:
                 return
-            active.cancelled = True
+            active.canceled = True
             task = active.task
         if task is not None:
             task.get_loop().call_soon_threadsafe(task.cancel)
         elif self._is_async:
-            pass  # the task has not started; it checks `cancelled` first thing
+            pass  # the task has not started; it checks `canceled` first thing
         elif active.thread_id == threading.main_thread().ident:
             threading.Thread(
                 target=_interrupt, args=(active,), name="cogd-cancel", daemon=True
@@ -469,7 +469,7 @@ class Runner:
         # reads were set before the signal was sent, and only it sets `raised`.
         del signum, frame
         active = self._active.get(0)
-        if active is None or not active.armed or not active.cancelled:
+        if active is None or not active.armed or not active.canceled:
             return
         if active.done or active.raised:
             return
@@ -491,7 +491,7 @@ def _batch_result(outputs: Any, size: int | None) -> str:
 
 
 def _interrupt(active: _ActiveRun) -> None:
-    """Signal the main thread until its cancelled run has raised or ended.
+    """Signal the main thread until its canceled run has raised or ended.
 
     One signal is not enough: one that arrives after the thread's last check
     for signals and before it enters a blocking call (``time.sleep``) is only

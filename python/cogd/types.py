@@ -29,7 +29,7 @@ from cogd.scope import ScopeAttribute, current_scope
 
 
 class CancelationException(BaseException):  # noqa: N818 - the name is Cog's public API
-    """Raised inside a running prediction when it is cancelled.
+    """Raised inside a running prediction when it is canceled.
 
     A ``BaseException`` so that ``except Exception`` in model code does not
     swallow it by accident.

@@ -300,7 +300,7 @@ impl<'de, 'py> serde::de::Visitor<'de> for PyJson<'py> {
 /// The worker's handler: a `cogd.runner.Runner` for the model.
 struct PyHandler {
     runner: Py<PyAny>,
-    /// `cog.CancelationException`: a run that raises it was cancelled.
+    /// `cog.CancelationException`: a run that raises it was canceled.
     cancelation: Py<PyAny>,
 }
 

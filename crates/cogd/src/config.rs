@@ -30,7 +30,7 @@ pub struct Config {
     /// What wins over a `@cog.batch` model's own settings
     /// (`COG_MAX_BATCH_SIZE`, `COG_BATCH_WAIT_MS`); nothing for other models.
     pub batch_override: BatchOverride,
-    /// How long a cancelled run has to stop before its prediction ends
+    /// How long a canceled run has to stop before its prediction ends
     /// without it; the run keeps its slot until it returns
     /// (`COG_CANCEL_GRACE`, seconds, default 1).
     pub cancel_grace: Duration,
@@ -53,7 +53,7 @@ pub struct Config {
     /// seconds, default 600).
     pub restart_window: Duration,
     /// How long in-flight predictions may take to finish on shutdown before
-    /// they are cancelled (`COG_SHUTDOWN_GRACE`, seconds, default 30).
+    /// they are canceled (`COG_SHUTDOWN_GRACE`, seconds, default 30).
     pub shutdown_grace: Duration,
     /// How long one file input's download may take (`COG_DOWNLOAD_TIMEOUT`,
     /// seconds, default 300).

@@ -251,7 +251,7 @@ async fn predict(
             .output
             .and_then(|output| serde_json::from_str(output.get()).ok())
             .unwrap_or(Value::Null)),
-        Status::Canceled => Err(Failure::Failed("the run was cancelled".into())),
+        Status::Canceled => Err(Failure::Failed("the run was canceled".into())),
         // `finished` returns a terminal state: failed.
         Status::Failed | Status::Starting | Status::Processing => Err(Failure::Failed(format!(
             "the run failed: {}",

@@ -240,7 +240,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     service.drain(grace).await;
     if let Some(queue) = &queue {
-        // Finished runs are marked and acknowledged; cancelled ones are left
+        // Finished runs are marked and acknowledged; canceled ones are left
         // for another replica.
         queue.finish(WEBHOOK_FLUSH).await;
     }

@@ -140,8 +140,10 @@ pub enum ControlResponse {
         /// The slot index.
         slot: usize,
     },
-    /// A cancel request reached the slot's run.
-    Cancelled {
+    /// A cancel request reached the slot's run (`"type": "cancelled"` on the
+    /// wire, the protocol's word).
+    #[serde(rename = "cancelled")]
+    Canceled {
         /// The slot index.
         slot: usize,
     },
@@ -382,8 +384,10 @@ pub enum SlotResponse {
         /// The exception's type and message.
         error: String,
     },
-    /// The run was cancelled.
-    Cancelled {
+    /// The run was canceled (`"type": "cancelled"` on the wire, the
+    /// protocol's word).
+    #[serde(rename = "cancelled")]
+    Canceled {
         /// The prediction id.
         id: String,
     },
@@ -577,7 +581,7 @@ mod tests {
             message: "hi".into(),
         });
         round_trip(&ControlResponse::Idle { slot: 0 });
-        round_trip(&ControlResponse::Cancelled { slot: 0 });
+        round_trip(&ControlResponse::Canceled { slot: 0 });
         round_trip(&ControlResponse::Failed {
             slot: 0,
             error: "broken".into(),
@@ -709,7 +713,7 @@ mod tests {
             id: "p1".into(),
             error: "ValueError: boom".into(),
         });
-        slot_round_trip(&SlotResponse::Cancelled { id: "p1".into() });
+        slot_round_trip(&SlotResponse::Canceled { id: "p1".into() });
     }
 
     #[test]
@@ -1019,7 +1023,7 @@ mod tests {
                     }),
                 (any::<String>(), any::<String>())
                     .prop_map(|(id, error)| SlotResponse::Failed { id, error }),
-                any::<String>().prop_map(|id| SlotResponse::Cancelled { id }),
+                any::<String>().prop_map(|id| SlotResponse::Canceled { id }),
             ]
         }
 
@@ -1055,7 +1059,7 @@ mod tests {
                     }
                 ),
                 any::<usize>().prop_map(|slot| ControlResponse::Idle { slot }),
-                any::<usize>().prop_map(|slot| ControlResponse::Cancelled { slot }),
+                any::<usize>().prop_map(|slot| ControlResponse::Canceled { slot }),
                 (any::<usize>(), any::<String>())
                     .prop_map(|(slot, error)| ControlResponse::Failed { slot, error }),
                 any::<String>().prop_map(|reason| ControlResponse::Fatal { reason }),

@@ -84,7 +84,7 @@ struct Flight {
     handle: Option<PredictionHandle>,
     cancel_key: Option<String>,
     /// Its cancel key was found: the cancel is the client's.
-    cancelled_by_key: bool,
+    canceled_by_key: bool,
     /// Another replica reclaimed it: this run reports nothing.
     lost: bool,
 }
@@ -137,7 +137,7 @@ impl Queue {
     }
 
     /// Waits, for up to `timeout`, until every entry taken is acknowledged
-    /// or left for another replica (runs cancelled by the stop are not
+    /// or left for another replica (runs canceled by the stop are not
     /// acknowledged: another replica runs them).
     pub async fn finish(&self, timeout: Duration) {
         let mut tasks = self.shared.tasks.subscribe();
@@ -336,7 +336,7 @@ impl Shared {
             Flight {
                 handle: None,
                 cancel_key: None,
-                cancelled_by_key: false,
+                canceled_by_key: false,
                 lost: false,
             },
         );
@@ -505,13 +505,13 @@ impl Shared {
         let (by_key, lost) = self
             .lock()
             .get(entry_id)
-            .map_or((false, false), |f| (f.cancelled_by_key, f.lost));
+            .map_or((false, false), |f| (f.canceled_by_key, f.lost));
         if lost {
             tracing::warn!(entry_id, prediction_id = %last.id, "another replica took this entry over; its run here reports nothing");
             return;
         }
         if last.status == Status::Canceled && !by_key && self.stopping() {
-            // Cancelled by the stop: another replica runs it.
+            // Canceled by the stop: another replica runs it.
             tracing::info!(entry_id, prediction_id = %last.id, "left unacknowledged for another replica");
             return;
         }
@@ -598,7 +598,7 @@ impl Shared {
     }
 
     /// Renews the claims of the entries this replica holds, every third of
-    /// the lease; a run whose entry another replica took over is cancelled.
+    /// the lease; a run whose entry another replica took over is canceled.
     async fn renew_leases(self: Arc<Self>) {
         let every = (self.config.lease / 3).max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(every);
@@ -643,7 +643,7 @@ impl Shared {
             let watched: Vec<(String, String)> = self
                 .lock()
                 .iter()
-                .filter(|(_, f)| !f.cancelled_by_key && f.handle.is_some())
+                .filter(|(_, f)| !f.canceled_by_key && f.handle.is_some())
                 .filter_map(|(id, f)| Some((id.clone(), f.cancel_key.clone()?)))
                 .collect();
             if watched.is_empty() {
@@ -662,7 +662,7 @@ impl Shared {
                     continue;
                 }
                 if let Some(flight) = flights.get_mut(id) {
-                    flight.cancelled_by_key = true;
+                    flight.canceled_by_key = true;
                     if let Some(handle) = &flight.handle {
                         tracing::info!(entry_id = %id, "cancel key found: cancelling");
                         handle.cancel();

@@ -187,7 +187,7 @@ fn slot_event(
                 output,
             }),
         SlotResponse::Failed { error, .. } => Ok(SlotEvent::Failed(error)),
-        SlotResponse::Cancelled { .. } => Ok(SlotEvent::Canceled),
+        SlotResponse::Canceled { .. } => Ok(SlotEvent::Canceled),
     })
 }
 
@@ -197,7 +197,7 @@ pub enum BatchEvent {
     /// An event of the whole call, for every member: a log line or a metric;
     /// or [`SlotEvent::Died`], which ends every member still running.
     Shared(SlotEvent),
-    /// The final event (done, failed, cancelled) of the member at `index`,
+    /// The final event (done, failed, canceled) of the member at `index`,
     /// its position in the batch.
     Member {
         /// The member's position.
@@ -826,7 +826,7 @@ impl Inner {
                     self.healthchecks.answer(id, status, error)
                 }
                 ControlResponse::Idle { .. }
-                | ControlResponse::Cancelled { .. }
+                | ControlResponse::Canceled { .. }
                 | ControlResponse::ShuttingDown => {}
             }
         }
@@ -866,7 +866,7 @@ impl Inner {
             let member = match &message {
                 SlotResponse::Done { id, .. }
                 | SlotResponse::Failed { id, .. }
-                | SlotResponse::Cancelled { id } => Some(id.clone()),
+                | SlotResponse::Canceled { id } => Some(id.clone()),
                 _ => None,
             };
             // Taken only for a frame that says a file is attached to it, so

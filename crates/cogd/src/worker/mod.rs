@@ -96,7 +96,7 @@ pub enum RunOutput {
 pub enum RunError {
     /// The run raised; the exception's type and message.
     Failed(String),
-    /// The run stopped because it was cancelled.
+    /// The run stopped because it was canceled.
     Canceled,
 }
 
@@ -119,7 +119,7 @@ pub trait Handler: Send + Sync + 'static {
     /// Runs a batch of predictions in `slot` with one call of a
     /// `@cog.batch` model ([`LoadInfo::batch`]): one result per member, in
     /// order, or one error for them all (the call raised, returned the wrong
-    /// number of outputs, or was cancelled).
+    /// number of outputs, or was canceled).
     fn run_batch(
         &self,
         slot: usize,
@@ -950,7 +950,7 @@ fn send_result(
             id,
             error: clip_message(error),
         }),
-        Err(RunError::Canceled) => writer.send(&SlotResponse::Cancelled { id }),
+        Err(RunError::Canceled) => writer.send(&SlotResponse::Canceled { id }),
     }
 }
 
