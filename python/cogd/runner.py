@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import inspect
 import json
@@ -30,7 +31,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,15 +229,7 @@ class Runner:
         """
         assert self._run is not None and self._signature is not None, "run() before load()"
         active = _ActiveRun(output_dir, prediction_id)
-        with self._lock:
-            self._active[slot] = active
-            if self._early_cancels.pop(slot, None) == prediction_id:
-                active.canceled = True
-        token = capture.current_slot.set(slot)
-        context = json.loads(context_json) if context_json and context_json != "{}" else {}
-        scope = scopes.Scope(slot, context)
-        scope_token = scopes.current.set(scope)
-        try:
+        with self._running(slot, active, context_json) as scope:
             active.armed = True
             if active.canceled:
                 # Cancelled before it began: the model's code never runs.
@@ -251,18 +244,38 @@ class Runner:
             return coercion.output_json(
                 self._signature.output, output, self._call, active.output_dir
             )
+
+    @contextlib.contextmanager
+    def _running(self, slot: int, active: _ActiveRun, context_json: str) -> Iterator[scopes.Scope]:
+        """``active`` as the run in ``slot`` for the ``with`` block (one
+        prediction's, or one batch's), with its capture slot and its scope.
+
+        A cancel that came before the run (for any of its ids) marks it
+        canceled at once. An exception other than a cancel is printed to the
+        run's logs as it leaves. On the way out the run is done (a cancel
+        signal from then on raises nothing), leaves its slot, and closes its
+        scope: tasks the run left behind keep it, and closed it records nothing.
+        """
+        with self._lock:
+            self._active[slot] = active
+            if self._early_cancels.pop(slot, None) in active.ids:
+                active.canceled = True
+        token = capture.current_slot.set(slot)
+        context = json.loads(context_json) if context_json and context_json != "{}" else {}
+        scope = scopes.Scope(slot, context)
+        scope_token = scopes.current.set(scope)
+        try:
+            yield scope
         except CancelationException:
             raise
         except BaseException:
             traceback.print_exc()
             raise
         finally:
-            # First: a cancel signal from now on raises nothing here.
             active.done = True
             with self._lock:
                 if self._active.get(slot) is active:
                     del self._active[slot]
-            # Tasks the run left behind keep the scope; closed, it records nothing.
             scope._close()
             scopes.current.reset(scope_token)
             _flush_std_streams()
@@ -287,17 +300,8 @@ class Runner:
         assert self._run is not None and self._signature is not None, "run_batch() before load()"
         ids = tuple(member[3] for member in members)
         active = _ActiveRun(members[0][2], ids[0], ids)
-        with self._lock:
-            self._active[slot] = active
-            if self._early_cancels.pop(slot, None) in active.ids:
-                active.canceled = True
-        token = capture.current_slot.set(slot)
-        context_json = members[0][1]
-        context = json.loads(context_json) if context_json and context_json != "{}" else {}
-        scope = scopes.Scope(slot, context)
-        scope_token = scopes.current.set(scope)
         results: list[coercion.EncodedOutput | MemberFailure] = []
-        try:
+        with self._running(slot, active, members[0][1]) as scope:
             active.armed = True
             if active.canceled:
                 raise CancelationException()
@@ -327,20 +331,6 @@ class Runner:
             for (index, _), output in zip(live, outputs, strict=True):
                 results[index] = self._member_output(output, members[index][2])
             return results
-        except CancelationException:
-            raise
-        except BaseException:
-            traceback.print_exc()
-            raise
-        finally:
-            active.done = True
-            with self._lock:
-                if self._active.get(slot) is active:
-                    del self._active[slot]
-            scope._close()
-            scopes.current.reset(scope_token)
-            _flush_std_streams()
-            capture.current_slot.reset(token)
 
     def _member_output(
         self, output: Any, output_dir: str
