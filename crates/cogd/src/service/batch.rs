@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::run::{sleep_until, Place, Run, RunEnd, RunLoop};
+use super::run::{sleep_until, Place, Prepared, Run, RunEnd, RunLoop};
 use super::slots::{Admit, SlotPermit, SlotPool};
 use crate::config::BatchOverride;
 use crate::ipc::{BatchSettings, MetricMode, SlotRequest};
@@ -428,9 +428,12 @@ impl Run {
         output_dir: PathBuf,
         started: Instant,
     ) -> RunEnd {
-        let mut dir_used = !self.file_inputs.is_empty();
-        let (request, attached) = match self.prepare_request(&output_dir, &mut dir_used).await {
-            Ok(request) => request,
+        let Prepared {
+            request,
+            attached,
+            dir_used,
+        } = match self.prepare_request(&output_dir).await {
+            Ok(prepared) => prepared,
             Err(outcome) => return RunEnd::new(outcome),
         };
         let leave = Arc::new(Leave::default());

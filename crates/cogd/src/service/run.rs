@@ -66,6 +66,18 @@ pub(super) struct Run {
     pub(super) output_file_prefix: Option<String>,
 }
 
+/// A run's request for the worker, as [`Run::prepare_request`] made it.
+pub(super) struct Prepared {
+    /// The `predict` frame.
+    pub(super) request: SlotRequest,
+    /// The memory file the input travels in, to attach to the frame.
+    pub(super) attached: Option<OwnedFd>,
+    /// Whether anything may have gone into the run's directory (fetched
+    /// inputs, an input spilled to a file); the directory is looked for (a
+    /// `stat`) only then.
+    pub(super) dir_used: bool,
+}
+
 /// How a run in a slot ended, and what that leaves to do with its slot and
 /// its directory.
 pub(super) struct RunEnd {
@@ -209,11 +221,12 @@ impl Run {
         output_dir: PathBuf,
         started: Instant,
     ) -> RunEnd {
-        // Whether anything may have gone into the run's directory; the
-        // directory is looked for (a `stat`) only then.
-        let mut dir_used = !self.file_inputs.is_empty();
-        let (request, attached) = match self.prepare_request(&output_dir, &mut dir_used).await {
-            Ok(request) => request,
+        let Prepared {
+            request,
+            attached,
+            dir_used,
+        } = match self.prepare_request(&output_dir).await {
+            Ok(prepared) => prepared,
             Err(outcome) => return RunEnd::new(outcome),
         };
         if !permit.is_current() {
@@ -236,13 +249,9 @@ impl Run {
 
     /// The request for the worker: the input with its files fetched (a
     /// cancel meanwhile ends the prediction), and a large input spilled to a
-    /// file, attached to the request or in the run's directory (then
-    /// `dir_used` is set). Shared by a slot's run and a batch member's.
-    pub(super) async fn prepare_request(
-        &self,
-        output_dir: &Path,
-        dir_used: &mut bool,
-    ) -> Result<(SlotRequest, Option<OwnedFd>), Outcome> {
+    /// file, attached to the request or in the run's directory. Shared by a
+    /// slot's run and a batch member's.
+    pub(super) async fn prepare_request(&self, output_dir: &Path) -> Result<Prepared, Outcome> {
         let localized = self.localize(output_dir).await?;
         if self.handle.is_cancel_requested() {
             return Err(Outcome::Canceled);
@@ -269,7 +278,8 @@ impl Run {
         } else {
             Carrier::Inline(text.to_raw())
         };
-        *dir_used |= matches!(input, Carrier::File(_));
+        // Fetched inputs and a spilled input file are in the run's directory.
+        let dir_used = !self.file_inputs.is_empty() || matches!(input, Carrier::File(_));
         let (input, attached) = input.detach();
         let request = SlotRequest::Predict {
             id: self.id.clone(),
@@ -277,7 +287,11 @@ impl Run {
             output_dir: output_dir.to_path_buf(),
             context: self.context.clone(),
         };
-        Ok((request, attached))
+        Ok(Prepared {
+            request,
+            attached,
+            dir_used,
+        })
     }
 
     /// The input with its file inputs fetched into `inputs/` of the run's
